@@ -1,0 +1,56 @@
+# The platform's commands. Two matter on a fresh machine:
+#   make run    set everything up, run one full retraining cycle through Airflow, then serve the site
+#   make test   set everything up and run the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA ?= ../shared/datasets/chest_xray
+QUICK ?=
+export DATA QUICK
+
+.PHONY: setup system-deps test run stop train validate mlflow data airflow web bench clean-cache help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(VENV)/.installed: requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $@
+
+system-deps:  ## Debian packages the tests use (chromium, docker-compose), installed when missing
+	@scripts/system_deps.sh
+
+setup: $(VENV)/.installed system-deps  ## create .venv and install every pinned package
+
+test: setup  ## run the whole test suite
+	$(PY) -m pytest
+
+run: setup  ## full local stack: data -> MLflow -> Airflow retraining cycle -> web site (QUICK=1: minutes)
+	scripts/stack.sh up
+
+stop:  ## stop everything `make run` started
+	scripts/stack.sh down
+
+train: setup  ## train + evaluate once on DATA, without MLflow or Airflow
+	$(PY) -m pipeline train --data $(DATA)
+
+validate: setup  ## validation report of DATA
+	$(PY) -m pipeline validate --data $(DATA)
+
+mlflow: setup  ## MLflow tracking server in the foreground (SQLite + ./.mlflow by default)
+	scripts/mlflow_server.sh
+
+data: setup  ## import DATA into DVC as data/chest_xray, commit the pointer, dvc push
+	scripts/import_data.sh $(DATA)
+
+web: setup  ## the web site under gunicorn in the foreground
+	scripts/web_server.sh
+
+bench: setup  ## every benchmark (long: see README "Measured figures")
+	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+clean-cache:  ## drop the preprocessing cache (it rebuilds itself)
+	rm -rf .cache/preprocess

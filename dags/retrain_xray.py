@@ -1,0 +1,220 @@
+"""The daily retraining DAG of the chest X-ray pneumonia model (Airflow 3, TaskFlow).
+
+Thin tasks over the `pipeline` package; nothing heavy (torch, mlflow, dvc) is imported when this
+file is parsed: every such import is inside a task body.
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, task
+
+from xray_notify import XrayNotifier
+
+DAG_ID = "xray_retrain"
+REPO = Path(__file__).resolve().parent.parent          # the project (pipeline package, params.yaml)
+
+
+def _dag_settings() -> dict:
+    """The `dag:` section of params.yaml (tiny YAML read; defaults if absent)."""
+    defaults = {"retrain_on_unchanged_data": False, "train_timeout_minutes": 90, "retries": 3,
+                "retry_delay_seconds": 30}
+    try:
+        import yaml
+
+        with open(os.environ.get("XRAY_PARAMS") or REPO / "params.yaml") as f:
+            loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+            section = (yaml.load(f, Loader=loader) or {}).get("dag") or {}
+        return {**defaults, **section}
+    except (OSError, ValueError):  # a broken params.yaml must not hide the DAG; tasks report it
+        return defaults
+
+
+SETTINGS = _dag_settings()
+# Where a retry can help (git/dvc pull from a remote, calls to the MLflow server): exponential back-off.
+RETRY = dict(retries=int(SETTINGS["retries"]), retry_delay=timedelta(seconds=float(SETTINGS["retry_delay_seconds"])),
+             retry_exponential_backoff=2.0, max_retry_delay=timedelta(minutes=10))
+# Where it cannot (bad data, a training that diverged, an exhausted timeout): fail at once.
+NO_RETRY = dict(retries=0)
+
+DOC = """
+### Chest X-ray pneumonia: daily retraining
+
+Retrains the ResNet18 classifier **when the DVC data version changed**, and promotes the new model
+(`champion` alias in the MLflow registry) **only when the promotion policy in `params.yaml` says it is
+better** on the same held-out data. Doctors are served `models:/<name>@champion`.
+
+| task | what it does | on failure |
+|---|---|---|
+| `detect` | `git pull` (if the repo has an upstream), `dvc pull data/chest_xray`; compares the dataset hash with the `data_version` tag of the champion. **Skips the rest** when unchanged, unless the run param `force` is true. | retried with back-off |
+| `validate` | decodes every image; the report (rejected files + reasons) is in this task's log; fails when more than `data.max_rejected_fraction` is rejected | no retry: fix the data |
+| `train` | trains a challenger, logs it to MLflow, registers a model version | no retry; `execution_timeout` |
+| `evaluate` | scores challenger **and** champion now, on the same held-out split | retried |
+| `decide` | applies the policy: branch to `promote` or `reject` | |
+| `promote` / `reject` | moves `champion` (old one becomes `previous_champion`) / sets `challenger`, with the reason as tags | retried |
+| `notify` | posts the decision with metrics and MLflow links (log; webhook / e-mail when configured) | |
+
+Every task failure notifies too. **Manual run** (Trigger DAG w/ config):
+`{"force": true, "overrides": ["train.epochs=3", "train.lr=0.001"]}` -- overrides are
+`section.key=value` strings applied on top of `params.yaml` for this run only.
+New data arrives with `make data DATA=<folder>` (dvc add + git commit + dvc push).
+"""
+
+
+def _context_params(context) -> dict:
+    """params.yaml (or $XRAY_PARAMS) with this run's `overrides` applied."""
+    from pipeline import config
+
+    overrides = list(context["params"].get("overrides") or [])
+    return config.load_params(os.environ.get("XRAY_PARAMS") or None, overrides)
+
+
+def _short(run_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in run_id)[:80]
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule="@daily",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=DOC,
+    tags=["ml", "chest-xray", "retraining"],
+    default_args={"owner": "ml-platform", "on_failure_callback": XrayNotifier("failure")},
+    params={
+        "force": Param(False, type="boolean", description="retrain even if the data version did not change"),
+        "overrides": Param([], type="array", items={"type": "string", "pattern": r"^[a-z_]+(\.[a-z_]+)+=.*$"},
+                           description='params.yaml overrides for this run, e.g. ["train.epochs=3"]'),
+    },
+)
+def xray_retrain():
+    @task.short_circuit(**RETRY)
+    def detect() -> dict | bool:
+        """Fetch the newest data version; continue only when it differs from the champion's (or forced)."""
+        from pipeline import registry, versioning
+
+        context = get_current_context()
+        params = _context_params(context)
+        info = versioning.update()
+        champion = registry.champion_version()
+        champion_data = registry.champion_data_version() if champion else None
+        forced = bool(context["params"].get("force")) or bool(params["dag"].get("retrain_on_unchanged_data"))
+        new_data = info["hash"] != champion_data
+        info.update(champion=champion, champion_data_version=champion_data, new_data=new_data, forced=forced)
+        print(f"data version {info['hash']} ({info['nfiles']} files, git {str(info['git_commit'])[:8]}); "
+              f"champion v{champion} was trained on {champion_data}: "
+              f"{'NEW DATA' if new_data else 'unchanged'}{' (forced run)' if forced else ''}")
+        return info if (new_data or forced) else False
+
+    @task(**NO_RETRY)
+    def validate(info: dict) -> dict:
+        """Decode every image once (filling the preprocessing cache); fail above the rejection limit."""
+        from pipeline import data
+
+        params = _context_params(get_current_context())
+        samples = data.subset(data.discover(info["data_root"]), int(params["data"]["subset_per_class"]),
+                              int(params["data"]["seed"]))
+        try:
+            _, report = data.validate(samples, params, root=info["data_root"])
+        except data.DatasetError as exc:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(f"dataset {info['hash'][:8]} rejected: {exc}") from exc
+        print(report.summary())
+        for item in report.rejected[:200]:
+            print(f"REJECTED {item['path']}: {item['reason']}")
+        summary = report.to_dict()
+        return {"checked": summary.get("checked"), "rejected": len(report.rejected),
+                "duplicates": len(getattr(report, "duplicates", []) or []), "counts": summary.get("counts")}
+
+    @task(**NO_RETRY, execution_timeout=timedelta(minutes=float(SETTINGS["train_timeout_minutes"])))
+    def train(info: dict, report: dict) -> dict:
+        """Train the challenger; registry.tracked_train logs everything to MLflow and registers a version."""
+        from pipeline import config, registry
+
+        context = get_current_context()
+        params = _context_params(context)
+        run_id = context["dag_run"].run_id
+        trigger = "forced" if info["forced"] else "new-data"
+        result = registry.tracked_train(
+            params, Path(info["data_root"]), config.runs_dir() / f"airflow-{_short(run_id)}",
+            run_name=f"airflow {context['ds']} data {info['hash'][:8]} {trigger}",
+            tags={"trigger": f"airflow:{trigger}", "airflow.dag_run_id": run_id,
+                  "airflow.overrides": ",".join(context["params"].get("overrides") or []) or "none",
+                  "dvc.git_commit": str(info.get("git_commit"))},
+            data_version=info["hash"])
+        keep = ("run_id", "version", "experiment_id", "model_name", "metrics", "wall_time_s", "seconds")
+        return {k: result[k] for k in keep if k in result}
+
+    @task(**RETRY)
+    def evaluate(info: dict, trained: dict) -> dict:
+        """Score the challenger and the current champion on the same held-out split, now."""
+        from pipeline import registry
+
+        params = _context_params(get_current_context())
+        return registry.evaluate_candidates(trained["version"], params, Path(info["data_root"]))
+
+    @task.branch
+    def decide(scores: dict) -> str:
+        """The promotion policy (params.yaml `promotion:`) decides; the decision goes to XCom."""
+        from pipeline import registry
+
+        context = get_current_context()
+        decision = registry.decide(scores, _context_params(context))
+        context["ti"].xcom_push(key="decision", value=decision)
+        print(f"decision: {'PROMOTE' if decision['promote'] else 'REJECT'} -- {decision['reason']}")
+        return "promote" if decision["promote"] else "reject"
+
+    @task(**RETRY)
+    def promote(trained: dict) -> dict:
+        from pipeline import registry
+
+        decision = get_current_context()["ti"].xcom_pull(task_ids="decide", key="decision")
+        registry.promote(trained["version"], decision)
+        return {"outcome": "promoted", "version": trained["version"]}
+
+    @task(**RETRY)
+    def reject(trained: dict) -> dict:
+        from pipeline import registry
+
+        decision = get_current_context()["ti"].xcom_pull(task_ids="decide", key="decision")
+        registry.reject(trained["version"], decision)
+        return {"outcome": "rejected", "version": trained["version"]}
+
+    @task(trigger_rule="none_failed_min_one_success", **NO_RETRY)
+    def notify(info: dict, trained: dict, scores: dict) -> dict:
+        """Tell someone what was decided and why, with the metrics and links to MLflow."""
+        from pipeline import registry
+
+        import xray_notify
+
+        context = get_current_context()
+        decision = context["ti"].xcom_pull(task_ids="decide", key="decision") or {}
+        name = trained.get("model_name")
+        summary = {
+            "event": "decision", "dag_run_id": context["dag_run"].run_id, "decision": decision,
+            "version": trained.get("version"), "data_version": info["hash"], "nfiles": info.get("nfiles"),
+            "trigger": "forced" if info.get("forced") else "new data",
+            "champion_before": info.get("champion"), "champion_after": registry.champion_version(),
+            "scores": scores, "run_link": xray_notify.run_link(trained.get("run_id"), trained.get("experiment_id")),
+            "model_link": xray_notify.model_link(name, trained.get("version")),
+        }
+        subject, text = xray_notify.decision_message(summary)
+        summary["delivered"] = xray_notify.send(subject, text, summary)
+        return summary
+
+    info = detect()
+    report = validate(info)
+    trained = train(info, report)
+    scores = evaluate(info, trained)
+    branch = decide(scores)
+    outcomes = [promote(trained), reject(trained)]
+    branch >> outcomes
+    outcomes >> notify(info, trained, scores)
+
+
+xray_retrain()

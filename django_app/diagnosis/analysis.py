@@ -1,0 +1,180 @@
+"""Upload -> answer -> record. The only place where views meet `pipeline` and the file store.
+
+Decoding, validation, preprocessing, inference and Grad-CAM are `pipeline` code (the same
+as training); this module adds the web's concerns: size limits before reading, storing the
+image and heat map under MEDIA_ROOT, derived display images, and nothing stored on failure.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import transaction
+from PIL import Image
+
+from .models import Diagnosis
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "DICOM": "png"}  # DICOM is kept as the rendering the model saw
+DISPLAY_MAX_SIDE = 1600
+THUMB_MAX_SIDE = 320
+
+
+class UploadRejected(ValueError):
+    """An upload that cannot be analysed; `reason` is shown to the doctor as is."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def mb(n: int | float) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def check_size(size: int | None) -> None:
+    if not size:
+        raise UploadRejected("empty file: nothing was uploaded")
+    if size > settings.XRAY_MAX_UPLOAD_BYTES:
+        raise UploadRejected(
+            f"file too large: {mb(size)} (the limit is {settings.XRAY_MAX_UPLOAD_MB:g} MB per image)")
+
+
+def read_upload(upload) -> bytes:
+    """An UploadedFile -> bytes, refusing empty and oversized files before reading them."""
+    check_size(upload.size)
+    upload.seek(0)
+    return upload.read()
+
+
+def _limits() -> dict:
+    return {"max_pixels": settings.XRAY_MAX_PIXELS, "max_bytes": settings.XRAY_MAX_UPLOAD_BYTES}
+
+
+def decode(data: bytes, draft_size: int | None):
+    """bytes -> (validated "L" image, format, (width, height)); UploadRejected otherwise."""
+    from pipeline import preprocess
+
+    try:
+        img = preprocess.load_image(data, draft_size=draft_size, **_limits())
+    except preprocess.InvalidImage as exc:
+        raise UploadRejected(exc.reason) from None
+    if preprocess.is_dicom(data):
+        return img, "DICOM", img.size
+    with Image.open(io.BytesIO(data)) as header:  # header only: the format and full size
+        fmt = "JPEG" if header.format == "MPO" else header.format
+        return img, fmt, header.size
+
+
+@dataclass
+class Outcome:
+    diagnosis: Diagnosis
+    inference_ms: float
+
+
+def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatmap: bool = True) -> Diagnosis:
+    """Analyse one image with the given champion and record it. Raises UploadRejected; stores
+    nothing unless the whole analysis succeeded."""
+    check_size(len(data))
+    predictor = champion.predictor
+    img, fmt, (width, height) = decode(data, draft_size=predictor.image_size)
+    started = time.perf_counter()
+    cam = None
+    if heatmap:
+        with champion.gradcam_lock:
+            prediction, cam = predictor.gradcam(img)
+    else:
+        prediction = predictor.predict_image(img)
+    inference_ms = (time.perf_counter() - started) * 1000
+
+    diagnosis = Diagnosis(
+        owner=owner, source=source, original_name=os.path.basename(name or "")[:255], file_format=fmt,
+        size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), width=width, height=height,
+        label=prediction.label, probability=float(prediction.probability),
+        threshold=float(prediction.threshold), model_name=champion.name,
+        model_version=str(champion.version), model_run_id=champion.run_id or "",
+        inference_ms=inference_ms,
+    )
+    stored = []
+    try:
+        if fmt == "DICOM":
+            diagnosis.image.save("image.png", ContentFile(png_bytes(img)), save=False)
+        else:
+            diagnosis.image.save(f"image.{EXTENSIONS.get(fmt, 'bin')}", ContentFile(data), save=False)
+        stored.append(diagnosis.image)
+        if cam is not None:
+            diagnosis.heatmap.save("heatmap.png", ContentFile(heatmap_png(cam)), save=False)
+            stored.append(diagnosis.heatmap)
+        with transaction.atomic():
+            diagnosis.save()
+    except Exception:
+        for f in stored:
+            f.storage.delete(f.name)
+        raise
+    return diagnosis
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=3)
+    return buf.getvalue()
+
+
+def colormap(x: np.ndarray) -> np.ndarray:
+    """[0, 1] -> RGBA uint8, a 'jet'-like ramp (blue -> cyan -> yellow -> red); faint = transparent."""
+    x = np.clip(x, 0.0, 1.0)
+    r = np.clip(1.5 - np.abs(4 * x - 3), 0, 1)
+    g = np.clip(1.5 - np.abs(4 * x - 2), 0, 1)
+    b = np.clip(1.5 - np.abs(4 * x - 1), 0, 1)
+    a = np.clip((x - 0.15) / 0.5, 0, 1) * 0.75
+    return (np.stack([r, g, b, a], axis=-1) * 255 + 0.5).astype(np.uint8)
+
+
+def heatmap_png(cam: np.ndarray, side: int = 512) -> bytes:
+    """Grad-CAM [S, S] in [0, 1] -> smooth RGBA PNG (stretched over the X-ray, as the model squashed it)."""
+    big = Image.fromarray((np.clip(cam, 0, 1) * 255).astype(np.uint8), mode="L").resize(
+        (side, side), Image.Resampling.BICUBIC)
+    rgba = colormap(np.asarray(big, dtype=np.float32) / 255.0)
+    return png_bytes(Image.fromarray(rgba, mode="RGBA"))
+
+
+# --- derived images, made on first request and cached next to the upload ------------------------
+def derived_path(diagnosis: Diagnosis, kind: str) -> Path:
+    """Path of image kind (image | display | thumb | heatmap) on disk, creating display/thumb."""
+    if kind == "image":
+        return Path(diagnosis.image.path)
+    if kind == "heatmap":
+        if not diagnosis.heatmap:
+            raise FileNotFoundError("no heat map for this result")
+        return Path(diagnosis.heatmap.path)
+    source = Path(diagnosis.image.path)
+    target = source.with_name(f"{kind}.jpg")
+    if not target.exists():
+        side = DISPLAY_MAX_SIDE if kind == "display" else THUMB_MAX_SIDE
+        _render(source, target, side)
+    return target
+
+
+def _render(source: Path, target: Path, side: int) -> None:
+    from pipeline import preprocess
+
+    img = preprocess.load_image(source, draft_size=side, **_limits())  # what the model saw, grey
+    img.thumbnail((side, side), Image.Resampling.LANCZOS)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format="JPEG", quality=88, optimize=True)
+        os.replace(tmp, target)  # atomic: concurrent requests never read a half-written file
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

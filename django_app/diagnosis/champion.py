@@ -1,0 +1,324 @@
+"""The model that answers: the MLflow registry's champion, loaded once per process.
+
+`holder()` returns the process-wide `ChampionHolder`. A request asks it for the current
+`Champion` once and keeps that object until it has answered, so swapping in a new version never
+disturbs a request in flight: the swap is one reference assignment, the old model is freed when
+its last request finishes.
+
+- The first request of a process loads the champion (blocking, bounded by XRAY_CHAMPION_LOAD_TIMEOUT).
+- Afterwards the alias is re-checked at most every XRAY_CHAMPION_CHECK_SECONDS, in a background
+  thread, so no request waits for the registry. A moved alias loads the new version, then swaps.
+- Registry unreachable: the last loaded model keeps answering; the failure is reported by
+  /healthz and retried every XRAY_CHAMPION_RETRY_SECONDS.
+- No champion (alias absent or model not registered): nothing answers; pages say so, the API
+  returns 503. A deleted alias withdraws the model from service at the next check.
+
+torch and mlflow are imported only when a model is first needed, never at settings import.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+# A web request must not hang for minutes on MLflow's default retry policy (7 retries, backoff 2).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.5")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+class RegistryUnavailable(RuntimeError):
+    """The registry could not be asked (network, server error)."""
+
+
+@dataclass
+class Champion:
+    predictor: Any  # pipeline.predict.Predictor
+    name: str
+    version: str
+    run_id: str | None = None
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    load_seconds: float = 0.0
+    # Grad-CAM registers hooks on the network: one at a time per model (plain inference is safe).
+    gradcam_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def threshold(self) -> float:
+        return float(self.predictor.threshold)
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "run_id": self.run_id,
+            "threshold": self.threshold,
+            "image_size": int(getattr(self.predictor, "image_size", 0) or 0),
+            "loaded_at": self.loaded_at.isoformat(timespec="seconds"),
+        }
+
+
+class MlflowRegistry:
+    """Asks the MLflow registry which version holds the alias, and loads it via pipeline.registry."""
+
+    def __init__(self, tracking_uri: str, name: str, alias: str = "champion", torch_threads: int = 0):
+        self.tracking_uri = tracking_uri
+        self.name = name
+        self.alias = alias
+        self.torch_threads = torch_threads
+
+    def _client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def current_version(self) -> str | None:
+        """Version number holding the alias; None when there is none; RegistryUnavailable otherwise."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self._client().get_model_version_by_alias(self.name, self.alias).version)
+        except MlflowException as exc:
+            code = getattr(exc, "error_code", "")
+            if code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                return None
+            raise RegistryUnavailable(_short(exc)) from None
+        except Exception as exc:  # connection refused, timeouts, DNS
+            raise RegistryUnavailable(_short(exc)) from None
+
+    def load(self) -> Champion:
+        import mlflow
+
+        started = time.perf_counter()
+        if self.torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        try:
+            from pipeline import registry
+        except ModuleNotFoundError as exc:  # no pipeline/registry.py: same model layout, loaded here
+            if exc.name != "pipeline.registry":
+                raise
+            predictor, mv = self._load_pyfunc_checkpoint()
+        else:
+            kwargs = _accepted(registry.load_champion, name=self.name, alias=self.alias,
+                               tracking_uri=self.tracking_uri)
+            predictor, mv = registry.load_champion(**kwargs)
+        _warm_up(predictor)
+        return Champion(
+            predictor=predictor,
+            name=getattr(mv, "name", self.name),
+            version=str(getattr(mv, "version", "?")),
+            run_id=getattr(mv, "run_id", None),
+            load_seconds=time.perf_counter() - started,
+        )
+
+    def _load_pyfunc_checkpoint(self):
+        """models:/<name>/<version> is a pipeline.pyfunc_model directory with artifacts/model.pt."""
+        import tempfile
+
+        from mlflow.artifacts import download_artifacts
+
+        from pipeline.predict import Predictor
+        from pipeline.pyfunc_model import checkpoint_in
+
+        mv = self._client().get_model_version_by_alias(self.name, self.alias)
+        with tempfile.TemporaryDirectory(prefix="xray-champion-") as tmp:
+            local = download_artifacts(f"models:/{self.name}/{mv.version}", dst_path=tmp,
+                                       tracking_uri=self.tracking_uri)
+            return Predictor.from_checkpoint(checkpoint_in(local), device="cpu"), mv
+
+
+def _accepted(func: Callable, **kwargs) -> dict:
+    """The subset of kwargs that func accepts (pipeline.registry's signature may grow)."""
+    params = inspect.signature(func).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def _warm_up(predictor) -> None:
+    """One throw-away inference, so the first doctor does not pay for allocator/kernel set-up."""
+    try:
+        import numpy as np
+
+        size = int(predictor.image_size)
+        predictor.probabilities(np.zeros((1, size, size), dtype=np.uint8))
+    except Exception:  # warm-up is an optimisation, never a reason to refuse a model
+        log.warning("champion warm-up failed", exc_info=True)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]
+
+
+class ChampionHolder:
+    def __init__(self, registry, check_seconds: float = 30.0, retry_seconds: float = 10.0,
+                 load_timeout: float = 120.0):
+        self.registry = registry
+        self.check_seconds = max(0.0, float(check_seconds))
+        self.retry_seconds = max(0.0, float(retry_seconds))
+        self.load_timeout = float(load_timeout)
+        self._current: Champion | None = None
+        self._lock = threading.Lock()  # one refresh at a time
+        self._next_check = 0.0  # time.monotonic() deadline
+        self._background: threading.Thread | None = None
+        self.last_checked: datetime | None = None
+        self.last_error: str | None = None
+        self.registry_reachable: bool | None = None
+        self.alias_version: str | None = None  # what the registry said last
+
+    # --- what requests call ------------------------------------------------------------------
+    def get(self) -> Champion | None:
+        """The model to answer this request with, or None when there is no champion."""
+        current = self._current
+        if current is None:
+            if time.monotonic() >= self._next_check:
+                self.refresh(timeout=self.load_timeout)
+            return self._current
+        if time.monotonic() >= self._next_check:
+            self._refresh_in_background()
+        return current
+
+    def peek(self) -> Champion | None:
+        """The loaded model, without asking the registry (templates, footers)."""
+        return self._current
+
+    def status(self) -> dict:
+        current = self._current
+        return {
+            "champion_loaded": current is not None,
+            "champion": current.describe() if current else None,
+            "registry": {
+                "model_name": getattr(self.registry, "name", None),
+                "alias": getattr(self.registry, "alias", None),
+                "reachable": self.registry_reachable,
+                "alias_version": self.alias_version,
+                "last_checked": self.last_checked.isoformat(timespec="seconds") if self.last_checked else None,
+                "last_error": self.last_error,
+                "check_seconds": self.check_seconds,
+            },
+        }
+
+    # --- refreshing --------------------------------------------------------------------------
+    def refresh(self, timeout: float | None = None) -> Champion | None:
+        """Ask the registry now and load a new version if the alias moved (blocking)."""
+        acquired = self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
+        if not acquired:
+            return self._current
+        try:
+            self._refresh_locked()
+        finally:
+            self._lock.release()
+        return self._current
+
+    def _refresh_in_background(self) -> None:
+        thread = self._background
+        if thread is not None and thread.is_alive():
+            return
+        # claim the slot before starting, so concurrent requests start one thread, not many
+        self._next_check = time.monotonic() + max(self.retry_seconds, 1.0)
+        thread = threading.Thread(target=self._background_refresh, name="champion-refresh", daemon=True)
+        self._background = thread
+        thread.start()
+
+    def _background_refresh(self) -> None:
+        try:
+            self.refresh(timeout=0)
+        except Exception:  # never let the refresher die silently
+            log.exception("champion refresh failed")
+
+    def _refresh_locked(self) -> None:
+        self.last_checked = datetime.now(timezone.utc)
+        try:
+            version = self.registry.current_version()
+        except RegistryUnavailable as exc:
+            self.registry_reachable = False
+            self.last_error = f"model registry unreachable: {exc}"
+            self._next_check = time.monotonic() + self.retry_seconds
+            if self._current is not None:
+                log.warning("%s; still serving %s v%s", self.last_error, self._current.name, self._current.version)
+            else:
+                log.warning("%s; no model loaded", self.last_error)
+            return
+        self.registry_reachable = True
+        self.alias_version = version
+        if version is None:
+            if self._current is not None:
+                log.warning("alias '%s' of %s no longer exists: model %s v%s withdrawn from service",
+                            getattr(self.registry, "alias", "?"), getattr(self.registry, "name", "?"),
+                            self._current.name, self._current.version)
+            self._current = None
+            self.last_error = None
+            self._next_check = time.monotonic() + self.check_seconds
+            return
+        current = self._current
+        if current is None or current.version != version:
+            try:
+                champion = self.registry.load()
+            except Exception as exc:
+                self.last_error = f"could not load version {version}: {_short(exc)}"
+                log.exception("loading champion version %s failed", version)
+                self._next_check = time.monotonic() + self.retry_seconds
+                return
+            self._current = champion  # the swap: requests in flight keep their own reference
+            log.info("champion %s v%s loaded in %.1f s (was %s)", champion.name, champion.version,
+                     champion.load_seconds, current.version if current else "none")
+        self.last_error = None
+        self._next_check = time.monotonic() + self.check_seconds
+
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Wait for a background refresh to finish (tests, shutdown)."""
+        thread = self._background
+        if thread is not None:
+            thread.join(timeout)
+
+
+_holder: ChampionHolder | None = None
+_holder_lock = threading.Lock()
+
+
+def holder() -> ChampionHolder:
+    """The process-wide holder, built from settings on first use."""
+    global _holder
+    if _holder is None:
+        with _holder_lock:
+            if _holder is None:
+                _holder = build_holder()
+    return _holder
+
+
+def build_holder() -> ChampionHolder:
+    from django.conf import settings
+
+    name = settings.XRAY_MODEL_NAME or _params_model_name()
+    registry = MlflowRegistry(settings.MLFLOW_TRACKING_URI, name, settings.XRAY_CHAMPION_ALIAS,
+                              settings.XRAY_TORCH_THREADS)
+    return ChampionHolder(registry, settings.XRAY_CHAMPION_CHECK_SECONDS,
+                          settings.XRAY_CHAMPION_RETRY_SECONDS, settings.XRAY_CHAMPION_LOAD_TIMEOUT)
+
+
+def _params_model_name() -> str:
+    try:
+        from pipeline.config import load_params, model_name
+
+        return model_name(load_params())
+    except Exception:
+        return "chest-xray-resnet18"
+
+
+def reset_holder(new: ChampionHolder | None = None) -> ChampionHolder | None:
+    """Replace the process-wide holder (tests; settings changed)."""
+    global _holder
+    with _holder_lock:
+        _holder = new
+    return new

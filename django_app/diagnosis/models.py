@@ -1,0 +1,113 @@
+"""What the site remembers: every answer the model gave (with its image) and API tokens."""
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+
+
+def upload_path(instance: "Diagnosis", filename: str) -> str:
+    # No patient-identifying file name on disk: <owner>/<id>/<kind>.<ext>
+    return f"xrays/{instance.owner_id}/{instance.id}/{filename}"
+
+
+class Diagnosis(models.Model):
+    NORMAL, PNEUMONIA = "NORMAL", "PNEUMONIA"
+    LABELS = [(NORMAL, "Normal"), (PNEUMONIA, "Pneumonia")]
+    SOURCES = [("web", "Web page"), ("api", "API")]
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)  # unguessable
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="diagnoses")
+    created = models.DateTimeField(auto_now_add=True)
+    source = models.CharField(max_length=8, choices=SOURCES, default="web")
+    original_name = models.CharField(max_length=255, blank=True)
+    file_format = models.CharField(max_length=16)  # JPEG | PNG | DICOM
+    size_bytes = models.PositiveIntegerField()
+    sha256 = models.CharField(max_length=64)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    image = models.FileField(upload_to=upload_path, max_length=255)  # as uploaded (DICOM: rendered PNG)
+    heatmap = models.FileField(upload_to=upload_path, max_length=255, blank=True)  # RGBA PNG, model geometry
+    label = models.CharField(max_length=16, choices=LABELS)
+    probability = models.FloatField()  # P(pneumonia)
+    threshold = models.FloatField()
+    model_name = models.CharField(max_length=200)
+    model_version = models.CharField(max_length=32)
+    model_run_id = models.CharField(max_length=64, blank=True)
+    inference_ms = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+        indexes = [models.Index(fields=["owner", "-created"], name="diagnosis_owner_recent")]
+        verbose_name_plural = "diagnoses"
+
+    def __str__(self) -> str:
+        return f"{self.label} {self.probability:.1%} ({self.model_name} v{self.model_version})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("result", args=[self.id])
+
+    @property
+    def percent(self) -> float:
+        return round(self.probability * 100, 1)
+
+    @property
+    def threshold_percent(self) -> float:
+        return round(self.threshold * 100, 1)
+
+    @property
+    def is_pneumonia(self) -> bool:
+        return self.label == self.PNEUMONIA
+
+    def to_api(self, request=None) -> dict:
+        def url(name, *args):
+            path = reverse(name, args=args)
+            return request.build_absolute_uri(path) if request is not None else path
+
+        data = {
+            "id": str(self.id),
+            "label": self.label,
+            "probability": round(self.probability, 6),
+            "threshold": round(self.threshold, 6),
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "created": self.created.isoformat(timespec="seconds"),
+            "image": {"format": self.file_format, "width": self.width, "height": self.height,
+                      "name": self.original_name},
+            "result_url": url("result", self.id),
+            "heatmap_url": url("image", self.id, "heatmap") if self.heatmap else None,
+        }
+        if self.inference_ms is not None:
+            data["inference_ms"] = round(self.inference_ms, 1)
+        return data
+
+
+def hash_token(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ApiToken(models.Model):
+    """A bearer token for POST /api/predict. Only its SHA-256 is stored; the key is shown once."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, default="API")
+    prefix = models.CharField(max_length=8)  # to recognise a token in a list
+    key_hash = models.CharField(max_length=64, unique=True)
+    created = models.DateTimeField(auto_now_add=True)
+    last_used = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.name} ({self.prefix}...)"
+
+    @classmethod
+    def issue(cls, user, name: str = "API") -> tuple["ApiToken", str]:
+        key = "xr_" + secrets.token_urlsafe(32)
+        token = cls.objects.create(user=user, name=name, prefix=key[:8], key_hash=hash_token(key))
+        return token, key

@@ -1,0 +1,220 @@
+"""Thin views: ask the champion holder for a model, hand the upload to diagnosis.analysis."""
+from __future__ import annotations
+
+import logging
+import mimetypes
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import FileResponse, Http404, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from . import analysis
+from .auth import AuthFailed, authenticate_api
+from .champion import holder
+from .forms import UploadForm
+from .models import ApiToken, Diagnosis
+
+log = logging.getLogger(__name__)
+
+IMAGE_KINDS = ("image", "display", "thumb", "heatmap")
+
+
+def _wants_json(request) -> bool:
+    return request.headers.get("x-requested-with") == "XMLHttpRequest" or \
+        "application/json" in request.headers.get("accept", "")
+
+
+def _too_big(request) -> bool:
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return False
+    return length > settings.XRAY_MAX_REQUEST_BYTES * max(1, settings.XRAY_MAX_FILES)
+
+
+def _no_champion(request, json: bool):
+    status = holder().status()
+    if json:
+        return JsonResponse({"error": "no_champion", "detail": _no_champion_text(status)}, status=503)
+    return render(request, "diagnosis/no_champion.html", {"status": status,
+                                                          "detail": _no_champion_text(status)}, status=503)
+
+
+def _no_champion_text(status: dict) -> str:
+    reg = status["registry"]
+    if reg["reachable"] is False:
+        return ("The model registry cannot be reached and no model has been loaded yet, "
+                "so no image can be analysed right now.")
+    return (f"No model has been approved for clinical use yet: the registry has no "
+            f"'{reg['alias']}' version of '{reg['model_name']}'.")
+
+
+@login_required
+def index(request):
+    return redirect("upload")
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def upload(request):
+    json = _wants_json(request)
+    if request.method == "GET":
+        champion = holder().get()
+        if champion is None:
+            return _no_champion(request, json=False)
+        return render(request, "diagnosis/upload.html", {"form": UploadForm(max_files=settings.XRAY_MAX_FILES),
+                                                          "champion": champion})
+    if _too_big(request):
+        return _upload_errors(request, json, [("", "upload too large: send fewer or smaller images "
+                                               f"(at most {settings.XRAY_MAX_UPLOAD_MB:g} MB each)")])
+    champion = holder().get()
+    if champion is None:
+        return _no_champion(request, json)
+    form = UploadForm(request.POST, request.FILES, max_files=settings.XRAY_MAX_FILES)
+    if not form.is_valid():
+        if json:
+            return JsonResponse({"error": "invalid_upload", "detail": " ".join(
+                e for errs in form.errors.values() for e in errs)}, status=400)
+        return render(request, "diagnosis/upload.html", {"form": form, "champion": champion}, status=400)
+    done, failed = [], []
+    for f in form.cleaned_data["images"]:
+        try:
+            done.append(analysis.diagnose(request.user, f.name, analysis.read_upload(f), champion, source="web"))
+        except analysis.UploadRejected as exc:
+            failed.append((f.name, exc.reason))
+    if json:
+        if failed and not done:
+            return JsonResponse({"error": "invalid_image", "detail": failed[0][1],
+                                 "files": [{"name": n, "error": r} for n, r in failed]}, status=400)
+        return JsonResponse({"results": [d.to_api() for d in done],
+                             "errors": [{"name": n, "error": r} for n, r in failed]})
+    if len(done) == 1 and not failed:
+        return redirect(done[0])
+    if not done:
+        return _upload_errors(request, False, failed, champion)
+    for name, reason in failed:
+        messages.error(request, f"{name}: {reason}")
+    messages.success(request, f"{len(done)} image{'s' if len(done) != 1 else ''} analysed.")
+    return redirect("history")
+
+
+def _upload_errors(request, json: bool, failed, champion=None):
+    if json:
+        return JsonResponse({"error": "invalid_image", "detail": failed[0][1],
+                             "files": [{"name": n, "error": r} for n, r in failed]}, status=400)
+    return render(request, "diagnosis/upload.html", {
+        "form": UploadForm(max_files=settings.XRAY_MAX_FILES), "champion": champion or holder().peek(),
+        "file_errors": failed}, status=400)
+
+
+@login_required
+@require_GET
+def result(request, pk):
+    diagnosis = get_object_or_404(Diagnosis, pk=pk, owner=request.user)  # 404, not 403: no probing
+    return render(request, "diagnosis/result.html", {"d": diagnosis})
+
+
+@login_required
+@require_GET
+def history(request):
+    page = Paginator(Diagnosis.objects.filter(owner=request.user).order_by("-created"),
+                     settings.XRAY_HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "diagnosis/history.html", {"page": page})
+
+
+@login_required
+@require_GET
+def image(request, pk, kind):
+    if kind not in IMAGE_KINDS:
+        raise Http404
+    diagnosis = get_object_or_404(Diagnosis, pk=pk, owner=request.user)
+    try:
+        path = analysis.derived_path(diagnosis, kind)
+        handle = open(path, "rb")
+    except (FileNotFoundError, analysis.UploadRejected):
+        raise Http404 from None
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    response = FileResponse(handle, content_type=content_type)
+    response["Cache-Control"] = "private, max-age=3600"
+    response["Content-Security-Policy"] = "default-src 'none'"
+    return response
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def api_token(request):
+    new_key = None
+    if request.method == "POST":
+        if request.POST.get("action") == "revoke":
+            ApiToken.objects.filter(user=request.user, pk=request.POST.get("token")).delete()
+            messages.success(request, "Token revoked.")
+            return redirect("api_token")
+        name = (request.POST.get("name") or "API").strip()[:100] or "API"
+        _, new_key = ApiToken.issue(request.user, name)
+    tokens = ApiToken.objects.filter(user=request.user)
+    response = render(request, "diagnosis/api_token.html", {"tokens": tokens, "new_key": new_key})
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@csrf_exempt  # token clients have no CSRF cookie; session clients are CSRF-checked in authenticate_api
+@never_cache
+def api_predict(request):
+    if request.method != "POST":
+        return JsonResponse({"error": "method_not_allowed", "detail": "use POST"}, status=405,
+                            headers={"Allow": "POST"})
+    try:
+        user = authenticate_api(request)
+    except AuthFailed as exc:
+        headers = {"WWW-Authenticate": 'Token realm="api"'} if exc.status == 401 else {}
+        return JsonResponse({"error": exc.code, "detail": exc.detail}, status=exc.status, headers=headers)
+    if _too_big(request) or int(request.META.get("CONTENT_LENGTH") or 0) > settings.XRAY_MAX_REQUEST_BYTES:
+        return _api_error("invalid_image", f"upload too large (the limit is {settings.XRAY_MAX_UPLOAD_MB:g} MB)")
+    champion = holder().get()
+    if champion is None:
+        return _no_champion(request, json=True)
+    try:
+        name, data = _api_image(request)
+        diagnosis = analysis.diagnose(user, name, data, champion, source="api",
+                                      heatmap=request.GET.get("heatmap") in ("1", "true", "yes"))
+    except analysis.UploadRejected as exc:
+        return _api_error("invalid_image", exc.reason)
+    return JsonResponse(diagnosis.to_api(request))
+
+
+def _api_image(request) -> tuple[str, bytes]:
+    """multipart/form-data with a file field `image` (or `file`), or the raw bytes as the body."""
+    content_type = request.content_type or ""
+    if content_type.startswith("multipart/"):
+        files = request.FILES.getlist("image") or request.FILES.getlist("file")
+        if not files:
+            raise analysis.UploadRejected("no image: send the file in a form field named 'image'")
+        if len(files) > 1:
+            raise analysis.UploadRejected("one image per API request")
+        return files[0].name, analysis.read_upload(files[0])
+    data = request.read(settings.XRAY_MAX_UPLOAD_BYTES + 1)
+    analysis.check_size(len(data))
+    return request.headers.get("x-filename", "upload"), data
+
+
+def _api_error(code: str, detail: str, status: int = 400):
+    return JsonResponse({"error": code, "detail": detail}, status=status)
+
+
+@require_GET
+@never_cache
+def healthz(request):
+    """Liveness and model status. 200 while the process serves; `?ready=1` answers 503 until a
+    champion is loaded (for load balancers that should only route to a process that can answer)."""
+    h = holder()
+    h.get()  # first call loads; later calls re-check the alias in the background when due
+    status = h.status()
+    status["status"] = "ok" if status["champion_loaded"] else "no_champion"
+    code = 503 if request.GET.get("ready") and not status["champion_loaded"] else 200
+    return JsonResponse(status, status=code)

@@ -1,0 +1,212 @@
+"""Settings for the doctors' site, all from the environment, with local defaults that just work.
+
+Two modes, chosen by DJANGO_ENV:
+- ``development`` (default): DEBUG on unless DJANGO_DEBUG=0, a fixed development secret key,
+  SQLite and uploads under ``<repo>/.local/web``, plain-HTTP cookies. ``make run`` needs nothing.
+- ``production``: DEBUG off unless DJANGO_DEBUG=1, DJANGO_SECRET_KEY and DJANGO_ALLOWED_HOSTS
+  required, secure cookies, HTTPS redirect and HSTS (the TLS proxy sets X-Forwarded-Proto).
+
+Whatever the mode, a DEBUG-off process refuses to start without DJANGO_SECRET_KEY.
+Nothing here imports torch or mlflow: the model is loaded on first use (diagnosis.champion).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent  # django_app/
+REPO_ROOT = BASE_DIR.parent
+if str(REPO_ROOT) not in sys.path:  # `pipeline` lives at the repo root
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    value = value.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean (use 1/0, true/false, on/off)")
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_number(name: str, default, kind=float):
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a number") from None
+
+
+ENVIRONMENT = os.environ.get("DJANGO_ENV", "development").strip().lower()
+if ENVIRONMENT not in ("development", "production"):
+    raise ImproperlyConfigured(f"DJANGO_ENV must be 'development' or 'production', not {ENVIRONMENT!r}")
+PRODUCTION = ENVIRONMENT == "production"
+
+DEBUG = env_bool("DJANGO_DEBUG", not PRODUCTION)
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY must be set when DEBUG is off (generate one with "
+            "python -c 'import secrets; print(secrets.token_urlsafe(50))')"
+        )
+    SECRET_KEY = "django-insecure-development-only-never-use-in-production"
+
+if PRODUCTION and not os.environ.get("DJANGO_ALLOWED_HOSTS"):
+    raise ImproperlyConfigured("DJANGO_ALLOWED_HOSTS must be set in production (comma separated)")
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+# Where the site keeps its state: SQLite database (default), uploaded images, collected static.
+DATA_DIR = Path(os.environ.get("XRAY_WEB_DATA_DIR", REPO_ROOT / ".local" / "web")).expanduser()
+MEDIA_ROOT = Path(os.environ.get("XRAY_MEDIA_ROOT", DATA_DIR / "media")).expanduser()
+STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", DATA_DIR / "staticfiles")).expanduser()
+MEDIA_URL = None  # uploads are never served as static files: only through diagnosis.views.image
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "diagnosis",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "xray_site.urls"
+WSGI_APPLICATION = "xray_site.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "diagnosis.context_processors.site",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.config(
+        default=f"sqlite:///{DATA_DIR / 'db.sqlite3'}",
+        conn_max_age=int(env_number("DJANGO_DB_CONN_MAX_AGE", 60, int)),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # gunicorn workers write concurrently: wait for the lock instead of failing at once
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("timeout", 20)
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "upload"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-gb"
+TIME_ZONE = os.environ.get("DJANGO_TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "django.contrib.staticfiles.storage.StaticFilesStorage"
+            if DEBUG
+            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        )
+    },
+}
+WHITENOISE_USE_FINDERS = DEBUG  # development: no collectstatic needed
+
+# --- uploads -------------------------------------------------------------------------------
+XRAY_MAX_UPLOAD_MB = env_number("XRAY_MAX_UPLOAD_MB", 50.0)
+XRAY_MAX_UPLOAD_BYTES = int(XRAY_MAX_UPLOAD_MB * 1024 * 1024)
+XRAY_MAX_FILES = int(env_number("XRAY_MAX_FILES_PER_UPLOAD", 10, int))
+XRAY_MAX_PIXELS = int(env_number("XRAY_MAX_PIXELS", 40_000_000, int))
+# A request body above this is refused before it is parsed (one file at the limit + form overhead).
+XRAY_MAX_REQUEST_BYTES = XRAY_MAX_UPLOAD_BYTES + 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024  # bigger uploads spool to a temp file
+DATA_UPLOAD_MAX_NUMBER_FILES = XRAY_MAX_FILES
+FILE_UPLOAD_PERMISSIONS = 0o640
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o750
+
+# --- the champion model ----------------------------------------------------------------------
+XRAY_MODEL_NAME = os.environ.get("XRAY_MODEL_NAME", "")  # "" = params.yaml registry.model_name
+MLFLOW_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+XRAY_CHAMPION_ALIAS = os.environ.get("XRAY_CHAMPION_ALIAS", "champion")
+XRAY_CHAMPION_CHECK_SECONDS = env_number("XRAY_CHAMPION_CHECK_SECONDS", 30.0)
+XRAY_CHAMPION_RETRY_SECONDS = env_number("XRAY_CHAMPION_RETRY_SECONDS", 10.0)
+XRAY_CHAMPION_LOAD_TIMEOUT = env_number("XRAY_CHAMPION_LOAD_TIMEOUT", 120.0)
+XRAY_TORCH_THREADS = int(env_number("XRAY_TORCH_THREADS", 0, int))  # 0 = leave torch's default
+XRAY_HISTORY_PAGE_SIZE = int(env_number("XRAY_HISTORY_PAGE_SIZE", 12, int))
+
+# --- security ----------------------------------------------------------------------------------
+SECURE_COOKIES = env_bool("DJANGO_SECURE_COOKIES", PRODUCTION)
+SESSION_COOKIE_SECURE = SECURE_COOKIES
+CSRF_COOKIE_SECURE = SECURE_COOKIES
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_AGE = int(env_number("DJANGO_SESSION_SECONDS", 8 * 3600, int))  # one shift
+SESSION_EXPIRE_AT_BROWSER_CLOSE = True
+if env_bool("DJANGO_BEHIND_HTTPS_PROXY", PRODUCTION):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", PRODUCTION)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # container health checks speak plain HTTP
+SECURE_HSTS_SECONDS = int(env_number("DJANGO_HSTS_SECONDS", 31536000 if PRODUCTION else 0, int))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_SECONDS > 0
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
+    "loggers": {"django.request": {"level": "ERROR"}},
+}

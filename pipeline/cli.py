@@ -1,0 +1,180 @@
+"""`python -m pipeline <command>`: the platform's operations from a shell.
+
+Every ML setting comes from params.yaml; `--set section.key=value` overrides it for one run.
+Endpoints come from the environment (MLFLOW_TRACKING_URI, XRAY_CACHE_DIR, ...; see the README).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+from pipeline import config
+
+EPILOG = """examples:
+  python -m pipeline validate --data ../shared/datasets/chest_xray
+  python -m pipeline train --set train.epochs=2 --set preprocess.image_size=128
+  python -m pipeline evaluate --model runs/latest/model.pt
+  python -m pipeline predict --model runs/latest/model.pt xray1.jpeg xray2.png
+  python -m pipeline status
+"""
+
+
+def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
+    p.add_argument("--params", type=Path, default=config.PARAMS_FILE, help="params file (default: %(default)s)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a parameter, e.g. --set train.epochs=3 (repeatable)")
+    if data:
+        p.add_argument("--data", type=Path, default=None,
+                       help="dataset folder <root>/[train|val|test/]NORMAL|PNEUMONIA/ "
+                            "(default: $XRAY_DATA, $DATA or ../shared/datasets/chest_xray)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check every image; print and save the validation report",
+                       description="Decode every image once (filling the preprocessing cache) and report "
+                                   "the files that cannot be used, with the reason. Exit 1 if the dataset is unusable.")
+    _common(p)
+    p.add_argument("--report", type=Path, help="write the JSON report here")
+
+    p = sub.add_parser("train", help="train a ResNet18 challenger and score it on the held-out set",
+                       description="Validate, split by patient, train, choose the threshold on validation and "
+                                   "score the held-out test split. Outputs go to --out.")
+    _common(p)
+    p.add_argument("--out", type=Path, help="output folder (default: $XRAY_RUNS_DIR/<timestamp>)")
+    p.add_argument("--mlflow", action="store_true",
+                   help="log the run to MLflow ($MLFLOW_TRACKING_URI) and register a model version")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+
+    p = sub.add_parser("evaluate", help="score a trained model on the held-out split of a dataset",
+                       description="Score a model.pt (or models:/<name>@<alias>) at its stored threshold "
+                                   "on a split of the dataset, re-split exactly as training does.")
+    _common(p)
+    p.add_argument("--model", required=True, help="model.pt path or models:/<name>@<alias>")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument("--out", type=Path, help="write metrics JSON here (and plots beside it)")
+
+    p = sub.add_parser("predict", help="classify X-ray files (JPEG, PNG, DICOM)",
+                       description="Print label, P(pneumonia) and threshold for each file as JSON lines.")
+    p.add_argument("--model", required=True, help="model.pt path or models:/<name>@<alias>")
+    p.add_argument("files", nargs="+", type=Path)
+
+    for name, text in (("promote", "make a registered version the champion (policy checks skipped)"),
+                       ("rollback", "move the champion alias back to previous_champion"),
+                       ("status", "show which version serves and why")):
+        p = sub.add_parser(name, help=text, description=text)
+        _common(p, data=False)
+        if name == "promote":
+            p.add_argument("version", type=int, help="registered model version to promote")
+            p.add_argument("--reason", default="manual promotion", help="recorded on the version")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    params = config.load_params(getattr(args, "params", None), getattr(args, "overrides", []))
+    data_root = getattr(args, "data", None) or config.default_data_root()
+    try:
+        return COMMANDS[args.command](args, params, data_root) or 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one clear line for operators; the traceback is for --debug sessions
+        from pipeline.data import DatasetError
+        from pipeline.preprocess import InvalidImage
+
+        if isinstance(exc, (DatasetError, InvalidImage, FileNotFoundError, RuntimeError, KeyError, ValueError)):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+def cmd_validate(args, params, data_root) -> int:
+    from pipeline import data
+
+    samples = data.subset(data.discover(data_root), int(params["data"]["subset_per_class"]),
+                          int(params["data"]["seed"]))
+    _, report = data.validate(samples, params, root=data_root)
+    print(report.summary())
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        report.save(args.report)
+    return 0
+
+
+def cmd_train(args, params, data_root) -> int:
+    out = args.out or config.runs_dir() / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if args.mlflow:
+        from pipeline import registry
+
+        result = registry.tracked_train(params, data_root, out)
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    from pipeline.train import train
+
+    result = train(params, data_root, out, progress=not args.no_progress)
+    _link_latest(out)
+    print(json.dumps({"checkpoint": str(result.checkpoint), "metrics": result.metrics,
+                      "wall_time_s": result.system["wall_time_s"]}, indent=2))
+    return 0
+
+
+def _link_latest(out: Path) -> None:
+    latest = out.parent / "latest"
+    if latest.is_symlink() or not latest.exists():
+        latest.unlink(missing_ok=True)
+        latest.symlink_to(out.name)
+
+
+def load_predictor(model: str):
+    from pipeline.model import resolve_checkpoint
+    from pipeline.predict import Predictor
+
+    return Predictor.from_checkpoint(resolve_checkpoint(model))
+
+
+def cmd_evaluate(args, params, data_root) -> int:
+    from pipeline import data, evaluate
+
+    predictor = load_predictor(args.model)
+    splits, _, _ = data.load(data_root, params)
+    samples = dict(splits.items())[args.split]
+    y, p = evaluate.predict_samples(predictor, samples, params)
+    metrics = evaluate.compute_metrics(y, p, predictor.threshold)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        evaluate.save_metrics(metrics, args.out)
+        evaluate.save_plots(y, p, predictor.threshold, [], args.out.parent / "plots")
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_predict(args, params, data_root) -> int:
+    from pipeline.preprocess import InvalidImage
+
+    predictor = load_predictor(args.model)
+    failed = 0
+    for path in args.files:
+        try:
+            print(json.dumps({"file": str(path), **predictor.predict(path).to_dict()}))
+        except InvalidImage as exc:
+            failed += 1
+            print(json.dumps({"file": str(path), "error": exc.reason}))
+    return 1 if failed else 0
+
+
+def _registry(name):
+    def run(args, params, data_root):
+        from pipeline import registry
+
+        return getattr(registry, f"cli_{name}")(args, params)
+    return run
+
+
+COMMANDS = {"validate": cmd_validate, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
+            "promote": _registry("promote"), "rollback": _registry("rollback"), "status": _registry("status")}

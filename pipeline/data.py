@@ -1,0 +1,253 @@
+"""Dataset discovery, validation and patient-grouped splitting.
+
+Layout: `<root>/<split>/<CLASS>/*` or `<root>/<CLASS>/*`; split and class folder names are
+matched case-insensitively. Validation decodes every file once through the preprocessing cache,
+so a corrupt file is found before training and never costs a second decode.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import config
+from pipeline.cache import PreprocessCache
+
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                  "validation": "val", "test": "test", "testing": "test"}
+_PATIENT_PATTERNS = (
+    re.compile(r"^(person\d+)_(?:bacteria|virus)", re.IGNORECASE),  # person123_bacteria_456
+    re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+", re.IGNORECASE),        # IM-0115-0001, NORMAL2-IM-...
+)
+
+
+class DatasetError(RuntimeError):
+    """The dataset as a whole cannot be used (missing, empty class, too much rejected)."""
+
+
+@dataclass
+class Sample:
+    path: Path
+    label: int                 # index in config.CLASSES: 0 NORMAL, 1 PNEUMONIA
+    patient: str
+    split_hint: str | None = None
+    digest: str = ""           # content hash, filled in by validate()
+    row: int = -1              # row in the preprocessing cache, filled in by validate()
+
+
+@dataclass
+class ValidationReport:
+    root: str
+    checked: int = 0
+    rejected: list[dict] = field(default_factory=list)     # {"path", "reason"}
+    duplicates: list[dict] = field(default_factory=list)   # {"path", "same_as"}
+    counts: dict = field(default_factory=dict)             # usable images per class
+
+    @property
+    def rejected_fraction(self) -> float:
+        return len(self.rejected) / self.checked if self.checked else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "rejected_fraction": round(self.rejected_fraction, 5)}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    def summary(self) -> str:
+        lines = [f"checked {self.checked} files under {self.root}: usable {self.counts}, "
+                 f"rejected {len(self.rejected)}, exact duplicates dropped {len(self.duplicates)}"]
+        lines += [f"  rejected {r['path']}: {r['reason']}" for r in self.rejected[:50]]
+        if len(self.rejected) > 50:
+            lines.append(f"  ... and {len(self.rejected) - 50} more (see the JSON report)")
+        return "\n".join(lines)
+
+
+@dataclass
+class Splits:
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+
+    def items(self):
+        return (("train", self.train), ("val", self.val), ("test", self.test))
+
+    def counts(self) -> dict:
+        return {name: {c: sum(s.label == i for s in part) for i, c in enumerate(config.CLASSES)}
+                for name, part in self.items()}
+
+    def to_dict(self, root: Path) -> dict:
+        return {name: [str(s.path.relative_to(root)) if s.path.is_relative_to(root) else str(s.path)
+                       for s in part] for name, part in self.items()} | {"counts": self.counts()}
+
+
+def patient_id(filename: str) -> str:
+    """Patient of a Kermany file name; any other name is treated as its own patient."""
+    stem = Path(filename).stem
+    for pattern in _PATIENT_PATTERNS:
+        match = pattern.match(stem)
+        if match:
+            return match.group(1).upper()
+    return stem
+
+
+def _class_index(name: str) -> int | None:
+    upper = name.upper()
+    return config.CLASSES.index(upper) if upper in config.CLASSES else None
+
+
+def discover(root: str | Path) -> list[Sample]:
+    """Every file under `<root>/[<split>/]<CLASS>/`, with its label, patient and split folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder not found: {root}")
+    samples: list[Sample] = []
+    for top in sorted(p for p in root.iterdir() if p.is_dir()):
+        if _class_index(top.name) is not None:
+            class_dirs = [(top, None)]
+        elif top.name.lower() in _SPLIT_ALIASES:
+            class_dirs = [(d, _SPLIT_ALIASES[top.name.lower()]) for d in sorted(top.iterdir())
+                          if d.is_dir() and _class_index(d.name) is not None]
+        else:
+            continue
+        for class_dir, split in class_dirs:
+            label = _class_index(class_dir.name)
+            for path in sorted(class_dir.iterdir()):
+                if path.is_file() and not path.name.startswith("."):
+                    samples.append(Sample(path, label, patient_id(path.name), split))
+    if not samples:
+        raise DatasetError(
+            f"no images found under {root}: expected <root>/[train|val|test/]"
+            f"{'|'.join(config.CLASSES)}/<images>"
+        )
+    return samples
+
+
+def open_cache(params: dict) -> PreprocessCache:
+    d = params["data"]
+    limits = {"max_bytes": int(d["max_file_mb"] * 2**20), "max_pixels": int(d["max_pixels"]),
+              "min_side": int(d["min_side"])}
+    return PreprocessCache(config.cache_dir(), int(params["preprocess"]["image_size"]), limits)
+
+
+def validate(samples: list[Sample], params: dict, cache: PreprocessCache | None = None,
+             root: str | Path = "") -> tuple[list[Sample], ValidationReport]:
+    """Decode every file once (through the cache); drop bad files and exact duplicates.
+
+    Returns the usable samples (with digest and cache row set) and the report. Raises DatasetError
+    when a class has no usable image or too large a fraction was rejected.
+    """
+    cache = cache or open_cache(params)
+    digests, index = cache.lookup(s.path for s in samples)
+    report = ValidationReport(root=str(root), checked=len(samples))
+    usable, first_seen = [], {}
+    for sample, digest in zip(samples, digests):
+        entry = index[digest]
+        if isinstance(entry, str):
+            report.rejected.append({"path": str(sample.path), "reason": entry.removeprefix("error: ")})
+            continue
+        if digest in first_seen:  # byte-identical copy: keeping both could leak across splits
+            report.duplicates.append({"path": str(sample.path), "same_as": str(first_seen[digest])})
+            continue
+        first_seen[digest] = sample.path
+        sample.digest, sample.row = digest, entry
+        usable.append(sample)
+    report.counts = {c: sum(s.label == i for s in usable) for i, c in enumerate(config.CLASSES)}
+    empty = [c for c, n in report.counts.items() if n == 0]
+    if empty:
+        raise DatasetError(f"no usable image of class {', '.join(empty)} under {root or 'dataset'}"
+                           f" ({len(report.rejected)} files rejected)")
+    limit = float(params["data"]["max_rejected_fraction"])
+    if report.rejected_fraction > limit:
+        raise DatasetError(f"{len(report.rejected)} of {report.checked} files rejected "
+                           f"({report.rejected_fraction:.1%} > data.max_rejected_fraction {limit:.1%})"
+                           f"\n{report.summary()}")
+    return usable, report
+
+
+def _bucket(patient: str, seed: int) -> float:
+    """Stable pseudo-random number in [0, 1) for a patient: the same patient always lands on the
+    same side of a split, whatever images are added later (the champion's training patients never
+    drift into a future held-out set)."""
+    digest = hashlib.sha256(f"{seed}:{patient}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split(samples: list[Sample], params: dict) -> Splits:
+    """Patient-grouped, class-stratified, seeded split into train / val / held-out test.
+
+    A provided val/ or test/ folder is used as is when it holds at least data.min_provided_split
+    images; smaller ones (the 16-image Kaggle val/) go back into the pool. Pool patients are
+    assigned by a seeded hash of their id: each side gets its fraction of every class's patients
+    in expectation (binomial spread, recorded in split.json), and the assignment never changes as
+    data is added, so a model's training patients cannot reach a later held-out set.
+    """
+    d = params["data"]
+    provided = {name: [s for s in samples if s.split_hint == name] for name in ("val", "test")}
+    honoured = {name for name, part in provided.items() if len(part) >= int(d["min_provided_split"])}
+    fixed_patients = {s.patient: name for name in honoured for s in provided[name]}
+    fractions = {"test": 0.0 if "test" in honoured else float(d["test_fraction"]),
+                 "val": 0.0 if "val" in honoured else float(d["val_fraction"])}
+    out = {"train": [], "val": [], "test": []}
+    pool = [s for s in samples if s.split_hint not in honoured]
+    for s in pool:
+        if s.patient not in fixed_patients:
+            b = _bucket(s.patient, int(d["seed"]))
+            fixed_patients[s.patient] = ("test" if b < fractions["test"] else
+                                         "val" if b < fractions["test"] + fractions["val"] else "train")
+    for s in samples:
+        if s.split_hint in honoured:
+            out[s.split_hint].append(s)
+        else:
+            out[fixed_patients[s.patient]].append(s)
+    splits = Splits(out["train"], out["val"], out["test"])
+    for name, part in splits.items():
+        if not part:
+            raise DatasetError(f"the {name} split is empty: the dataset is too small to split")
+    return splits
+
+
+def dataset_fingerprint(samples: list[Sample]) -> str:
+    """Hash of (class, content) of every usable image: the data version when DVC gives none."""
+    h = hashlib.sha256()
+    for digest, label in sorted((s.digest, s.label) for s in samples):
+        h.update(f"{label}:{digest}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def subset(samples: list[Sample], per_class: int, seed: int) -> list[Sample]:
+    """Seeded per-class cap, keeping whole patients (quick mode and tests)."""
+    if per_class <= 0:
+        return samples
+    keep: list[Sample] = []
+    for label in range(len(config.CLASSES)):
+        by_patient: dict[str, list[Sample]] = {}
+        for s in samples:
+            if s.label == label:
+                by_patient.setdefault(s.patient, []).append(s)
+        taken = 0
+        for patient in sorted(by_patient, key=lambda p: _bucket(p, seed + 1)):
+            if taken >= per_class:
+                break
+            keep.extend(by_patient[patient])
+            taken += len(by_patient[patient])
+    return keep
+
+
+def load(root: str | Path, params: dict) -> tuple[Splits, ValidationReport, PreprocessCache]:
+    """discover -> subset -> validate -> split: what training and evaluation start from."""
+    root = Path(root)
+    samples = discover(root)
+    samples = subset(samples, int(params["data"]["subset_per_class"]), int(params["data"]["seed"]))
+    cache = open_cache(params)
+    usable, report = validate(samples, params, cache, root)
+    return split(usable, params), report, cache
+
+
+def arrays(samples: list[Sample], cache: PreprocessCache) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images [N, S, S] and labels [N] of validated samples."""
+    return cache.arrays([s.row for s in samples]), np.array([s.label for s in samples], np.int64)

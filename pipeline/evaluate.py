@@ -1,0 +1,156 @@
+"""Clinical metrics, the decision-threshold rule, and the plots a reviewer reads.
+
+Threshold rule: on the validation set, the highest threshold whose sensitivity (recall of
+PNEUMONIA) reaches evaluate.target_sensitivity. Missing pneumonia costs more than a second look
+at a normal film, so sensitivity is fixed first and specificity is the best available under it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def choose_threshold(y_true, prob, target_sensitivity: float) -> float:
+    """Highest t such that predicting PNEUMONIA for prob >= t gives sensitivity >= target."""
+    y_true, prob = np.asarray(y_true), np.asarray(prob, dtype=np.float64)
+    positives = np.sort(prob[y_true == 1])[::-1]
+    if positives.size == 0:
+        return 0.5
+    k = max(1, math.ceil(target_sensitivity * positives.size - 1e-9))
+    return float(positives[k - 1])
+
+
+def roc_auc(y_true, prob) -> float:
+    """Area under the ROC curve (Mann-Whitney form, ties counted half)."""
+    from scipy.stats import rankdata
+
+    y_true, prob = np.asarray(y_true), np.asarray(prob, dtype=np.float64)
+    n_pos, n_neg = int((y_true == 1).sum()), int((y_true == 0).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(prob)
+    return float((ranks[y_true == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def compute_metrics(y_true, prob, threshold: float) -> dict:
+    y_true, prob = np.asarray(y_true), np.asarray(prob, dtype=np.float64)
+    pred = (prob >= threshold).astype(int)
+    tp = int(((pred == 1) & (y_true == 1)).sum())
+    tn = int(((pred == 0) & (y_true == 0)).sum())
+    fp = int(((pred == 1) & (y_true == 0)).sum())
+    fn = int(((pred == 0) & (y_true == 1)).sum())
+
+    def ratio(a, b):
+        return a / b if b else 0.0
+
+    precision, sensitivity = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    return {
+        "auc": roc_auc(y_true, prob),
+        "accuracy": ratio(tp + tn, len(y_true)),
+        "sensitivity": sensitivity,
+        "specificity": ratio(tn, tn + fp),
+        "precision": precision,
+        "f1": ratio(2 * precision * sensitivity, precision + sensitivity),
+        "threshold": float(threshold),
+        "n": int(len(y_true)),
+        # rows: true NORMAL, PNEUMONIA; columns: predicted NORMAL, PNEUMONIA
+        "confusion_matrix": [[tn, fp], [fn, tp]],
+    }
+
+
+def evaluate_predictor(predictor, samples, params: dict, cache=None) -> dict:
+    """Metrics of `predictor` on validated samples, at the predictor's own stored threshold.
+
+    Images come from the preprocessing cache at the predictor's input size.
+    """
+    y_true, prob = predict_samples(predictor, samples, params, cache)
+    return compute_metrics(y_true, prob, predictor.threshold)
+
+
+def predict_samples(predictor, samples, params: dict, cache=None):
+    """(labels, P(pneumonia)) of samples, read through the cache at the predictor's size."""
+    from pipeline import data, config
+
+    if cache is None or cache.image_size != predictor.image_size:
+        sized = config.apply_overrides(params, {"preprocess.image_size": predictor.image_size})
+        cache = data.open_cache(sized)
+        digests, index = cache.lookup(s.path for s in samples)
+        rows = [index[d] for d in digests]
+    else:
+        rows = [s.row for s in samples]
+    if any(isinstance(r, str) for r in rows):
+        raise ValueError("evaluation samples must be validated images")
+    images = cache.arrays(rows)
+    labels = np.array([s.label for s in samples], np.int64)
+    return labels, predictor.probabilities(images, batch_size=int(params["evaluate"]["batch_size"]))
+
+
+def save_metrics(metrics: dict, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(metrics, indent=2))
+
+
+def save_plots(y_true, prob, threshold: float, history: list[dict], out_dir: str | Path) -> list[Path]:
+    """ROC, precision-recall, confusion matrix and training curves as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    y_true, prob = np.asarray(y_true), np.asarray(prob)
+    m = compute_metrics(y_true, prob, threshold)
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    fpr, tpr, _ = roc_curve(y_true, prob)
+    ax.plot(fpr, tpr, label=f"AUC {m['auc']:.3f}")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=0.8)
+    ax.scatter([1 - m["specificity"]], [m["sensitivity"]], color="red", zorder=3,
+               label=f"threshold {threshold:.3f}")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (held-out)")
+    ax.legend(loc="lower right")
+    paths.append(_save(fig, out / "roc.png"))
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    precision, recall, _ = precision_recall_curve(y_true, prob)
+    ax.plot(recall, precision)
+    ax.scatter([m["sensitivity"]], [m["precision"]], color="red", zorder=3, label=f"threshold {threshold:.3f}")
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall (held-out)")
+    ax.legend(loc="lower left")
+    paths.append(_save(fig, out / "precision_recall.png"))
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    cm = np.array(m["confusion_matrix"])
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["NORMAL", "PNEUMONIA"],
+           yticklabels=["NORMAL", "PNEUMONIA"], xlabel="predicted", ylabel="true",
+           title=f"Confusion matrix @ {threshold:.3f}")
+    paths.append(_save(fig, out / "confusion_matrix.png"))
+
+    if history:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+        epochs = [h["epoch"] for h in history]
+        ax1.plot(epochs, [h["train_loss"] for h in history], label="train")
+        ax1.plot(epochs, [h["val_loss"] for h in history], label="validation")
+        ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
+        ax1.legend()
+        ax2.plot(epochs, [h["val_auc"] for h in history], color="green")
+        ax2.set(xlabel="epoch", ylabel="AUC", title="Validation AUC")
+        paths.append(_save(fig, out / "training_curves.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

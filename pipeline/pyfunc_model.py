@@ -1,0 +1,142 @@
+"""The MLflow pyfunc model: `pipeline.predict.Predictor` packaged so that MLflow can serve it.
+
+Input: a pandas DataFrame with one column, `image`, one row per X-ray. Each cell holds the raw file
+bytes (JPEG, PNG, ... exactly what a doctor uploads). A `str` cell is read as base64 of those bytes:
+that is what JSON carries, and what `mlflow models serve` hands over when a client sends
+
+    POST /invocations  {"dataframe_split": {"columns": ["image"], "data": [["<base64>"]]}}
+
+(with the model's signature, MLflow's scoring server base64-decodes the `binary` column itself).
+
+Output: a DataFrame, one row per input row, columns
+    probability  float  P(pneumonia), NaN when the image was rejected
+    label        str    "PNEUMONIA" | "NORMAL" ("" when rejected)
+    threshold    float  the decision threshold stored with the model (probability >= threshold)
+    error        str    "" or why the image was rejected ("not an image", "truncated", ...)
+One bad upload therefore never fails the other rows of a batch.
+
+There is no second copy of preprocessing here: decoding, validation, resizing and normalisation are
+`pipeline.preprocess` via `Predictor`, the very code used by training and Django. The `pipeline`
+package is logged with the model (`code_paths`), so the served model needs no project checkout.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+INPUT_COLUMN = "image"
+OUTPUT_COLUMNS = ("probability", "label", "threshold", "error")
+CHECKPOINT_ARTIFACT = "checkpoint"      # key in `artifacts`; the file lands in <model>/artifacts/model.pt
+
+
+def _as_bytes(value) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, np.ndarray) and value.dtype == np.uint8:
+        return value.tobytes()
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=False)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"'{INPUT_COLUMN}' string is not base64: {exc}") from exc
+    raise TypeError(f"'{INPUT_COLUMN}' must hold bytes or base64 text, got {type(value).__name__}")
+
+
+class XrayModel(mlflow.pyfunc.PythonModel):
+    """Pneumonia classifier: raw image bytes in, probability + label + threshold out."""
+
+    def load_context(self, context):
+        from pipeline.predict import Predictor
+
+        self.predictor = Predictor.from_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT], device="cpu")
+
+    def predict(self, context, model_input, params=None):
+        from pipeline.preprocess import InvalidImage
+
+        if isinstance(model_input, pd.DataFrame):
+            if INPUT_COLUMN not in model_input.columns:
+                raise ValueError(f"input DataFrame needs a column '{INPUT_COLUMN}' (raw image bytes)")
+            cells = list(model_input[INPUT_COLUMN])
+        elif isinstance(model_input, (bytes, str)):
+            cells = [model_input]
+        else:
+            cells = list(model_input)
+        rows = []
+        threshold = float(self.predictor.threshold)
+        for cell in cells:
+            try:
+                pred = self.predictor.predict(_as_bytes(cell))
+            except (InvalidImage, TypeError, ValueError) as exc:
+                reason = getattr(exc, "reason", None) or str(exc)
+                rows.append({"probability": float("nan"), "label": "", "threshold": threshold, "error": reason})
+                continue
+            rows.append({"probability": float(pred.probability), "label": pred.label,
+                         "threshold": float(pred.threshold), "error": ""})
+        return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+
+
+def signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("binary", INPUT_COLUMN)]),
+        outputs=Schema([ColSpec("double", "probability"), ColSpec("string", "label"),
+                        ColSpec("double", "threshold"), ColSpec("string", "error")]),
+    )
+
+
+def pip_requirements() -> list[str]:
+    """Exact versions of what the model imports (given explicitly: inferring them would load the
+    model in a subprocess, seconds of work on every run)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for dist in ("mlflow", "torch", "torchvision", "numpy", "pandas", "pillow", "pyyaml"):
+        try:
+            reqs.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:
+            pass
+    return reqs
+
+
+def _pipeline_source(dest: Path) -> Path:
+    """A clean copy of the `pipeline` package (sources only, no __pycache__) to log as code."""
+    src = Path(__file__).resolve().parent
+    target = dest / "pipeline"
+    shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return target
+
+
+def log_pyfunc(checkpoint: str | Path, input_example: bytes | None = None, name: str = "model",
+               **kwargs) -> "mlflow.models.model.ModelInfo":
+    """Log the checkpoint as a pyfunc model under the active run (kwargs go to log_model,
+    e.g. registered_model_name, tags, params)."""
+    with tempfile.TemporaryDirectory(prefix="xray-pyfunc-") as tmp:
+        code = _pipeline_source(Path(tmp))
+        example = pd.DataFrame({INPUT_COLUMN: [input_example]}) if input_example is not None else None
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=XrayModel(),
+            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
+            code_paths=[str(code)],
+            signature=signature(),
+            input_example=example,
+            pip_requirements=pip_requirements(),
+            **kwargs,
+        )
+
+
+def checkpoint_in(model_dir: str | Path) -> Path:
+    """Path of the torch checkpoint inside a downloaded pyfunc model directory."""
+    found = sorted(Path(model_dir).glob("artifacts/*.pt"))
+    if not found:
+        raise FileNotFoundError(f"no checkpoint (artifacts/*.pt) in model directory {model_dir}")
+    return found[0]

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Debian packages used by the tests: chromium (browser tests, never a downloaded browser) and
+# docker-compose (validates docker-compose.yaml without a Docker engine). Installed when missing.
+set -euo pipefail
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null; then
+  echo "warning: cannot install ${missing[*]} (not root, no sudo); the tests that need them will be skipped" >&2
+  exit 0
+fi
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+echo "installing Debian packages: ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" fonts-dejavu-core >/dev/null

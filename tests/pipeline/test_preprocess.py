@@ -1,0 +1,149 @@
+"""Decoding and validation of single files: every mode, every kind of bad file."""
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import preprocess
+from pipeline.preprocess import InvalidImage
+
+
+def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def gradient(mode: str, size=(300, 200)) -> Image.Image:
+    x = np.linspace(0, 1, size[0])[None, :].repeat(size[1], 0)
+    if mode == "I;16":
+        return Image.fromarray((x * 4000 + 100).astype(np.uint16))  # 12-bit detector range
+    base = Image.fromarray((x * 255).astype(np.uint8), "L")
+    if mode == "L":
+        return base
+    if mode == "P":
+        return base.convert("P")
+    return base.convert(mode)
+
+
+@pytest.mark.parametrize("mode,fmt", [("L", "PNG"), ("RGB", "PNG"), ("RGBA", "PNG"), ("P", "PNG"),
+                                      ("I;16", "PNG"), ("L", "JPEG"), ("RGB", "JPEG"), ("CMYK", "JPEG")])
+def test_every_mode_becomes_the_same_grayscale_input(mode, fmt):
+    arr = preprocess.load_array(encode(gradient(mode), fmt), 64)
+    assert arr.shape == (64, 64) and arr.dtype == np.uint8
+    # the same left-to-right gradient survives whatever the mode: dark left, bright right
+    assert arr[:, :8].mean() < 60 and arr[:, -8:].mean() > 190
+
+
+def test_rgba_alpha_is_composited_on_black():
+    img = Image.new("RGBA", (100, 100), (255, 255, 255, 0))
+    assert preprocess.load_array(encode(img), 32).max() == 0
+
+
+def test_sixteen_bit_uses_full_range():
+    arr = preprocess.load_array(encode(gradient("I;16")), 64)
+    assert arr.min() <= 2 and arr.max() >= 253
+
+
+def test_preprocess_gives_normalised_tensor(shared_datasets):
+    path = next((shared_datasets / "fullres_samples" / "NORMAL").iterdir())
+    t = preprocess.preprocess(path, 96)
+    assert tuple(t.shape) == (1, 96, 96)
+    assert -3 < float(t.mean()) < 3
+    # bytes and path go through the same path
+    assert np.array_equal(preprocess.load_array(path.read_bytes(), 96), preprocess.load_array(path, 96))
+
+
+def test_draft_decodes_large_jpeg_at_reduced_scale(shared_datasets):
+    big = max((shared_datasets / "fullres_samples" / "PNEUMONIA").iterdir(), key=lambda p: p.stat().st_size)
+    full = Image.open(big).size
+    drafted = preprocess.load_image(big, draft_size=128)
+    assert drafted.size[0] < full[0] and min(drafted.size) >= 128
+
+
+def test_png_crc_corruption_is_reported():
+    data = bytearray(encode(gradient("L")))
+    data[60] ^= 0xFF  # inside the IDAT chunk
+    with pytest.raises(InvalidImage) as err:
+        preprocess.load_image(bytes(data))
+    assert "corrupt" in err.value.reason or "not an image" in err.value.reason
+
+
+@pytest.mark.parametrize("payload,reason", [
+    (b"", "empty file"),
+    (b"this is a text file, not an X-ray" * 10, "not an image"),
+    (b"%PDF-1.4\n" + b"0" * 500, "not an image"),
+])
+def test_non_images(payload, reason):
+    with pytest.raises(InvalidImage, match=reason):
+        preprocess.load_image(payload)
+
+
+def test_truncated_jpeg():
+    data = encode(gradient("L", (400, 400)), "JPEG", quality=90)
+    with pytest.raises(InvalidImage, match="truncated"):
+        preprocess.load_image(data[: len(data) // 2])
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (all zeros compress to almost nothing)."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    raw = zlib.compress(b"\x00" * (width + 1) * 16, 9)  # only a few rows: never decoded anyway
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_rejected_before_decoding():
+    bomb = _bomb_png(30000, 30000)  # 900 Mpx claimed, a few KB on disk
+    assert len(bomb) < 100_000
+    with pytest.raises(InvalidImage, match="decompression bomb"):
+        preprocess.load_image(bomb)
+
+
+def test_huge_file_rejected_without_reading(tmp_path):
+    big = tmp_path / "big.png"
+    with open(big, "wb") as f:
+        f.truncate(60 * 2**20)
+    with pytest.raises(InvalidImage, match="too large"):
+        preprocess.load_image(big)
+
+
+def test_too_small_and_blank_images():
+    with pytest.raises(InvalidImage, match="too small"):
+        preprocess.load_image(encode(Image.new("L", (20, 20))))
+    with pytest.raises(InvalidImage, match="blank"):
+        preprocess.load_image(encode(Image.new("I;16", (100, 100))))
+
+
+def test_unsupported_format():
+    with pytest.raises(InvalidImage, match="unsupported format"):
+        preprocess.load_image(encode(gradient("L"), "BMP"))
+
+
+def test_dicom_monochrome1_is_inverted(tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    def dicom(photometric: str) -> bytes:
+        meta = FileMetaDataset()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+        pixels = (np.linspace(0, 1, 128)[None, :].repeat(128, 0) * 4095).astype(np.uint16)
+        ds.Rows, ds.Columns = pixels.shape
+        ds.PhotometricInterpretation = photometric
+        ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 16, 12, 11, 0
+        ds.PixelData = pixels.tobytes()
+        path = tmp_path / f"{photometric}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        return path.read_bytes()
+
+    mono2 = preprocess.load_array(dicom("MONOCHROME2"), 64)
+    mono1 = preprocess.load_array(dicom("MONOCHROME1"), 64)
+    assert mono2[:, -4:].mean() > 200 and mono1[:, -4:].mean() < 55  # MONOCHROME1: high values are dark
