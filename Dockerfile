@@ -73,7 +73,7 @@ RUN set -eux; \
     chown -R xray:0 /opt/xray/runs /opt/xray/.cache /opt/xray/.mlflow /opt/xray/media \
                     /opt/xray/staticfiles /opt/xray-repo /home/xray; \
     chmod -R g=u /opt/xray /home/xray; \
-    chmod 0755 docker/*.py docker/*/*.sh; \
+    chmod 0755 docker/*.py docker/*.sh docker/*/*.sh; \
     if ls scripts/*.sh >/dev/null 2>&1; then chmod 0755 scripts/*.sh; fi
 USER xray
 ENTRYPOINT ["/usr/bin/tini", "--"]

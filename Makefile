@@ -9,7 +9,7 @@ DATA ?= ../shared/datasets/chest_xray
 QUICK ?=
 export DATA QUICK
 
-.PHONY: setup system-deps test run stop train validate mlflow data airflow web bench clean-cache help
+.PHONY: setup system-deps test run stop train validate mlflow data airflow dag-run repro status web bench clean-cache help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -45,6 +45,20 @@ mlflow: setup  ## MLflow tracking server in the foreground (SQLite + ./.mlflow b
 
 data: setup  ## import DATA into DVC as data/chest_xray, commit the pointer, dvc push
 	scripts/import_data.sh $(DATA)
+
+airflow: setup  ## Airflow standalone (UI on :8080) on SQLite in ./.airflow, this project's DAG only
+	AIRFLOW_HOME=$(CURDIR)/.airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
+		$(VENV)/bin/airflow standalone
+
+dag-run: setup  ## one forced run of the retraining DAG in-process (dag.test), no scheduler needed
+	$(PY) tests/dags/run_dag.py --conf '{"force": true}'
+
+repro: setup  ## the DVC pipeline (validate -> train -> evaluate) without Airflow
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
+
+status: setup  ## which model version serves doctors, and why; what the local stack runs
+	$(PY) -m pipeline status || true
+	scripts/stack.sh status
 
 web: setup  ## the web site under gunicorn in the foreground
 	scripts/web_server.sh

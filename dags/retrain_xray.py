@@ -6,16 +6,21 @@ file is parsed: every such import is inside a task body.
 from __future__ import annotations
 
 import os
+import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
-from xray_notify import XrayNotifier
-
 DAG_ID = "xray_retrain"
 REPO = Path(__file__).resolve().parent.parent          # the project (pipeline package, params.yaml)
+# Workers and the DAG processor may start anywhere: make `pipeline` and the sibling helper importable.
+for _path in (str(REPO), str(Path(__file__).resolve().parent)):
+    if _path not in sys.path:
+        sys.path.append(_path)
+
+from xray_notify import XrayNotifier  # noqa: E402
 
 
 def _dag_settings() -> dict:
@@ -65,11 +70,17 @@ New data arrives with `make data DATA=<folder>` (dvc add + git commit + dvc push
 
 
 def _context_params(context) -> dict:
-    """params.yaml (or $XRAY_PARAMS) with this run's `overrides` applied."""
+    """params.yaml (or $XRAY_PARAMS) with this run's `overrides` applied; a bad override fails the
+    run at once (no retry can fix a typo)."""
     from pipeline import config
 
     overrides = list(context["params"].get("overrides") or [])
-    return config.load_params(os.environ.get("XRAY_PARAMS") or None, overrides)
+    try:
+        return config.load_params(os.environ.get("XRAY_PARAMS") or None, overrides)
+    except (KeyError, ValueError) as exc:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"bad params (overrides {overrides}): {exc}") from exc
 
 
 def _short(run_id: str) -> str:
@@ -99,15 +110,20 @@ def xray_retrain():
 
         context = get_current_context()
         params = _context_params(context)
-        info = versioning.update()
-        champion = registry.champion_version()
-        champion_data = registry.champion_data_version() if champion else None
-        forced = bool(context["params"].get("force")) or bool(params["dag"].get("retrain_on_unchanged_data"))
+        try:
+            info = versioning.update()
+        except versioning.NoDataVersion as exc:       # nothing to retry until someone imports data
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(str(exc)) from exc
+        champion = registry.champion_version()             # None: no model registered / no champion yet
+        champion_data = (registry.status(limit=1)["champion"] or {}).get("data_version") if champion else None
+        forced = bool(context["params"].get("force")) or bool((params.get("dag") or {}).get("retrain_on_unchanged_data"))
         new_data = info["hash"] != champion_data
         info.update(champion=champion, champion_data_version=champion_data, new_data=new_data, forced=forced)
+        served = f"champion v{champion} was trained on {champion_data}" if champion else "no champion yet"
         print(f"data version {info['hash']} ({info['nfiles']} files, git {str(info['git_commit'])[:8]}); "
-              f"champion v{champion} was trained on {champion_data}: "
-              f"{'NEW DATA' if new_data else 'unchanged'}{' (forced run)' if forced else ''}")
+              f"{served}: {'NEW DATA' if new_data else 'unchanged'}{' (forced run)' if forced else ''}")
         return info if (new_data or forced) else False
 
     @task(**NO_RETRY)
@@ -125,13 +141,14 @@ def xray_retrain():
 
             raise AirflowFailException(f"dataset {info['hash'][:8]} rejected: {exc}") from exc
         print(report.summary())
-        for item in report.rejected[:200]:
-            print(f"REJECTED {item['path']}: {item['reason']}")
         summary = report.to_dict()
         return {"checked": summary.get("checked"), "rejected": len(report.rejected),
                 "duplicates": len(getattr(report, "duplicates", []) or []), "counts": summary.get("counts")}
 
-    @task(**NO_RETRY, execution_timeout=timedelta(minutes=float(SETTINGS["train_timeout_minutes"])))
+    # queue: with the CeleryExecutor a (GPU) worker listening on `training` takes this task alone;
+    # the LocalExecutor ignores it.
+    @task(**NO_RETRY, execution_timeout=timedelta(minutes=float(SETTINGS["train_timeout_minutes"])),
+          queue=os.environ.get("XRAY_TRAINING_QUEUE", "training"))
     def train(info: dict, report: dict) -> dict:
         """Train the challenger; registry.tracked_train logs everything to MLflow and registers a version."""
         from pipeline import config, registry
@@ -142,7 +159,8 @@ def xray_retrain():
         trigger = "forced" if info["forced"] else "new-data"
         result = registry.tracked_train(
             params, Path(info["data_root"]), config.runs_dir() / f"airflow-{_short(run_id)}",
-            run_name=f"airflow {context['ds']} data {info['hash'][:8]} {trigger}",
+            run_name=f"airflow {context.get('ds') or pendulum.now('UTC').to_date_string()} "
+                     f"data {info['hash'][:8]} {trigger}",
             tags={"trigger": f"airflow:{trigger}", "airflow.dag_run_id": run_id,
                   "airflow.overrides": ",".join(context["params"].get("overrides") or []) or "none",
                   "dvc.git_commit": str(info.get("git_commit"))},
@@ -174,16 +192,17 @@ def xray_retrain():
         from pipeline import registry
 
         decision = get_current_context()["ti"].xcom_pull(task_ids="decide", key="decision")
-        registry.promote(trained["version"], decision)
-        return {"outcome": "promoted", "version": trained["version"]}
+        result = registry.promote(trained["version"], decision)
+        if not result.get("promoted"):   # e.g. someone promoted another version meanwhile: stale decision
+            print(f"not promoted: {result.get('reason')}")
+        return {"outcome": "promoted" if result.get("promoted") else "stale", **result}
 
     @task(**RETRY)
     def reject(trained: dict) -> dict:
         from pipeline import registry
 
         decision = get_current_context()["ti"].xcom_pull(task_ids="decide", key="decision")
-        registry.reject(trained["version"], decision)
-        return {"outcome": "rejected", "version": trained["version"]}
+        return {"outcome": "rejected", **registry.reject(trained["version"], decision)}
 
     @task(trigger_rule="none_failed_min_one_success", **NO_RETRY)
     def notify(info: dict, trained: dict, scores: dict) -> dict:

@@ -101,11 +101,13 @@ def decision_message(summary: dict) -> tuple[str, str]:
     lines.append(f"Champion before: {('v' + str(champion)) if champion else 'none'}; "
                  f"champion now: v{summary.get('champion_after') or '?'}")
     for who in ("challenger", "champion"):
-        scores = (summary.get("scores") or {}).get(who)
+        entry = (summary.get("scores") or {}).get(who) or {}
+        scores = entry.get("metrics") if isinstance(entry, dict) else None
         if isinstance(scores, dict):
+            lines.append(f"{who} v{entry.get('version')} on {summary['scores'].get('n_test', '?')} held-out images:")
             shown = {k: scores[k] for k in ("auc", "sensitivity", "specificity", "accuracy", "f1", "threshold")
                      if isinstance(scores.get(k), (int, float))}
-            lines.append(f"{who}: " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()))
+            lines.append("  " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()))
     lines.append(f"Data version: {data} ({summary.get('nfiles', '?')} files); trigger: {summary.get('trigger')}")
     for label, link in (("MLflow run", summary.get("run_link")), ("Model version", summary.get("model_link"))):
         if link:

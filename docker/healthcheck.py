@@ -5,8 +5,8 @@
 
 Used by docker-compose.yaml for mlflow, airflow-apiserver, airflow-scheduler and web.
 `--accept` exists for endpoints that report "up but degraded" with a non-200 status
-(the web app's /healthz answers 503 while no champion model is registered yet: the
-process is alive and must not be restarted for that).
+(e.g. the web app's readiness probe /healthz?ready=1 answers 503 while no champion model
+is loaded: a liveness check that must not restart the process for that accepts 200,503).
 """
 import argparse
 import sys

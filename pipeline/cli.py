@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline import config
+from pipeline import config, registry
 
 EPILOG = """examples:
   python -m pipeline validate --data ../shared/datasets/chest_xray
@@ -65,14 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model.pt path or models:/<name>@<alias>")
     p.add_argument("files", nargs="+", type=Path)
 
-    for name, text in (("promote", "make a registered version the champion (policy checks skipped)"),
+    for name, text in (("promote", "make a registered version the champion (a person decides; --evaluate applies the policy)"),
                        ("rollback", "move the champion alias back to previous_champion"),
                        ("status", "show which version serves and why")):
-        p = sub.add_parser(name, help=text, description=text)
+        p = sub.add_parser(name, help=text, description=text, formatter_class=argparse.RawDescriptionHelpFormatter)
         _common(p, data=False)
         if name == "promote":
-            p.add_argument("version", type=int, help="registered model version to promote")
+            p.add_argument("version", type=int, nargs="?",
+                           help="registered model version to promote (default: the current challenger)")
             p.add_argument("--reason", default="manual promotion", help="recorded on the version")
+        registry.add_arguments(name, p)
     return parser
 
 
@@ -110,8 +112,6 @@ def cmd_validate(args, params, data_root) -> int:
 def cmd_train(args, params, data_root) -> int:
     out = args.out or config.runs_dir() / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     if args.mlflow:
-        from pipeline import registry
-
         result = registry.tracked_train(params, data_root, out)
         print(json.dumps(result, indent=2, default=str))
         return 0
@@ -170,8 +170,6 @@ def cmd_predict(args, params, data_root) -> int:
 
 def _registry(name):
     def run(args, params, data_root):
-        from pipeline import registry
-
         return getattr(registry, f"cli_{name}")(args, params)
     return run
 

@@ -25,6 +25,7 @@ import base64
 import binascii
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -49,37 +50,44 @@ def _as_bytes(value) -> bytes:
     raise TypeError(f"'{INPUT_COLUMN}' must hold bytes or base64 text, got {type(value).__name__}")
 
 
-class XrayModel(mlflow.pyfunc.PythonModel):
-    """Pneumonia classifier: raw image bytes in, probability + label + threshold out."""
+with warnings.catch_warnings():
+    # MLflow nags about type hints on predict(); the explicit signature below does the validating.
+    warnings.filterwarnings("ignore", message=".*type hint.*", category=UserWarning)
 
-    def load_context(self, context):
-        from pipeline.predict import Predictor
+    class XrayModel(mlflow.pyfunc.PythonModel):
+        """Pneumonia classifier: raw image bytes in, probability + label + threshold out."""
 
-        self.predictor = Predictor.from_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT], device="cpu")
+        def load_context(self, context):
+            from pipeline.predict import Predictor
 
-    def predict(self, context, model_input, params=None):
-        from pipeline.preprocess import InvalidImage
+            self.predictor = Predictor.from_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT], device="cpu")
 
-        if isinstance(model_input, pd.DataFrame):
-            if INPUT_COLUMN not in model_input.columns:
-                raise ValueError(f"input DataFrame needs a column '{INPUT_COLUMN}' (raw image bytes)")
-            cells = list(model_input[INPUT_COLUMN])
-        elif isinstance(model_input, (bytes, str)):
-            cells = [model_input]
-        else:
-            cells = list(model_input)
-        rows = []
-        threshold = float(self.predictor.threshold)
-        for cell in cells:
-            try:
-                pred = self.predictor.predict(_as_bytes(cell))
-            except (InvalidImage, TypeError, ValueError) as exc:
-                reason = getattr(exc, "reason", None) or str(exc)
-                rows.append({"probability": float("nan"), "label": "", "threshold": threshold, "error": reason})
-                continue
-            rows.append({"probability": float(pred.probability), "label": pred.label,
-                         "threshold": float(pred.threshold), "error": ""})
-        return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+        def predict(self, context, model_input, params=None):
+            from pipeline.preprocess import InvalidImage
+
+            if isinstance(model_input, pd.DataFrame):
+                if INPUT_COLUMN not in model_input.columns:
+                    raise ValueError(f"input DataFrame needs a column '{INPUT_COLUMN}' (raw image bytes)")
+                cells = list(model_input[INPUT_COLUMN])
+            elif isinstance(model_input, (bytes, str)):
+                cells = [model_input]
+            else:
+                cells = list(model_input)
+            rows = []
+            threshold = float(self.predictor.threshold)
+            for cell in cells:
+                try:
+                    pred = self.predictor.predict(_as_bytes(cell))
+                except (InvalidImage, TypeError, ValueError) as exc:
+                    reason = getattr(exc, "reason", None) or str(exc)
+                    rows.append({"probability": float("nan"), "label": "", "threshold": threshold, "error": reason})
+                    continue
+                rows.append({"probability": float(pred.probability), "label": pred.label,
+                             "threshold": float(pred.threshold), "error": ""})
+            out = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+            # rejected rows: probability None (JSON null; NaN is not valid JSON for most clients)
+            out["probability"] = out["probability"].astype(object).where(out["probability"].notna(), None)
+            return out
 
 
 def signature():
@@ -122,16 +130,18 @@ def log_pyfunc(checkpoint: str | Path, input_example: bytes | None = None, name:
     with tempfile.TemporaryDirectory(prefix="xray-pyfunc-") as tmp:
         code = _pipeline_source(Path(tmp))
         example = pd.DataFrame({INPUT_COLUMN: [input_example]}) if input_example is not None else None
-        return mlflow.pyfunc.log_model(
-            name=name,
-            python_model=XrayModel(),
-            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
-            code_paths=[str(code)],
-            signature=signature(),
-            input_example=example,
-            pip_requirements=pip_requirements(),
-            **kwargs,
-        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*type hint.*", category=UserWarning)
+            return mlflow.pyfunc.log_model(
+                name=name,
+                python_model=XrayModel(),
+                artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
+                code_paths=[str(code)],
+                signature=signature(),
+                input_example=example,
+                pip_requirements=pip_requirements(),
+                **kwargs,
+            )
 
 
 def checkpoint_in(model_dir: str | Path) -> Path:

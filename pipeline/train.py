@@ -47,6 +47,10 @@ class MemoryCeilingExceeded(MemoryError):
     pass
 
 
+class StopTraining(Exception):
+    """Raised by an on_step hook to end training early."""
+
+
 def bf16_available(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
@@ -148,11 +152,14 @@ def _scores(model, images: np.ndarray, device, bf16: bool, batch_size: int) -> n
 
 
 def train(params: dict, data_root: str | Path, out_dir: str | Path,
-          on_epoch_end: Callable[[dict], None] | None = None, progress: bool = True) -> TrainResult:
+          on_epoch_end: Callable[[dict], None] | None = None, progress: bool = True,
+          on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
     """Validate and split the data at data_root, train, pick the threshold, score the held-out set.
 
     Writes to out_dir: model.pt, metrics.json, history.json, split.json, validation_report.json,
-    plots/*.png. on_epoch_end receives each epoch's record (MLflow logging hooks in there).
+    plots/*.png. on_epoch_end receives each epoch's record (MLflow logging hooks in there);
+    on_step(global_step, model) runs after every optimiser step (benchmarks probe with it; raising
+    StopTraining ends training early, keeping the best model so far).
     """
     start = time.time()
     tp, out_dir = params["train"], Path(out_dir)
@@ -180,7 +187,8 @@ def train(params: dict, data_root: str | Path, out_dir: str | Path,
     smoothing = float(tp["label_smoothing"])
 
     history: list[dict] = []
-    best_auc, best_state, stale = -1.0, copy.deepcopy(model.state_dict()), 0
+    best_auc, best_state, stale, step = -1.0, copy.deepcopy(model.state_dict()), 0, 0
+    stopped = False
     for epoch in range(1, epochs + 1):
         model.train()
         t_epoch, seen, loss_sum = time.time(), 0, 0.0
@@ -203,6 +211,14 @@ def train(params: dict, data_root: str | Path, out_dir: str | Path,
             loss_sum += loss.item() * len(idx)
             _check_memory(float(tp["memory_limit_gb"]))
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / (time.time() - t_epoch):.1f}")
+            step += 1
+            if on_step:
+                try:
+                    on_step(step, model)
+                except StopTraining:
+                    stopped = True
+                    break
+                model.train()
         train_seconds = time.time() - t_epoch
         val_logits = _scores(model, x_val, device, bf16, int(params["evaluate"]["batch_size"]))
         val_loss = float(F.binary_cross_entropy_with_logits(
@@ -212,9 +228,9 @@ def train(params: dict, data_root: str | Path, out_dir: str | Path,
                   "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - t_epoch,
                   "images_per_s": seen / train_seconds}
         history.append(record)
-        if progress:
-            tqdm.write(f"epoch {epoch}/{epochs}: train_loss {record['train_loss']:.4f}  val_loss {val_loss:.4f}"
-                       f"  val_auc {val_auc:.4f}  {record['images_per_s']:.1f} img/s  {record['seconds']:.0f}s")
+        tqdm.write(  # one line per epoch, also in non-interactive logs (Airflow, CI)
+            f"epoch {epoch}/{epochs}: train_loss {record['train_loss']:.4f}  val_loss {val_loss:.4f}"
+            f"  val_auc {val_auc:.4f}  {record['images_per_s']:.1f} img/s  {record['seconds']:.0f}s")
         if on_epoch_end:
             on_epoch_end(record)
         if val_auc > best_auc:
@@ -222,9 +238,10 @@ def train(params: dict, data_root: str | Path, out_dir: str | Path,
         else:
             stale += 1
             if stale >= int(tp["patience"]):
-                if progress:
-                    tqdm.write(f"early stop: no validation AUC gain for {stale} epochs")
+                tqdm.write(f"early stop: no validation AUC gain for {stale} epochs")
                 break
+        if stopped:
+            break
     model.load_state_dict(best_state)
     del x_train
 

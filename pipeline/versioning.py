@@ -18,6 +18,8 @@ Environment (all optional):
                           come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY as usual
   XRAY_GIT_PUSH           0 to never `git push` after publishing (default: push when the branch
                           has an upstream)
+  XRAY_GIT_PULL           0 to never `git pull` before `dvc pull` (default: pull when the branch
+                          has an upstream)
 
 CLI: ``python -m pipeline.versioning {status,update,pull,publish} [--repo PATH]``.
 """
@@ -45,6 +47,10 @@ ENV_REMOTE_NAME = "env"               # name of the remote built from XRAY_DVC_R
 
 class VersioningError(RuntimeError):
     """A git or dvc command failed, or the repository has no data version."""
+
+
+class NoDataVersion(VersioningError):
+    """The repository tracks no dataset yet (no data/chest_xray.dvc): a retry cannot help."""
 
 
 @dataclass
@@ -148,25 +154,12 @@ def configure_remote(repo: str | Path | None = None) -> str | None:
         target = name or _default_remote(root)
         if target:
             dvc("remote", "modify", "--local", target, "endpointurl", endpoint, repo=root)
-    if name is None:
-        _ensure_local_default(root)
     return name
 
 
 def _default_remote(root: Path) -> str | None:
     proc = dvc("config", "core.remote", repo=root, check=False)
     return proc.stdout.strip() or None
-
-
-def _ensure_local_default(root: Path) -> None:
-    """A local-directory default remote is created on first use (dvc does not mkdir it for pull)."""
-    name = _default_remote(root)
-    if not name:
-        return
-    url = dvc("config", f"remote.{name}.url", repo=root, check=False).stdout.strip()
-    if url and "://" not in url:
-        path = Path(url) if os.path.isabs(url) else root / ".dvc" / url
-        path.mkdir(parents=True, exist_ok=True)
 
 
 def _remote_args(name: str | None) -> list[str]:
@@ -179,6 +172,9 @@ def git_pull(repo: str | Path | None = None) -> dict:
     root = repo_root(repo)
     before = _git_out("rev-parse", "HEAD", repo=root)
     upstream = _git_out("rev-parse", "--abbrev-ref", "--symbolic-full-name", "@{u}", repo=root)
+    if os.environ.get("XRAY_GIT_PULL", "1") == "0":
+        log.info("git: XRAY_GIT_PULL=0: keeping the local data pointer")
+        return {"pulled": False, "upstream": upstream, "before": before, "after": before}
     if not upstream:
         log.info("git: no upstream configured for %s: keeping the local data pointer", root)
         return {"pulled": False, "upstream": None, "before": before, "after": before}
@@ -192,7 +188,7 @@ def pull(repo: str | Path | None = None, target: str = DATA_DIR) -> DataVersion:
     root = repo_root(repo)
     version = data_version(root, target)
     if version is None:
-        raise VersioningError(f"{root / target}.dvc does not exist: import a dataset first "
+        raise NoDataVersion(f"{root / target}.dvc does not exist: import a dataset first "
                               f"(make data DATA=<folder>)")
     remote = configure_remote(root)
     dvc("pull", *_remote_args(remote), f"{target}.dvc", repo=root)

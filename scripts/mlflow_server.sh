@@ -14,7 +14,8 @@
 # Environment (all optional):
 #   MLFLOW_HOST (127.0.0.1; 0.0.0.0 in a container)   MLFLOW_PORT (5000)   MLFLOW_WORKERS (2)
 #   MLFLOW_DIR (<repo>/.mlflow: home of the local defaults, the pid file and the log)
-#   MLFLOW_BACKEND_STORE_URI (sqlite:///$MLFLOW_DIR/mlflow.db)
+#   MLFLOW_BACKEND_STORE_URI (sqlite:///$MLFLOW_DIR/mlflow.db); postgresql://... is run with the
+#       psycopg2 driver (rewritten to postgresql+psycopg2://)
 #   MLFLOW_ARTIFACTS_DESTINATION ($MLFLOW_DIR/artifacts)
 #   MLFLOW_ALLOWED_HOSTS (comma list of Host headers accepted; needed when clients reach the server
 #       by a name that is not localhost / a private IP, e.g. "mlflow,mlflow:5000" in docker compose)
@@ -32,6 +33,11 @@ PORT="${MLFLOW_PORT:-5000}"
 WORKERS="${MLFLOW_WORKERS:-2}"
 BACKEND="${MLFLOW_BACKEND_STORE_URI:-sqlite:///$MLFLOW_DIR/mlflow.db}"
 ARTIFACTS="${MLFLOW_ARTIFACTS_DESTINATION:-$MLFLOW_DIR/artifacts}"
+# SQLAlchemy 2.1 maps a bare postgresql:// to the psycopg (v3) driver; the project pins psycopg2-binary.
+case "$BACKEND" in
+  postgresql://*) BACKEND="postgresql+psycopg2://${BACKEND#postgresql://}" ;;
+  postgres://*)   BACKEND="postgresql+psycopg2://${BACKEND#postgres://}" ;;
+esac
 PIDFILE="$MLFLOW_DIR/server.pid"
 LOGFILE="$MLFLOW_DIR/server.log"
 

@@ -94,12 +94,15 @@ def start_mlflow_server(workdir: Path, backend_uri: str | None = None) -> tuple[
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     backend = backend_uri or f"sqlite:///{workdir / 'mlflow.db'}"
+    if backend.startswith("postgresql://"):  # SQLAlchemy 2.1 would look for psycopg 3
+        backend = backend.replace("postgresql://", "postgresql+psycopg2://", 1)
     log = open(workdir / "mlflow-server.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
          "--artifacts-destination", str(workdir / "artifacts"), "--serve-artifacts",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # no job-runner processes
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_http(uri + "/health", timeout=120, proc=proc)

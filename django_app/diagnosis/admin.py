@@ -2,16 +2,28 @@ from django.contrib import admin
 
 from .models import ApiToken, Diagnosis
 
+FILE_FIELDS = ("image", "heatmap")
+
 
 @admin.register(Diagnosis)
 class DiagnosisAdmin(admin.ModelAdmin):
-    list_display = ("created", "owner", "label", "probability", "model_name", "model_version", "source")
+    list_display = ("created", "owner", "original_name", "label", "probability", "model_name", "model_version", "source")
     list_filter = ("label", "model_version", "source")
     search_fields = ("owner__username", "original_name", "sha256")
     date_hierarchy = "created"
-    readonly_fields = [f.name for f in Diagnosis._meta.fields]
+    # Files are shown as their storage path: uploads have no public URL, and the image view
+    # serves them to their owner only.
+    exclude = FILE_FIELDS
+    readonly_fields = [f.name for f in Diagnosis._meta.fields if f.name not in FILE_FIELDS] + ["stored_files"]
+
+    @admin.display(description="stored files")
+    def stored_files(self, obj):
+        return ", ".join(f.name for f in (obj.image, obj.heatmap) if f) or "-"
 
     def has_add_permission(self, request):  # answers come from the model, never typed in
+        return False
+
+    def has_change_permission(self, request, obj=None):  # a record of what the model said: view only
         return False
 
 

@@ -12,7 +12,6 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -76,25 +75,18 @@ def decode(data: bytes, draft_size: int | None):
         return img, fmt, header.size
 
 
-@dataclass
-class Outcome:
-    diagnosis: Diagnosis
-    inference_ms: float
-
-
 def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatmap: bool = True) -> Diagnosis:
     """Analyse one image with the given champion and record it. Raises UploadRejected; stores
     nothing unless the whole analysis succeeded."""
     check_size(len(data))
-    predictor = champion.predictor
-    img, fmt, (width, height) = decode(data, draft_size=predictor.image_size)
+    t0 = time.perf_counter()
+    img, fmt, (width, height) = decode(data, draft_size=champion.predictor.image_size)
     started = time.perf_counter()
     cam = None
     if heatmap:
-        with champion.gradcam_lock:
-            prediction, cam = predictor.gradcam(img)
+        prediction, cam = champion.gradcam(img)
     else:
-        prediction = predictor.predict_image(img)
+        prediction = champion.predict(img)
     inference_ms = (time.perf_counter() - started) * 1000
 
     diagnosis = Diagnosis(
@@ -103,7 +95,7 @@ def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatm
         label=prediction.label, probability=float(prediction.probability),
         threshold=float(prediction.threshold), model_name=champion.name,
         model_version=str(champion.version), model_run_id=champion.run_id or "",
-        inference_ms=inference_ms,
+        inference_ms=inference_ms, heatmap_empty=cam is not None and not float(np.max(cam)) > 0,
     )
     stored = []
     try:
@@ -121,6 +113,9 @@ def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatm
         for f in stored:
             f.storage.delete(f.name)
         raise
+    # for the Server-Timing header: where a request's time went (ms)
+    diagnosis.timings = {"decode": (started - t0) * 1000, "infer": inference_ms,
+                         "store": (time.perf_counter() - started) * 1000 - inference_ms}
     return diagnosis
 
 

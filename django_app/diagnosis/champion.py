@@ -17,6 +17,7 @@ torch and mlflow are imported only when a model is first needed, never at settin
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 import os
@@ -26,11 +27,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from .batching import ModelRunner
+
 log = logging.getLogger(__name__)
 
 # A web request must not hang for minutes on MLflow's default retry policy (7 retries, backoff 2).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.5")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
@@ -46,12 +49,41 @@ class Champion:
     run_id: str | None = None
     loaded_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     load_seconds: float = 0.0
-    # Grad-CAM registers hooks on the network: one at a time per model (plain inference is safe).
-    gradcam_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    max_batch: int = 8
+    torch_threads: int = 0
+    # Every use of the network goes through one inference thread (see diagnosis.batching).
+    runner: ModelRunner | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.runner is None:
+            self.runner = ModelRunner(self.predictor, self.max_batch, name=f"v{self.version}",
+                                      threads=self.torch_threads)
 
     @property
     def threshold(self) -> float:
         return float(self.predictor.threshold)
+
+    def predict(self, img):
+        """Prediction for a decoded "L" image (batched with concurrent requests)."""
+        from pipeline import preprocess
+
+        probability = self.runner.probability(preprocess.to_array(img, self.predictor.image_size))
+        return self._label(probability)
+
+    def gradcam(self, img):
+        """(Prediction, heat map [S, S] in [0, 1])."""
+        return self.runner.gradcam(img)
+
+    def _label(self, probability: float):
+        label = getattr(self.predictor, "_label", None)
+        if label is not None:  # the predictor's own decision rule
+            return label(probability)
+        from pipeline.predict import Prediction
+
+        return Prediction("PNEUMONIA" if probability >= self.threshold else "NORMAL", probability, self.threshold)
+
+    def close(self) -> None:
+        self.runner.close()
 
     def describe(self) -> dict:
         return {
@@ -67,11 +99,13 @@ class Champion:
 class MlflowRegistry:
     """Asks the MLflow registry which version holds the alias, and loads it via pipeline.registry."""
 
-    def __init__(self, tracking_uri: str, name: str, alias: str = "champion", torch_threads: int = 0):
+    def __init__(self, tracking_uri: str, name: str, alias: str = "champion", torch_threads: int = 0,
+                 max_batch: int = 8):
         self.tracking_uri = tracking_uri
         self.name = name
         self.alias = alias
         self.torch_threads = torch_threads
+        self.max_batch = max_batch
 
     def _client(self):
         from mlflow import MlflowClient
@@ -103,7 +137,7 @@ class MlflowRegistry:
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         try:
-            from pipeline import registry
+            registry = importlib.import_module("pipeline.registry")
         except ModuleNotFoundError as exc:  # no pipeline/registry.py: same model layout, loaded here
             if exc.name != "pipeline.registry":
                 raise
@@ -119,6 +153,8 @@ class MlflowRegistry:
             version=str(getattr(mv, "version", "?")),
             run_id=getattr(mv, "run_id", None),
             load_seconds=time.perf_counter() - started,
+            max_batch=self.max_batch,
+            torch_threads=self.torch_threads,
         )
 
     def _load_pyfunc_checkpoint(self):
@@ -150,8 +186,11 @@ def _warm_up(predictor) -> None:
     try:
         import numpy as np
 
+        from PIL import Image
+
         size = int(predictor.image_size)
         predictor.probabilities(np.zeros((1, size, size), dtype=np.uint8))
+        predictor.gradcam(Image.new("L", (size, size), 128))  # autograd's first pass is slow too
     except Exception:  # warm-up is an optimisation, never a reason to refuse a model
         log.warning("champion warm-up failed", exc_info=True)
 
@@ -172,18 +211,27 @@ class ChampionHolder:
         self._lock = threading.Lock()  # one refresh at a time
         self._next_check = 0.0  # time.monotonic() deadline
         self._background: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._cond = threading.Condition()
+        self._busy = False
+        self._cycles = 0
         self.last_checked: datetime | None = None
         self.last_error: str | None = None
         self.registry_reachable: bool | None = None
         self.alias_version: str | None = None  # what the registry said last
 
     # --- what requests call ------------------------------------------------------------------
-    def get(self) -> Champion | None:
-        """The model to answer this request with, or None when there is no champion."""
+    def get(self, wait: bool = True) -> Champion | None:
+        """The model to answer this request with, or None when there is no champion.
+        wait=False never blocks (health checks): a first load then happens in the background."""
         current = self._current
         if current is None:
             if time.monotonic() >= self._next_check:
-                self.refresh(timeout=self.load_timeout)
+                if wait:
+                    self._refresh_and_wait(self.load_timeout)
+                else:
+                    self._refresh_in_background()
             return self._current
         if time.monotonic() >= self._next_check:
             self._refresh_in_background()
@@ -211,7 +259,7 @@ class ChampionHolder:
 
     # --- refreshing --------------------------------------------------------------------------
     def refresh(self, timeout: float | None = None) -> Champion | None:
-        """Ask the registry now and load a new version if the alias moved (blocking)."""
+        """Ask the registry now and load a new version if the alias moved (blocking, this thread)."""
         acquired = self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
         if not acquired:
             return self._current
@@ -221,21 +269,48 @@ class ChampionHolder:
             self._lock.release()
         return self._current
 
-    def _refresh_in_background(self) -> None:
+    # Background refreshes run on ONE long-lived thread per process. Loading a model runs torch
+    # (OpenMP) on the loading thread; when such a thread exits, libgomp leaves the next OpenMP
+    # team of the process pathologically slow (measured: 900 ms instead of 45 ms per image with
+    # 2 threads). A thread that never exits avoids it.
+    def _ensure_refresher(self) -> None:
         thread = self._background
         if thread is not None and thread.is_alive():
             return
-        # claim the slot before starting, so concurrent requests start one thread, not many
-        self._next_check = time.monotonic() + max(self.retry_seconds, 1.0)
-        thread = threading.Thread(target=self._background_refresh, name="champion-refresh", daemon=True)
-        self._background = thread
-        thread.start()
+        with self._start_lock:
+            if self._background is None or not self._background.is_alive():
+                self._background = threading.Thread(target=self._refresher, name="champion-refresh", daemon=True)
+                self._background.start()
 
-    def _background_refresh(self) -> None:
-        try:
-            self.refresh(timeout=0)
-        except Exception:  # never let the refresher die silently
-            log.exception("champion refresh failed")
+    def _refresher(self) -> None:
+        while True:
+            self._wake.wait()
+            with self._cond:
+                self._wake.clear()
+                self._busy = True
+            try:
+                self.refresh()
+            except Exception:  # never let the refresher die silently
+                log.exception("champion refresh failed")
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cycles += 1
+                    self._cond.notify_all()
+
+    def _refresh_in_background(self) -> None:
+        # claim the slot first, so concurrent requests wake the refresher once, not many times
+        self._next_check = time.monotonic() + max(self.retry_seconds, 1.0)
+        self._ensure_refresher()
+        self._wake.set()
+
+    def _refresh_and_wait(self, timeout: float) -> None:
+        with self._cond:
+            start = self._cycles
+        self._ensure_refresher()
+        self._wake.set()
+        with self._cond:
+            self._cond.wait_for(lambda: self._cycles > start and not self._busy, timeout)
 
     def _refresh_locked(self) -> None:
         self.last_checked = datetime.now(timezone.utc)
@@ -257,6 +332,8 @@ class ChampionHolder:
                 log.warning("alias '%s' of %s no longer exists: model %s v%s withdrawn from service",
                             getattr(self.registry, "alias", "?"), getattr(self.registry, "name", "?"),
                             self._current.name, self._current.version)
+            if self._current is not None:
+                self._current.close()
             self._current = None
             self.last_error = None
             self._next_check = time.monotonic() + self.check_seconds
@@ -271,16 +348,17 @@ class ChampionHolder:
                 self._next_check = time.monotonic() + self.retry_seconds
                 return
             self._current = champion  # the swap: requests in flight keep their own reference
+            if current is not None:
+                current.close()  # its queued work is finished first; late callers run inline
             log.info("champion %s v%s loaded in %.1f s (was %s)", champion.name, champion.version,
                      champion.load_seconds, current.version if current else "none")
         self.last_error = None
         self._next_check = time.monotonic() + self.check_seconds
 
     def wait_idle(self, timeout: float = 60.0) -> None:
-        """Wait for a background refresh to finish (tests, shutdown)."""
-        thread = self._background
-        if thread is not None:
-            thread.join(timeout)
+        """Wait until no background refresh is pending or running (tests, shutdown)."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._busy and not self._wake.is_set(), timeout)
 
 
 _holder: ChampionHolder | None = None
@@ -302,7 +380,7 @@ def build_holder() -> ChampionHolder:
 
     name = settings.XRAY_MODEL_NAME or _params_model_name()
     registry = MlflowRegistry(settings.MLFLOW_TRACKING_URI, name, settings.XRAY_CHAMPION_ALIAS,
-                              settings.XRAY_TORCH_THREADS)
+                              settings.XRAY_TORCH_THREADS, settings.XRAY_MAX_BATCH)
     return ChampionHolder(registry, settings.XRAY_CHAMPION_CHECK_SECONDS,
                           settings.XRAY_CHAMPION_RETRY_SECONDS, settings.XRAY_CHAMPION_LOAD_TIMEOUT)
 
@@ -317,8 +395,8 @@ def _params_model_name() -> str:
 
 
 def reset_holder(new: ChampionHolder | None = None) -> ChampionHolder | None:
-    """Replace the process-wide holder (tests; settings changed)."""
+    """Replace the process-wide holder (tests; settings changed); returns the previous one."""
     global _holder
     with _holder_lock:
-        _holder = new
-    return new
+        previous, _holder = _holder, new
+    return previous

@@ -19,6 +19,8 @@ class MultipleFileField(forms.FileField):
 
     def clean(self, data, initial=None):
         single = super().clean
+        if isinstance(data, (list, tuple)) and not data:
+            data = None  # nothing chosen: the "required" message
         if isinstance(data, (list, tuple)):
             return [single(d, initial) for d in data]
         return [single(data, initial)]

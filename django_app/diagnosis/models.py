@@ -32,6 +32,7 @@ class Diagnosis(models.Model):
     height = models.PositiveIntegerField()
     image = models.FileField(upload_to=upload_path, max_length=255)  # as uploaded (DICOM: rendered PNG)
     heatmap = models.FileField(upload_to=upload_path, max_length=255, blank=True)  # RGBA PNG, model geometry
+    heatmap_empty = models.BooleanField(default=False)  # no region argued for pneumonia
     label = models.CharField(max_length=16, choices=LABELS)
     probability = models.FloatField()  # P(pneumonia)
     threshold = models.FloatField()
@@ -80,6 +81,7 @@ class Diagnosis(models.Model):
                       "name": self.original_name},
             "result_url": url("result", self.id),
             "heatmap_url": url("image", self.id, "heatmap") if self.heatmap else None,
+            "heatmap_empty": self.heatmap_empty if self.heatmap else None,
         }
         if self.inference_ms is not None:
             data["inference_ms"] = round(self.inference_ms, 1)

@@ -30,12 +30,17 @@ def _wants_json(request) -> bool:
         "application/json" in request.headers.get("accept", "")
 
 
-def _too_big(request) -> bool:
+def _content_length(request) -> int:
     try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
+        return int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
-        return False
-    return length > settings.XRAY_MAX_REQUEST_BYTES * max(1, settings.XRAY_MAX_FILES)
+        return 0
+
+
+def _too_big(request, files: int | None = None) -> bool:
+    """Refuse an oversized body from its header, before Django reads it."""
+    files = settings.XRAY_MAX_FILES if files is None else files
+    return _content_length(request) > settings.XRAY_MAX_REQUEST_BYTES * max(1, files)
 
 
 def _no_champion(request, json: bool):
@@ -174,7 +179,7 @@ def api_predict(request):
     except AuthFailed as exc:
         headers = {"WWW-Authenticate": 'Token realm="api"'} if exc.status == 401 else {}
         return JsonResponse({"error": exc.code, "detail": exc.detail}, status=exc.status, headers=headers)
-    if _too_big(request) or int(request.META.get("CONTENT_LENGTH") or 0) > settings.XRAY_MAX_REQUEST_BYTES:
+    if _too_big(request, files=1):
         return _api_error("invalid_image", f"upload too large (the limit is {settings.XRAY_MAX_UPLOAD_MB:g} MB)")
     champion = holder().get()
     if champion is None:
@@ -185,7 +190,9 @@ def api_predict(request):
                                       heatmap=request.GET.get("heatmap") in ("1", "true", "yes"))
     except analysis.UploadRejected as exc:
         return _api_error("invalid_image", exc.reason)
-    return JsonResponse(diagnosis.to_api(request))
+    response = JsonResponse(diagnosis.to_api(request))
+    response["Server-Timing"] = ", ".join(f"{k};dur={v:.1f}" for k, v in diagnosis.timings.items())
+    return response
 
 
 def _api_image(request) -> tuple[str, bytes]:
@@ -213,7 +220,7 @@ def healthz(request):
     """Liveness and model status. 200 while the process serves; `?ready=1` answers 503 until a
     champion is loaded (for load balancers that should only route to a process that can answer)."""
     h = holder()
-    h.get()  # first call loads; later calls re-check the alias in the background when due
+    h.get(wait=False)  # never blocks: loads / re-checks the alias in the background when due
     status = h.status()
     status["status"] = "ok" if status["champion_loaded"] else "no_champion"
     code = 503 if request.GET.get("ready") and not status["champion_loaded"] else 200

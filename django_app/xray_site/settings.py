@@ -128,8 +128,15 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # gunicorn workers write concurrently: wait for the lock instead of failing at once
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("timeout", 20)
+    # Several threads/workers write: WAL lets readers and one writer work together, IMMEDIATE
+    # transactions queue writers instead of failing, synchronous=NORMAL skips an fsync per commit
+    # (still durable across application crashes; WAL is the mode SQLite recommends for this).
+    _options = DATABASES["default"].setdefault("OPTIONS", {})
+    _options.setdefault("timeout", 20)
+    _options.setdefault("transaction_mode", "IMMEDIATE")
+    _options.setdefault("init_command", "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+    if DATABASES["default"]["NAME"] not in ("", ":memory:"):
+        Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -182,6 +189,7 @@ XRAY_CHAMPION_CHECK_SECONDS = env_number("XRAY_CHAMPION_CHECK_SECONDS", 30.0)
 XRAY_CHAMPION_RETRY_SECONDS = env_number("XRAY_CHAMPION_RETRY_SECONDS", 10.0)
 XRAY_CHAMPION_LOAD_TIMEOUT = env_number("XRAY_CHAMPION_LOAD_TIMEOUT", 120.0)
 XRAY_TORCH_THREADS = int(env_number("XRAY_TORCH_THREADS", 0, int))  # 0 = leave torch's default
+XRAY_MAX_BATCH = int(env_number("XRAY_MAX_BATCH", 8, int))  # concurrent requests per forward pass
 XRAY_HISTORY_PAGE_SIZE = int(env_number("XRAY_HISTORY_PAGE_SIZE", 12, int))
 
 # --- security ----------------------------------------------------------------------------------
@@ -197,7 +205,11 @@ if env_bool("DJANGO_BEHIND_HTTPS_PROXY", PRODUCTION):
 SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", PRODUCTION)
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # container health checks speak plain HTTP
 SECURE_HSTS_SECONDS = int(env_number("DJANGO_HSTS_SECONDS", 31536000 if PRODUCTION else 0, int))
-SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_SECONDS > 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", SECURE_HSTS_SECONDS > 0)
+# Preloading binds the hospital's whole domain to HTTPS in every browser, for good: the domain
+# owner's decision, so off unless asked for (and its deploy-check warning silenced meanwhile).
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", False)
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"

@@ -49,9 +49,11 @@ else
     mkdir -p "$REPO/.dvc" "$REPO/data"
     [[ -d "$REPO/.git" ]] || gitc init --quiet --initial-branch=main
     cp "$APP/.dvc/config" "$REPO/.dvc/config"
-    for f in .dvcignore dvc.yaml params.yaml; do [[ -f "$APP/$f" ]] && cp "$APP/$f" "$REPO/$f"; done
+    for f in .dvcignore dvc.yaml params.yaml data/.gitignore; do
+        if [[ -f "$APP/$f" ]]; then cp "$APP/$f" "$REPO/$f"; fi
+    done
     shopt -s nullglob
-    for f in "$APP"/data/*.dvc "$APP"/data/.gitignore; do cp "$f" "$REPO/data/"; done
+    for f in "$APP"/data/*.dvc; do cp "$f" "$REPO/data/"; done
     printf '/data/chest_xray\n/.dvc/cache\n/.dvc/tmp\n/.dvc/config.local\n' > "$REPO/.gitignore"
     gitc add -A
     gitc diff --cached --quiet || gitc commit --quiet -m "data pointer from image ${XRAY_IMAGE_TAG:-}"

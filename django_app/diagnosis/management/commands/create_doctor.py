@@ -1,6 +1,7 @@
 """Create (or update) a doctor's account: python django_app/manage.py create_doctor NAME ..."""
 import getpass
 import os
+import secrets
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
@@ -23,12 +24,21 @@ class Command(BaseCommand):
         parser.add_argument("--staff", action="store_true", help="may also use the Django admin")
         parser.add_argument("--token", action="store_true", help="also issue an API token and print it once")
         parser.add_argument("--update", action="store_true", help="update the password if the user exists")
+        parser.add_argument("--if-no-users", action="store_true",
+                            help="do nothing when any account exists (first start of a development site)")
+        parser.add_argument("--random-password", action="store_true",
+                            help="generate a strong password and print it once")
         parser.add_argument("--skip-validation", action="store_true",
                             help="accept a password that fails the strength rules (development only)")
 
     def handle(self, *args, username, password, email, first_name, last_name, staff, token, update,
-               skip_validation, **options):
+               skip_validation, if_no_users, random_password, **options):
         User = get_user_model()
+        if if_no_users and User.objects.exists():
+            return
+        if random_password:
+            password = secrets.token_urlsafe(12)
+            self.stdout.write(f"generated password for '{username}' (shown once): {password}")
         password = password or os.environ.get("XRAY_DOCTOR_PASSWORD")
         if not password:
             if not options.get("interactive", True) or not os.isatty(0):

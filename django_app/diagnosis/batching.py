@@ -1,0 +1,119 @@
+"""One inference thread per loaded model, batching whatever requests are waiting.
+
+Under gunicorn's threaded workers several requests reach the same model at once. Running them
+one by one wastes the CPU (a batch of 4 costs far less than 4 single images), and running them
+in parallel in the request threads oversubscribes the cores and races Grad-CAM's hook on the
+shared network. So every model call goes through this queue: a single thread takes everything
+that is waiting (no added wait: a lone request runs at once) and answers each request's future.
+
+The numbers are `pipeline.predict.Predictor`'s own (`probabilities`, `gradcam`): batching
+changes how many images one forward pass carries, not what it computes.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+_STOP = object()
+
+
+class ModelRunner:
+    def __init__(self, predictor, max_batch: int = 8, name: str = "model", threads: int = 0):
+        self.predictor = predictor
+        self.threads = int(threads or 0)
+        self.max_batch = max(1, int(max_batch))
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
+        self._start_lock = threading.Lock()
+        self._inline_lock = threading.Lock()  # after close(): late callers take turns
+        self._thread: threading.Thread | None = None
+        self._name = name
+        self.batches = 0
+        self.images = 0
+
+    # --- what requests call ------------------------------------------------------------------
+    def probability(self, array: np.ndarray, timeout: float | None = 120) -> float:
+        """P(pneumonia) of one uint8 [S, S] image."""
+        return float(self._submit(("prob", array)).result(timeout))
+
+    def gradcam(self, img, timeout: float | None = 120):
+        """(Prediction, heat map) of one decoded image, alone in its forward/backward pass."""
+        return self._submit(("cam", img)).result(timeout)
+
+    def close(self) -> None:
+        """Stop after the queued work (the model was replaced); later calls run inline."""
+        self._closed = True
+        self._queue.put(_STOP)
+
+    # --- the inference thread -----------------------------------------------------------------
+    def _submit(self, job) -> Future:
+        future: Future = Future()
+        if self._closed:  # a request that took this model just before the swap: still answered
+            with self._inline_lock:
+                self._run([(job, future)])
+            return future
+        self._ensure_thread()
+        self._queue.put((job, future))
+        return future
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._loop, name=f"infer-{self._name}", daemon=True)
+                    self._thread.start()
+
+    def _loop(self) -> None:
+        if self.threads > 0:  # OpenMP settings are per thread: set them where the work runs
+            import torch
+
+            torch.set_num_threads(self.threads)
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                self._drain()
+                return
+            batch = [item]
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    self._queue.put(_STOP)  # handled after this batch
+                    break
+                batch.append(nxt)
+            self._run(batch)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _STOP:
+                self._run([item])
+
+    def _run(self, batch) -> None:
+        probs = [(job, fut) for job, fut in batch if job[0] == "prob"]
+        cams = [(job, fut) for job, fut in batch if job[0] == "cam"]
+        if probs:
+            try:
+                out = self.predictor.probabilities(np.stack([job[1] for job, _ in probs]))
+                for (_, fut), p in zip(probs, out):
+                    fut.set_result(float(p))
+                self.batches += 1
+                self.images += len(probs)
+            except BaseException as exc:  # every waiting request learns it, none hangs
+                for _, fut in probs:
+                    fut.set_exception(exc)
+        for job, fut in cams:
+            try:
+                fut.set_result(self.predictor.gradcam(job[1]))
+            except BaseException as exc:
+                fut.set_exception(exc)

@@ -1,0 +1,815 @@
+"""MLflow tracking, the model registry, and champion/challenger promotion.
+
+Who calls what
+- the DAG:      tracked_train -> evaluate_candidates -> decide -> promote | reject
+- Django:       load_champion() -> (Predictor, ModelVersion); champion_version() to notice a change
+- people:       python -m pipeline promote | rollback | status   (cli_promote, cli_rollback, cli_status)
+
+Registry layout (one registered model, name = params registry.model_name or $XRAY_MODEL_NAME)
+- every training run registers a new version and moves the alias `challenger` onto it;
+- alias `champion` = the version that serves doctors; `previous_champion` = the one it replaced;
+- each decided version carries tags: decision (promoted | rejected | stale | rolled_back),
+  decision_reason (words), compared_with (champion version or "none"), challenger.<metric> and
+  champion.<metric> (both scored now, on the same held-out images), eval_n, decided_at.
+
+Concurrency. Two promotions may race (a manual `promote` while the DAG promotes). Every alias
+change (promote, rollback) runs under a registry-wide mutex: a registered model named
+`<name>.promotion-lock`, created with create_registered_model. Its name is the primary key of the
+registry table, so creation is atomic in the backend database (SQLite or PostgreSQL): exactly one
+process creates it, the others get RESOURCE_ALREADY_EXISTS and wait. A lock older than
+LOCK_STALE_S (crashed holder) is broken. Under the lock, a decision is applied only if the champion
+it was computed against is still the champion (compare-and-set); otherwise it is "stale" and is
+tagged and reported, not applied. Aliases are written previous_champion first, champion second, and
+read back afterwards; readers never see `champion` on a half-registered version.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import getpass
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pipeline import config
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PREVIOUS = "previous_champion"
+LOCK_SUFFIX = ".promotion-lock"
+LOCK_STALE_S = float(os.environ.get("XRAY_PROMOTION_LOCK_STALE_S", 300))   # a holder never takes this long
+LOCK_WAIT_S = float(os.environ.get("XRAY_PROMOTION_LOCK_WAIT_S", 120))
+METRIC_KEYS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "threshold")
+MODEL_ARTIFACT = "model"
+
+
+class TrackingServerUnavailable(RuntimeError):
+    """The MLflow tracking server does not answer (raised before any run is started)."""
+
+
+class NoChampion(LookupError):
+    """The registered model has no `champion` alias (yet)."""
+
+
+class PromotionError(RuntimeError):
+    """An alias change could not be applied (lock timeout, nothing to roll back, ...)."""
+
+
+# ----------------------------------------------------------------------------- connection
+def tracking_uri() -> str:
+    return config.tracking_uri()
+
+
+def check_server(uri: str | None = None, timeout: float = 5.0) -> str:
+    """Fail fast, naming the URI, when the tracking server does not answer /health.
+
+    MLflow's own client retries a dead server for minutes (exponential backoff); this answers in
+    `timeout` seconds. Non-HTTP URIs (file:, sqlite:) need no server and pass.
+    """
+    uri = (uri or tracking_uri()).rstrip("/")
+    if not uri.startswith(("http://", "https://")):
+        return uri
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=timeout) as resp:
+            if resp.status != 200:
+                raise urllib.error.URLError(f"HTTP {resp.status}")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingServerUnavailable(
+            f"MLflow tracking server unreachable at {uri} ({reason}). Start it with `make mlflow` "
+            f"or point MLFLOW_TRACKING_URI at a running server."
+        ) from exc
+    return uri
+
+
+def _client(uri: str | None = None):
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = uri or tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _name(params: dict | None = None, name: str | None = None) -> str:
+    if name:
+        return name
+    return config.model_name(params if params is not None else config.load_params())
+
+
+def _alias_version(client, name: str, alias: str) -> int | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return int(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+# ----------------------------------------------------------------------------- small helpers
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(config.REPO_ROOT), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+        commit = out.stdout.strip() if out.returncode == 0 else ""
+        if not commit:
+            return "none"
+        dirty = subprocess.run(["git", "-C", str(config.REPO_ROOT), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+        return commit + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _jsonable(obj):
+    """Plain JSON types only (XCom, tags): numpy scalars -> float, Paths -> str."""
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if _finite(value) else str(value)
+
+
+# ----------------------------------------------------------------------------- tracking
+def _run_name(data_version: str | None, trigger: str) -> str:
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M")
+    data = f"data-{data_version[:8]}" if data_version else "data-local"
+    return f"{stamp}_{data}_{trigger}"
+
+
+def _example_bytes(data_root: Path, image_size: int) -> bytes | None:
+    """A small real X-ray from the data (re-encoded PNG at model size) as the input example."""
+    from PIL import Image
+
+    from pipeline.preprocess import load_image, to_array
+
+    for pattern in ("*.jpeg", "*.jpg", "*.png"):
+        for path in sorted(Path(data_root).rglob(pattern))[:5]:
+            try:
+                arr = to_array(load_image(path), image_size)
+            except Exception:  # noqa: BLE001 - any unusable file: try the next one
+                continue
+            buf = io.BytesIO()
+            Image.fromarray(arr).save(buf, format="PNG")
+            return buf.getvalue()
+    return None
+
+
+def _dataset_input(data_root: Path, out_dir: Path, digest: str, name: str):
+    """An MLflow dataset describing the images used (one row per image: path, label, split)."""
+    import mlflow.data
+    import pandas as pd
+
+    from pipeline.data import patient_id
+
+    rows = []
+    split_file = Path(out_dir) / "split.json"
+    if split_file.exists():
+        try:
+            split = json.loads(split_file.read_text())
+        except ValueError:
+            split = {}
+        for split_name in ("train", "val", "test"):
+            for item in split.get(split_name) or []:
+                path = Path(str(item))
+                label = path.parent.name.upper() if path.parent.name.upper() in config.CLASSES else None
+                rows.append({"path": str(path), "label": label, "patient": patient_id(path.name),
+                             "split": split_name})
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():   # "source can be interpreted in multiple ways": it is a local folder
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(data_root))
+    if rows:
+        return mlflow.data.from_pandas(pd.DataFrame(rows), source=source, targets="label", name=name,
+                                       digest=digest[:36])
+    return MetaDataset(source=source, name=name, digest=digest[:36])
+
+
+def _register(client, name: str, checkpoint: Path, run_id: str, example: bytes | None,
+              version_tags: dict[str, str]) -> Any:
+    """Log the pyfunc under the active run, register it as a new version, alias it challenger."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.pyfunc_model import log_pyfunc
+
+    try:
+        client.create_registered_model(name, description=(
+            "ResNet18 chest X-ray pneumonia classifier (pyfunc: raw image bytes -> probability, "
+            "label, threshold). Alias `champion` serves doctors; `challenger` is the newest "
+            "candidate; `previous_champion` is what a rollback restores."))
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    info = log_pyfunc(checkpoint, input_example=example, name=MODEL_ARTIFACT)
+    tags = {"run_id": run_id, **version_tags}
+    mv = mlflow.register_model(info.model_uri, name, tags=tags)
+    client.set_registered_model_alias(name, CHALLENGER, mv.version)
+    return mv
+
+
+def tracked_train(params: dict, data_root, out_dir, run_name: str | None = None,
+                  tags: dict | None = None, data_version: str | None = None) -> dict:
+    """Train with everything logged to MLflow, register the model, alias it `challenger`.
+
+    Fails before training (TrackingServerUnavailable, naming the URI) when the server is down.
+    A crash inside the run marks it FAILED (KeyboardInterrupt: KILLED); the exception propagates.
+    Returns a small JSON-serialisable dict (the DAG passes it through XCom).
+    """
+    import mlflow
+
+    from pipeline.train import train
+
+    t_start = time.perf_counter()
+    uri = check_server()
+    client = _client(uri)
+    name = _name(params)
+    tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    trigger = tags.get("trigger", "manual")
+    run_name = run_name or _run_name(data_version, trigger)
+    data_root, out_dir = Path(data_root), Path(out_dir)
+    experiment = mlflow.set_experiment(params["registry"]["experiment"])
+    commit = _git_commit()
+
+    run_tags = {
+        **tags, "trigger": trigger, "git_commit": commit, "mlflow.source.git.commit": commit,
+        "data.version": data_version or "none", "data.root": str(data_root),
+        "mlflow.user": tags.get("mlflow.user", getpass.getuser()), "host": socket.gethostname(),
+    }
+    with mlflow.start_run(run_name=run_name, tags=run_tags) as run:
+        run_id = run.info.run_id
+        mlflow.log_params({k: ("" if v is None else str(v)[:6000]) for k, v in config.flatten(params).items()})
+        mlflow.log_dict(params, "params.yaml")
+
+        def on_epoch_end(row: dict) -> None:
+            step = int(row.get("epoch", 0))
+            mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch" and _finite(v)}, step=step)
+
+        t_train = time.perf_counter()
+        result = train(params, data_root, out_dir, on_epoch_end=on_epoch_end, progress=False)
+        t_train = time.perf_counter() - t_train
+
+        # parameters in effect (defaults filled by train) that were not in params.yaml
+        effective = {k: str(v)[:6000] for k, v in (result.params or {}).items()
+                     if k not in config.flatten(params)}
+        if effective:
+            mlflow.log_params(effective)
+
+        metrics = dict(result.metrics or {})
+        final = {f"test_{k}": float(v) for k, v in metrics.items()
+                 if _finite(v) and k not in ("val_auc", "best_epoch")}
+        final.update({k if k != "val_auc" else "best_val_auc": float(metrics[k])
+                      for k in ("val_auc", "best_epoch") if _finite(metrics.get(k))})
+        cm = metrics.get("confusion_matrix")
+        if isinstance(cm, (list, tuple)) and len(cm) == 2 and all(len(r) == 2 for r in cm):
+            (tn, fp), (fn, tp) = cm
+            final.update(test_tn=float(tn), test_fp=float(fp), test_fn=float(fn), test_tp=float(tp))
+        mlflow.log_metrics(final)
+
+        dataset = result.dataset or {}
+        fingerprint = str(dataset.get("fingerprint", ""))
+        data_tags = {"data.fingerprint": fingerprint or "none",
+                     "data.dvc_hash": data_version or "none",
+                     "data.rejected": str(dataset.get("rejected", 0)),
+                     "data.duplicates_dropped": str(dataset.get("duplicates", 0))}
+        for split_name, per_class in (dataset.get("counts") or {}).items():
+            if isinstance(per_class, dict):
+                for cls, n in per_class.items():
+                    data_tags[f"data.count.{split_name}.{cls}"] = str(n)
+                data_tags[f"data.count.{split_name}"] = str(sum(int(n) for n in per_class.values()))
+            else:
+                data_tags[f"data.count.{split_name}"] = str(per_class)
+        mlflow.set_tags(data_tags)
+        digest = (data_version or fingerprint or "unknown")
+        ds_name = f"chest_xray@{digest[:8]}"
+        mlflow.log_input(_dataset_input(data_root, out_dir, digest, ds_name), context="training",
+                         tags={"dvc_hash": data_version or "none", "fingerprint": fingerprint or "none"})
+
+        system = dict(result.system or {})
+        mlflow.set_tags({f"system.{k}": str(v) for k, v in system.items()})
+        if _finite(system.get("wall_time_s")):
+            mlflow.log_metric("train_wall_time_s", float(system["wall_time_s"]))
+        mlflow.log_dict(_jsonable(system), "system.json")
+
+        for fname in ("metrics.json", "history.json", "validation_report.json", "split.json"):
+            if (out_dir / fname).exists():
+                mlflow.log_artifact(str(out_dir / fname), artifact_path="reports")
+        for plot in result.plots or []:
+            mlflow.log_artifact(str(plot), artifact_path="plots")
+
+        image_size = int(params["preprocess"]["image_size"])
+        mv = _register(client, name, Path(result.checkpoint), run_id, _example_bytes(data_root, image_size), {
+            "data.version": data_version or "none", "data.fingerprint": fingerprint or "none",
+            "git_commit": commit, "trigger": trigger,
+            **{f"test.{k}": _fmt(metrics[k]) for k in METRIC_KEYS if k in metrics},
+        })
+        mlflow.set_tags({"registered_model": name, "registered_version": str(mv.version)})
+        t_total = time.perf_counter() - t_start
+        mlflow.log_metric("tracking_overhead_s", t_total - t_train)
+
+    return _jsonable({
+        "run_id": run_id, "run_name": run_name, "experiment_id": experiment.experiment_id,
+        "tracking_uri": uri, "model_name": name, "version": int(mv.version),
+        "model_uri": f"models:/{name}/{mv.version}", "metrics": metrics,
+        "checkpoint": str(result.checkpoint), "out_dir": str(out_dir),
+        "data_version": data_version, "fingerprint": fingerprint,
+        "wall_time_s": round(t_total, 2),
+        "seconds": {"train": round(t_train, 2), "tracking": round(t_total - t_train, 2)},
+    })
+
+
+def register_checkpoint(checkpoint, params: dict, run_name: str | None = None, tags: dict | None = None,
+                        metrics: dict | None = None, data_root=None) -> dict:
+    """Log an existing model.pt as a run + new registered version (alias `challenger`).
+
+    For models trained elsewhere (and for tests/benchmarks: degraded models). No training.
+    """
+    import mlflow
+
+    uri = check_server()
+    client = _client(uri)
+    name = _name(params)
+    mlflow.set_experiment(params["registry"]["experiment"])
+    tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    tags.setdefault("trigger", "import")
+    with mlflow.start_run(run_name=run_name or _run_name(None, tags["trigger"]), tags=tags) as run:
+        mlflow.log_params({k: ("" if v is None else str(v)[:6000]) for k, v in config.flatten(params).items()})
+        if metrics:
+            mlflow.log_metrics({f"test_{k}": float(v) for k, v in metrics.items() if _finite(v)})
+        example = _example_bytes(Path(data_root), int(params["preprocess"]["image_size"])) if data_root else None
+        mv = _register(client, name, Path(checkpoint), run.info.run_id, example, {"trigger": tags["trigger"]})
+    return {"run_id": run.info.run_id, "version": int(mv.version), "model_name": name,
+            "model_uri": f"models:/{name}/{mv.version}"}
+
+
+# ----------------------------------------------------------------------------- loading models
+def _cache_root() -> Path:
+    return config.env_path("XRAY_MODEL_CACHE_DIR", config.REPO_ROOT / ".cache" / "models")
+
+
+def download_version(version: int, name: str | None = None, client=None) -> Path:
+    """Local directory of a registered version's pyfunc model (cached: versions are immutable).
+
+    The cache key includes the tracking URI and the version's source (a unique logged-model id), so
+    two servers with the same model name and version numbers never share an entry.
+    """
+    import mlflow
+
+    client = client or _client()
+    name = _name(name=name)
+    mv = client.get_model_version(name, str(version))
+    key = hashlib.sha1(f"{client.tracking_uri}|{mv.source}|{mv.run_id}".encode()).hexdigest()[:16]
+    target = _cache_root() / f"{name}-v{mv.version}-{key}"
+    if (target / "MLmodel").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}",
+                                                         dst_path=str(tmp)))
+        if not (local / "MLmodel").exists():
+            found = next(local.rglob("MLmodel"), None)
+            if found is None:
+                raise FileNotFoundError(f"models:/{name}/{mv.version} has no MLmodel file")
+            local = found.parent
+        try:
+            os.replace(local, target)          # atomic: concurrent loaders never see half a model
+        except OSError:
+            if not (target / "MLmodel").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_version(version: int, name: str | None = None, device=None, tracking_uri: str | None = None):
+    """(Predictor, ModelVersion) of one registered version."""
+    from pipeline.predict import Predictor
+    from pipeline.pyfunc_model import checkpoint_in
+
+    client = _client(tracking_uri)
+    name = _name(name=name)
+    mv = client.get_model_version(name, str(version))
+    predictor = Predictor.from_checkpoint(checkpoint_in(download_version(int(mv.version), name, client)), device=device)
+    return predictor, mv
+
+
+def load_champion(name: str | None = None, device=None, alias: str = CHAMPION, tracking_uri: str | None = None):
+    """(Predictor, ModelVersion) of the version holding `alias` (default champion; raises NoChampion).
+
+    The files are downloaded once per version into $XRAY_MODEL_CACHE_DIR; later calls only ask the
+    server which version holds the alias.
+    """
+    client = _client(tracking_uri)
+    name = _name(name=name)
+    version = _alias_version(client, name, alias)
+    if version is None:
+        raise NoChampion(f"registered model '{name}' has no '{alias}' alias at {client.tracking_uri}; "
+                         f"train one (`python -m pipeline train --mlflow`) and promote it")
+    return load_version(version, name, device=device, tracking_uri=client.tracking_uri)
+
+
+def champion_version(name: str | None = None, tracking_uri: str | None = None) -> int | None:
+    """Version number holding `champion` (None when there is none)."""
+    return _alias_version(_client(tracking_uri), _name(name=name), CHAMPION)
+
+
+# ----------------------------------------------------------------------------- evaluation + policy
+def evaluate_candidates(challenger_version: int, params: dict, data_root) -> dict:
+    """Score the challenger and the current champion now, on the same held-out split of data_root,
+    each at its own stored threshold."""
+    from pipeline import data
+    from pipeline.evaluate import evaluate_predictor
+
+    client = _client(check_server())
+    name = _name(params)
+    splits, _report, cache = data.load(Path(data_root), params)
+    test = splits.test
+    champion = _alias_version(client, name, CHAMPION)
+
+    def score(version: int) -> dict:
+        predictor, _ = load_version(version, name)
+        return _jsonable(evaluate_predictor(predictor, test, params, cache))
+
+    out = {"model_name": name, "data_root": str(data_root), "n_test": len(test),
+           "challenger": {"version": int(challenger_version), "metrics": score(int(challenger_version))},
+           "champion": None}
+    if champion is not None:
+        out["champion"] = {"version": champion,
+                           "metrics": out["challenger"]["metrics"] if champion == int(challenger_version)
+                           else score(champion)}
+    return out
+
+
+def _floor_failures(metrics: dict, floors: dict) -> list[str]:
+    failed = []
+    for key, floor in (floors or {}).items():
+        value = metrics.get(key)
+        if not _finite(value):
+            failed.append(f"{key} unavailable (floor {floor})")
+        elif value < float(floor):
+            failed.append(f"{key} {value:.4f} < floor {float(floor):.4f}")
+    return failed
+
+
+def decide(scores: dict, params: dict) -> dict:
+    """Apply the params.yaml `promotion` policy to evaluate_candidates()'s scores.
+
+    1. the challenger must pass every floor (held-out metric at its own threshold >= floor);
+    2. no champion: promote when first_champion == "promote_if_floors" (else leave it to a person);
+    3. a champion that is itself under a floor on today's data is replaced by a challenger that
+       passes them all;
+    4. otherwise promote when challenger[primary] - champion[primary] >= min_improvement.
+    """
+    policy = params["promotion"]
+    metric = policy.get("primary_metric", "auc")
+    min_imp = float(policy.get("min_improvement", 0.0))
+    floors = policy.get("floors") or {}
+    first = policy.get("first_champion", "promote_if_floors")
+    ch = scores["challenger"]
+    champ = scores.get("champion")
+    ch_m = ch["metrics"]
+    ch_score = ch_m.get(metric)
+    n = scores.get("n_test")
+    base = {"challenger_version": ch["version"], "champion_version": champ["version"] if champ else None,
+            "primary_metric": metric, "challenger_score": ch_score,
+            "champion_score": champ["metrics"].get(metric) if champ else None,
+            "min_improvement": min_imp, "n_test": n, "challenger_metrics": ch_m,
+            "champion_metrics": champ["metrics"] if champ else None, "decided_at": _now()}
+    on = f" on {n} held-out images" if n else ""
+
+    failed = _floor_failures(ch_m, floors)
+    base["floors_failed"] = failed
+    if failed:
+        return _jsonable({**base, "promote": False,
+                          "reason": f"challenger v{ch['version']} is under the floors{on}: " + "; ".join(failed)})
+    if champ is None:
+        if first == "promote_if_floors":
+            return _jsonable({**base, "promote": True, "reason":
+                              f"no champion yet; challenger v{ch['version']} passes every floor "
+                              f"({metric} {_fmt(ch_score)}{on})"})
+        return _jsonable({**base, "promote": False, "reason":
+                          f"no champion yet and promotion.first_champion={first!r}: promote by hand "
+                          f"(python -m pipeline promote --version {ch['version']} --force)"})
+    if champ["version"] == ch["version"]:
+        return _jsonable({**base, "promote": False, "reason": f"v{ch['version']} is already the champion"})
+    champ_failed = _floor_failures(champ["metrics"], floors)
+    base["champion_floors_failed"] = champ_failed
+    champ_score = champ["metrics"].get(metric)
+    if not _finite(ch_score):
+        return _jsonable({**base, "promote": False, "reason": f"challenger {metric} is not a number{on}"})
+    if champ_failed:
+        return _jsonable({**base, "promote": True, "reason":
+                          f"champion v{champ['version']} is now under the floors{on} ({'; '.join(champ_failed)}); "
+                          f"challenger v{ch['version']} passes them ({metric} {_fmt(ch_score)} vs {_fmt(champ_score)})"})
+    delta = ch_score - champ_score if _finite(champ_score) else math.inf
+    base["delta"] = delta if math.isfinite(delta) else None
+    verdict = (f"challenger v{ch['version']} {metric} {_fmt(ch_score)} vs champion v{champ['version']} "
+               f"{_fmt(champ_score)}{on}: {delta:+.4f}")
+    if delta >= min_imp - 1e-12:
+        return _jsonable({**base, "promote": True, "reason": f"{verdict} >= min_improvement {min_imp}"})
+    return _jsonable({**base, "promote": False, "reason": f"{verdict} < min_improvement {min_imp}"})
+
+
+# ----------------------------------------------------------------------------- alias changes
+@contextmanager
+def promotion_lock(client, name: str, wait_s: float | None = None, stale_s: float | None = None):
+    """Registry-wide mutex: an atomically created registered model `<name>.promotion-lock`."""
+    from mlflow.exceptions import MlflowException
+
+    wait_s = LOCK_WAIT_S if wait_s is None else wait_s
+    stale_s = LOCK_STALE_S if stale_s is None else stale_s
+    lock = f"{name}{LOCK_SUFFIX}"
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            client.create_registered_model(lock, tags={"owner": owner, "acquired_at": f"{time.time():.3f}"},
+                                           description="transient: held while an alias of "
+                                                       f"'{name}' changes (pipeline.registry)")
+            break
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                # the server's create hit the unique key, then found the holder's lock already
+                # deleted while composing "already exists": free again, try at once
+                if time.monotonic() > deadline:
+                    raise PromotionError(f"promotion lock {lock}: still contended after {wait_s:.0f}s") from exc
+                continue
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        try:
+            held = client.get_registered_model(lock)
+        except MlflowException:
+            continue  # released between our create and our read: try again at once
+        # age from the server's creation time of the lock row (tags may not be readable yet)
+        age = time.time() - (held.creation_timestamp or 0) / 1000.0
+        if age > stale_s:
+            log.warning("breaking stale promotion lock %s held by %s for %.0fs", lock, held.tags.get("owner"), age)
+            try:   # only that stale lock: not one a faster contender created after breaking it
+                if client.get_registered_model(lock).creation_timestamp == held.creation_timestamp:
+                    client.delete_registered_model(lock)
+            except MlflowException:
+                pass
+            continue
+        if time.monotonic() > deadline:
+            raise PromotionError(f"promotion lock {lock} held by {held.tags.get('owner')} for {age:.0f}s; "
+                                 f"gave up after {wait_s:.0f}s")
+        time.sleep(0.1 + random.random() * 0.3)
+    try:
+        yield owner
+    finally:
+        try:
+            if client.get_registered_model(lock).tags.get("owner", owner) == owner:
+                client.delete_registered_model(lock)
+            else:
+                log.warning("promotion lock %s was broken as stale while held by %s", lock, owner)
+        except MlflowException as exc:  # already broken as stale and released by someone else
+            log.warning("could not release %s: %s", lock, exc)
+
+
+def _decision_tags(decision: dict, verdict: str) -> dict[str, str]:
+    tags = {"decision": verdict, "decision_reason": str(decision.get("reason", ""))[:5000],
+            "decided_at": str(decision.get("decided_at") or _now()),
+            "compared_with": str(decision.get("champion_version") or "none")}
+    if decision.get("n_test") is not None:
+        tags["eval_n"] = str(decision["n_test"])
+    for role in ("challenger", "champion"):
+        for key, value in (decision.get(f"{role}_metrics") or {}).items():
+            if key in METRIC_KEYS:
+                tags[f"{role}.{key}"] = _fmt(value)
+    return tags
+
+
+def _tag_version(client, name: str, version: int, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, value)
+
+
+def promote(version: int, decision: dict | None = None, *, name: str | None = None, force: bool = False) -> dict:
+    """Make `version` the champion; the old champion becomes previous_champion.
+
+    `decision` (from decide()) is applied only if the champion it compared against is still the
+    champion (else the result is {"promoted": False, "stale": True}); force=True skips that check
+    (a person promoting by hand).
+    """
+    client = _client(check_server())
+    name = _name(name=name)
+    version = int(version)
+    decision = dict(decision or {"reason": "manual promotion", "champion_version": None})
+    client.get_model_version(name, str(version))  # fails clearly if the version does not exist
+    with promotion_lock(client, name):
+        current = _alias_version(client, name, CHAMPION)
+        expected = decision.get("champion_version")
+        if not force and (None if expected is None else int(expected)) != current:
+            reason = (f"stale decision: it compared v{version} with champion "
+                      f"{'v' + str(expected) if expected else 'none'}, but the champion is now "
+                      f"{'v' + str(current) if current else 'none'}; evaluate again")
+            _tag_version(client, name, version, {**_decision_tags(decision, "stale"), "decision_reason": reason})
+            return {"promoted": False, "stale": True, "version": version, "champion": current, "reason": reason}
+        if current == version:
+            return {"promoted": False, "stale": False, "version": version, "champion": current,
+                    "reason": f"v{version} is already the champion"}
+        if current is not None:
+            client.set_registered_model_alias(name, PREVIOUS, str(current))
+        client.set_registered_model_alias(name, CHAMPION, str(version))
+        tags = _decision_tags(decision, "promoted" if not force else "promoted_manually")
+        tags["promoted_over"] = str(current) if current is not None else "none"
+        _tag_version(client, name, version, tags)
+        if current is not None:
+            _tag_version(client, name, current, {"replaced_by": str(version), "replaced_at": _now()})
+        after = _alias_version(client, name, CHAMPION)
+        if after != version:  # only possible if someone bypassed the lock
+            raise PromotionError(f"champion alias reads v{after} right after setting v{version}")
+    return {"promoted": True, "stale": False, "version": version, "champion": version,
+            "previous_champion": current, "reason": decision.get("reason", "")}
+
+
+def reject(version: int, decision: dict, *, name: str | None = None) -> dict:
+    """Record a non-promotion on the version (it keeps the `challenger` alias)."""
+    client = _client(check_server())
+    name = _name(name=name)
+    _tag_version(client, name, int(version), _decision_tags(decision, "rejected"))
+    return {"promoted": False, "version": int(version), "champion": _alias_version(client, name, CHAMPION),
+            "reason": decision.get("reason", "")}
+
+
+def rollback(*, name: str | None = None, reason: str = "manual rollback") -> dict:
+    """Champion <- previous_champion. previous_champion <- the version that one had replaced, so
+    repeated rollbacks walk back through the promotion history."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(check_server())
+    name = _name(name=name)
+    with promotion_lock(client, name):
+        current = _alias_version(client, name, CHAMPION)
+        previous = _alias_version(client, name, PREVIOUS)
+        if previous is None:
+            raise PromotionError(f"'{name}' has no '{PREVIOUS}' alias: nothing to roll back to")
+        client.set_registered_model_alias(name, CHAMPION, str(previous))
+        before = client.get_model_version(name, str(previous)).tags.get("promoted_over", "none")
+        if before.isdigit() and int(before) not in (previous, current):
+            client.set_registered_model_alias(name, PREVIOUS, before)
+        else:
+            try:
+                client.delete_registered_model_alias(name, PREVIOUS)
+            except MlflowException:
+                pass
+        if current is not None:
+            _tag_version(client, name, current, {"decision": "rolled_back", "decision_reason": reason,
+                                                 "decided_at": _now(), "rolled_back_to": str(previous)})
+        _tag_version(client, name, previous, {"restored_at": _now(), "restored_from": str(current)})
+    return {"champion": previous, "rolled_back_from": current,
+            "previous_champion": _alias_version(client, name, PREVIOUS), "reason": reason}
+
+
+# ----------------------------------------------------------------------------- status
+def _describe(client, name: str, version: int | None) -> dict | None:
+    if version is None:
+        return None
+    mv = client.get_model_version(name, str(version))
+    t = mv.tags or {}
+    return {"version": int(mv.version), "run_id": mv.run_id, "created": _dt.datetime.fromtimestamp(
+                mv.creation_timestamp / 1000, _dt.timezone.utc).replace(microsecond=0).isoformat(),
+            "aliases": list(getattr(mv, "aliases", []) or []),
+            "decision": t.get("decision"), "reason": t.get("decision_reason"),
+            "data_version": t.get("data.version"),
+            "scores": {k: v for k, v in t.items() if k.startswith(("challenger.", "champion.", "test."))}}
+
+
+def status(name: str | None = None, limit: int = 10) -> dict:
+    """Which version serves, why, and the recent versions with their decisions."""
+    client = _client(check_server())
+    name = _name(name=name)
+    versions = client.search_model_versions(f"name='{name}'", max_results=200)
+    versions = sorted(versions, key=lambda mv: int(mv.version), reverse=True)[:limit]
+    aliases: dict[int, list[str]] = {}
+    for alias, v in (client.get_registered_model(name).aliases or {}).items():
+        aliases.setdefault(int(v), []).append(alias)
+    return _jsonable({
+        "tracking_uri": client.tracking_uri, "model_name": name,
+        "champion": _describe(client, name, _alias_version(client, name, CHAMPION)),
+        "previous_champion": _describe(client, name, _alias_version(client, name, PREVIOUS)),
+        "challenger": _describe(client, name, _alias_version(client, name, CHALLENGER)),
+        "versions": [{"version": int(mv.version), "aliases": sorted(aliases.get(int(mv.version), [])),
+                      "decision": (mv.tags or {}).get("decision", "undecided"),
+                      "reason": (mv.tags or {}).get("decision_reason", "")} for mv in versions],
+    })
+
+
+# ----------------------------------------------------------------------------- CLI
+# pipeline/cli.py (lead) calls cli_<command>(args, params). Arguments are read with getattr so the
+# functions work with the lead's parser as is; add_arguments() lists everything they understand.
+def add_arguments(command: str, parser) -> None:
+    """Optional extra arguments of `python -m pipeline promote|rollback|status`."""
+    parser.add_argument("--model", default=None, help="registered model name (default: params / $XRAY_MODEL_NAME)")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    if command == "promote":
+        parser.add_argument("--evaluate", action="store_true",
+                            help="score the version and the champion now on the held-out split of --data and "
+                                 "apply the params.yaml promotion policy (default: a person promotes, no checks)")
+        parser.add_argument("--data", default=None, help="dataset for --evaluate (default: $XRAY_DATA/$DATA)")
+    if command == "rollback":
+        parser.add_argument("--reason", default="manual rollback", help="why (stored on the version)")
+
+
+def _print(obj: dict, as_json: bool, text: str) -> None:
+    print(json.dumps(obj, indent=2, default=str) if as_json else text)
+
+
+def cli_promote(args, params: dict | None = None) -> int:
+    """Exit 0: promoted (or already champion); 2: the policy rejected it / the decision was stale.
+
+    Without --evaluate a person decides: the version becomes champion at once (tag
+    decision=promoted_manually, with --reason). With --evaluate the policy decides, as in the DAG.
+    """
+    params = params if params is not None else config.load_params(getattr(args, "params", None),
+                                                                 getattr(args, "overrides", None) or ())
+    name = getattr(args, "model", None) or _name(params)
+    client = _client(check_server())
+    version = getattr(args, "version", None) or _alias_version(client, name, CHALLENGER)
+    if version is None:
+        raise SystemExit(f"no version given and '{name}' has no '{CHALLENGER}' alias")
+    as_json = getattr(args, "json", False)
+    reason = getattr(args, "reason", None)
+    if not getattr(args, "evaluate", False):
+        reason = reason if reason and reason != "manual promotion" else "manual promotion"
+        result = promote(version, {"reason": f"{reason} (by {getpass.getuser()})", "decided_at": _now()},
+                         name=name, force=True)
+        _print(result, as_json, f"v{version}: {'now champion' if result['promoted'] else 'unchanged'} -- "
+                                f"{result['reason']}; previous_champion: v{result.get('previous_champion')}")
+        return 0
+    data = Path(getattr(args, "data", None) or config.default_data_root())
+    scores = evaluate_candidates(version, {**params, "registry": {**params["registry"], "model_name": name}}, data)
+    decision = decide(scores, params)
+    if reason and reason != "manual promotion":
+        decision["reason"] = f"{decision['reason']} ({reason})"
+    result = promote(version, decision, name=name) if decision["promote"] else reject(version, decision, name=name)
+    verdict = "promoted" if result["promoted"] else ("stale" if result.get("stale") else "rejected")
+    _print({"decision": decision, "result": result}, as_json, f"v{version}: {verdict} -- {result['reason']}")
+    return 0 if result["promoted"] else 2
+
+
+def cli_rollback(args, params: dict | None = None) -> int:
+    name = getattr(args, "model", None) or (_name(params) if params is not None else None)
+    try:
+        result = rollback(name=name, reason=getattr(args, "reason", None) or "manual rollback")
+    except PromotionError as exc:
+        print(f"rollback: {exc}")
+        return 2
+    _print(result, getattr(args, "json", False),
+           f"champion is now v{result['champion']} (rolled back from v{result['rolled_back_from']}); "
+           f"previous_champion: {'v' + str(result['previous_champion']) if result['previous_champion'] else 'none'}")
+    return 0
+
+
+def format_status(st: dict) -> str:
+    lines = [f"model {st['model_name']} at {st['tracking_uri']}"]
+    for role in ("champion", "previous_champion", "challenger"):
+        d = st[role]
+        if d is None:
+            lines.append(f"  {role:<18} none")
+            continue
+        auc = d["scores"].get("challenger.auc") or d["scores"].get("test.auc") or "?"
+        lines.append(f"  {role:<18} v{d['version']}  auc {auc}  data {d['data_version'] or '?'}  "
+                     f"{d['decision'] or 'undecided'}: {d['reason'] or ''}")
+    lines.append("  recent versions:")
+    for v in st["versions"]:
+        lines.append(f"    v{v['version']:<4} {','.join(v['aliases']) or '-':<28} {v['decision']}: {v['reason']}")
+    return "\n".join(lines)
+
+
+def cli_status(args, params: dict | None = None) -> int:
+    name = getattr(args, "model", None) or (_name(params) if params is not None else None)
+    st = status(name=name)
+    _print(st, getattr(args, "json", False), format_status(st))
+    return 0

@@ -1,0 +1,175 @@
+"""Helpers for the data-versioning and DAG tests: a throw-away git + DVC world, Airflow homes,
+a webhook receiver, and a runner for real `dag.test()` runs in a subprocess (fixtures: conftest.py).
+
+Nothing here touches /work/main's own git history or DVC remote: every repository, remote and
+Airflow database lives under pytest's tmp directory (PostgreSQL: a fresh database, dropped after).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+VENV_BIN = Path(sys.executable).parent
+IMPORT_SCRIPT = REPO / "scripts" / "import_data.sh"
+RUN_DAG = REPO / "tests" / "dags" / "run_dag.py"
+
+# Tiny training (the lead's TINY settings) and floors a 1-epoch 64 px model passes while an
+# untrained one (train.epochs=0, AUC ~0.55 on this subset) does not.
+TINY_OVERRIDES = ["preprocess.image_size=64", "train.epochs=1", "train.batch_size=16",
+                  "train.warmup_epochs=0", "train.patience=1", "data.min_side=32",
+                  "promotion.floors.auc=0.65", "promotion.floors.sensitivity=0.5",
+                  "promotion.floors.specificity=0.0"]
+
+
+def shared_root() -> Path:
+    return Path(os.environ.get("SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
+
+
+def sh(cmd: list[str] | str, cwd: Path | None = None, env: dict | None = None, check: bool = True,
+       timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+                          shell=isinstance(cmd, str))
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def base_env(**extra: str) -> dict:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", GIT_TERMINAL_PROMPT="0",
+               PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+class DataWorld:
+    """origin.git (the team's git server), a DVC remote folder, the data engineer's clone and the
+    Airflow worker's clone (XRAY_REPO), plus a source folder of real X-rays (symlinks)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.origin, self.remote = root / "origin.git", root / "dvc-remote"
+        self.engineer, self.workspace, self.src = root / "engineer", root / "workspace", root / "src"
+        sh(["git", "init", "-q", "--bare", str(self.origin)])
+        sh(["git", "clone", "-q", str(self.origin), str(self.engineer)])
+        dvc = [sys.executable, "-m", "dvc"]
+        env = base_env()
+        sh(dvc + ["init", "-q"], cwd=self.engineer, env=env)
+        sh(dvc + ["config", "core.analytics", "false"], cwd=self.engineer, env=env)
+        sh(dvc + ["remote", "add", "-d", "local", str(self.remote)], cwd=self.engineer, env=env)
+        sh("git add -A && git commit -qm 'dvc init' && git push -q origin HEAD", cwd=self.engineer)
+        sh(["git", "clone", "-q", str(self.origin), str(self.workspace)])
+
+    def add_images(self, n_per_class: int, seed: int, split: str = "train") -> int:
+        """Symlink about n real images per class (whole patients, seeded) into src/; returns how many are new."""
+        from pipeline import data
+
+        source = shared_root() / "chest_xray" / "train"
+        added = 0
+        for sample in data.subset(data.discover(source), n_per_class, seed):
+            link = self.src / split / sample.path.parent.name / sample.path.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                link.symlink_to(sample.path)
+                added += 1
+        return added
+
+    def publish(self, **env: str) -> subprocess.CompletedProcess:
+        """What a data engineer runs: `make data DATA=<src>` (scripts/import_data.sh)."""
+        return sh([str(IMPORT_SCRIPT), str(self.src)], cwd=REPO, env=base_env(XRAY_REPO=str(self.engineer), **env))
+
+    def pointer_hash(self, repo: Path | None = None) -> str:
+        from pipeline import versioning
+
+        return versioning.data_version(repo or self.engineer).hash
+
+    def git_log(self, repo: Path | None = None) -> list[str]:
+        out = sh(["git", "log", "--format=%s"], cwd=repo or self.engineer).stdout
+        return out.strip().splitlines()
+
+
+
+class Webhook:
+    def __init__(self):
+        self.received: list[dict] = []
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def events(self, event: str) -> list[dict]:
+        return [m for m in self.received if m.get("event") == event]
+
+
+
+def airflow_env(home: Path, sql_conn: str | None = None, **extra: str) -> dict:
+    """Environment of an isolated Airflow: its own home and metadata DB, the repo's dags folder."""
+    env = base_env(AIRFLOW_HOME=str(home), AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
+                   AIRFLOW__CORE__LOAD_EXAMPLES="False", AIRFLOW__LOGGING__LOGGING_LEVEL="INFO",
+                   PYTHONPATH=str(REPO), **extra)
+    if sql_conn:
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = sql_conn
+    else:
+        env.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", None)
+    return env
+
+
+def migrate(env: dict) -> None:
+    sh([str(VENV_BIN / "airflow"), "db", "migrate"], env=env, timeout=300)
+
+
+def run_dag(env: dict, conf: dict, timeout: float = 420) -> dict:
+    """One real `dag.test(run_conf=conf)`; returns run_dag.py's summary (state, tasks, xcom)."""
+    proc = sh([sys.executable, str(RUN_DAG), "--conf", json.dumps(conf)], cwd=REPO, env=env,
+              check=False, timeout=timeout)
+    lines = [line for line in proc.stdout.strip().splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise AssertionError(f"dag.test failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    summary = json.loads(lines[-1])
+    summary["log"] = proc.stdout + proc.stderr
+    return summary
+
+
+def states(summary: dict) -> dict[str, str]:
+    return {task: info["state"] for task, info in summary["tasks"].items()}
+
+
+
+def mlflow_client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def alias(client, name: str, which: str) -> int | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return int(client.get_model_version_by_alias(name, which).version)
+    except MlflowException:
+        return None
+
+
+def versions(client, name: str) -> dict[int, dict]:
+    return {int(mv.version): dict(mv.tags or {}) for mv in client.search_model_versions(f"name='{name}'")}
+

@@ -1,0 +1,144 @@
+"""The retraining DAG end to end: real `dag.test()` runs against a real git + DVC remote, a real
+MLflow server and a real Airflow metadata database (SQLite; once PostgreSQL).
+
+Assertions are on the registry (aliases, version tags) and on Airflow's task states, not on logs.
+"""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from dagtest_utils import (TINY_OVERRIDES, airflow_env, alias, migrate, mlflow_client, run_dag, states,
+                           versions)
+
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
+
+TRAINED_PATH = {"detect": "success", "validate": "success", "train": "success", "evaluate": "success",
+                "decide": "success", "notify": "success"}
+
+
+def test_retraining_lifecycle(world, webhook, mlflow_server, tmp_path):
+    """promote a first champion -> skip unchanged data -> retrain on new data -> reject a bad
+    forced run -> fail (and notify) on a dataset with too many rejected files."""
+    name = f"dagtest-{uuid.uuid4().hex[:8]}"
+    env = airflow_env(tmp_path / "airflow", XRAY_REPO=str(world.workspace), XRAY_MODEL_NAME=name,
+                      MLFLOW_TRACKING_URI=mlflow_server, XRAY_NOTIFY_WEBHOOK=webhook.url)
+    migrate(env)
+    client = mlflow_client(mlflow_server)
+    conf = {"overrides": TINY_OVERRIDES}
+
+    # -- a data engineer imports a first data version (real images, about 100 per class)
+    world.add_images(100, seed=0)
+    world.publish()
+    hash1 = world.pointer_hash()
+
+    # -- run 1: new data, no champion -> train, promote the first champion
+    run1 = run_dag(env, conf)
+    assert run1["state"] == "success", run1["log"][-3000:]
+    assert states(run1).items() >= {**TRAINED_PATH, "promote": "success", "reject": "skipped"}.items()
+    assert world.pointer_hash(world.workspace) == hash1          # git pull + dvc pull reached the worker
+    assert (world.workspace / "data" / "chest_xray" / "train").is_dir()
+    v1 = run1["xcom"]["train"]["version"]
+    assert alias(client, name, "champion") == v1
+    tags1 = versions(client, name)[v1]
+    assert tags1["decision"] == "promoted" and tags1["data.version"] == hash1
+    assert "no champion yet" in tags1["decision_reason"]
+    run = client.get_run(run1["xcom"]["train"]["run_id"])
+    assert run.data.tags["data.version"] == hash1 and run.data.tags["trigger"] == "airflow:new-data"
+    assert run.data.params["preprocess.image_size"] == "64"   # the run's overrides reached training
+    decisions = webhook.events("decision")
+    assert len(decisions) == 1 and decisions[0]["decision"]["promote"] is True
+    assert f"/models/{name}/versions/{v1}" in decisions[0]["model_link"]
+
+    # -- run 2: same data version as the champion -> short-circuit, nothing trained
+    run2 = run_dag(env, conf)
+    assert run2["state"] == "success"
+    assert states(run2)["detect"] == "success"
+    assert {states(run2)[t] for t in ("validate", "train", "evaluate", "decide", "promote", "reject",
+                                       "notify")} == {"skipped"}
+    assert set(versions(client, name)) == {v1} and alias(client, name, "champion") == v1
+
+    # -- a typo in a manual run's overrides fails at once (no retries), and is notified
+    typo = run_dag(env, {"force": True, "overrides": ["train.epochz=3"]})
+    assert typo["state"] == "failed" and states(typo)["detect"] == "failed"
+    assert typo["tasks"]["detect"]["tries"] == 1 and states(typo)["train"] in ("upstream_failed", None)
+    assert webhook.events("failure")[-1]["task_id"] == "detect"
+    assert "train.epochz" in webhook.events("failure")[-1]["error"]
+
+    # -- more images arrive: a new data version; run 3 retrains and decides
+    assert world.add_images(30, seed=1) > 0
+    world.publish()
+    hash2 = world.pointer_hash()
+    assert hash2 != hash1 and len(world.git_log()) == 3     # dvc init + 2 data versions
+    run3 = run_dag(env, conf)
+    assert run3["state"] == "success", run3["log"][-3000:]
+    assert states(run3).items() >= TRAINED_PATH.items()
+    v2 = run3["xcom"]["train"]["version"]
+    tags2 = versions(client, name)[v2]
+    assert v2 != v1 and tags2["data.version"] == hash2
+    assert tags2["decision"] in ("promoted", "rejected") and tags2["compared_with"] == str(v1)
+    promoted = tags2["decision"] == "promoted"
+    assert states(run3)["promote" if promoted else "reject"] == "success"
+    assert states(run3)["reject" if promoted else "promote"] == "skipped"
+    champion = v2 if promoted else v1
+    assert alias(client, name, "champion") == champion
+    if promoted:
+        assert alias(client, name, "previous_champion") == v1
+    assert run3["xcom"]["evaluate"]["champion"]["version"] == v1   # both scored on the same held-out set
+    assert run3["xcom"]["evaluate"]["n_test"] == run3["xcom"]["evaluate"]["challenger"]["metrics"]["n"]
+
+    # -- forced run with a deliberately bad setting (an untrained network): rejected, champion stays
+    bad = run_dag(env, {"force": True, "overrides": TINY_OVERRIDES + ["train.epochs=0"]})
+    assert bad["state"] == "success", bad["log"][-3000:]
+    assert states(bad)["reject"] == "success" and states(bad)["promote"] == "skipped"
+    v3 = bad["xcom"]["train"]["version"]
+    tags3 = versions(client, name)[v3]
+    assert tags3["decision"] == "rejected" and "floor" in tags3["decision_reason"]
+    assert tags3["data.version"] == hash2                        # forced: same data, retrained anyway
+    assert alias(client, name, "champion") == champion
+    assert alias(client, name, "challenger") == v3
+    assert client.get_run(bad["xcom"]["train"]["run_id"]).data.tags["trigger"] == "airflow:forced"
+    assert webhook.events("decision")[-1]["decision"]["promote"] is False
+
+    # -- a corrupt file in a new data version + a zero rejection budget: validate fails the run,
+    #    nothing is trained, the failure is notified
+    bad_file = world.src / "train" / "NORMAL" / "corrupt-upload.jpeg"
+    bad_file.write_bytes(b"this is not a JPEG")
+    world.publish()
+    failed = run_dag(env, {"overrides": TINY_OVERRIDES + ["data.max_rejected_fraction=0.0"]})
+    assert failed["state"] == "failed"
+    assert states(failed)["validate"] == "failed" and states(failed)["train"] in ("upstream_failed", None)
+    assert set(versions(client, name)) == {v1, v2, v3} and alias(client, name, "champion") == champion
+    failures = webhook.events("failure")
+    assert failures and failures[-1]["task_id"] == "validate" and "rejected" in failures[-1]["error"]
+
+
+def test_dag_on_postgresql(world, webhook, mlflow_server, tmp_path, postgres_url):
+    """The same DAG with PostgreSQL as Airflow's metadata database (as in production and CI)."""
+    import psycopg2
+
+    name = f"dagtest-pg-{uuid.uuid4().hex[:8]}"
+    env = airflow_env(tmp_path / "airflow-pg", sql_conn=postgres_url, XRAY_REPO=str(world.workspace),
+                      XRAY_MODEL_NAME=name, MLFLOW_TRACKING_URI=mlflow_server, XRAY_NOTIFY_WEBHOOK=webhook.url)
+    migrate(env)
+    world.add_images(80, seed=2)
+    world.publish()
+    # cheapest full path: a forced run of an untrained network (no champion yet: floors decide)
+    result = run_dag(env, {"force": True, "overrides": TINY_OVERRIDES + ["train.epochs=0"]})
+    assert result["state"] == "success", result["log"][-3000:]
+    assert states(result).items() >= TRAINED_PATH.items()
+    client = mlflow_client(mlflow_server)
+    version = result["xcom"]["train"]["version"]
+    tags = versions(client, name)[version]
+    assert tags["decision"] in ("promoted", "rejected")
+    assert alias(client, name, "champion") == (version if tags["decision"] == "promoted" else None)
+
+    dsn = postgres_url.replace("postgresql+psycopg2://", "postgresql://")
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT state, conf FROM dag_run WHERE dag_id = 'xray_retrain'")
+        rows = cur.fetchall()
+        cur.execute("SELECT task_id, state FROM task_instance WHERE dag_id = 'xray_retrain'")
+        task_states = dict(cur.fetchall())
+    assert [r[0] for r in rows] == ["success"]
+    assert task_states["train"] == "success" and task_states["notify"] == "success"

@@ -1,0 +1,444 @@
+"""The production stack's definition: docker-compose.yaml, Dockerfile, .dockerignore, .env.example.
+
+No Docker engine runs here, so these tests check what can be checked without one:
+- compose itself validates the file (Debian's `docker-compose` v1, `config`), with every profile,
+  and refuses to render without the required secrets;
+- every service's command / entrypoint / health check exists in the image it runs (a script of
+  this repository that the image contains and that is executable, or a program installed in the
+  Dockerfile stage the service builds);
+- every `${VAR}` the file uses has a default or a value in .env.example, and .env.example
+  documents it; no credential is written in the file;
+- the Dockerfile: one multi-stage file, CPU torch from the official CPU index at the versions of
+  requirements.txt, no CUDA wheels, a non-root user in every runtime target.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = REPO / "docker-compose.yaml"
+DOCKERFILE = REPO / "Dockerfile"
+ENV_EXAMPLE = REPO / ".env.example"
+DOCKERIGNORE = REPO / ".dockerignore"
+
+VAR_RE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+REQUIREMENTS = REPO / "requirements.txt"
+
+
+def env_example() -> dict[str, str]:
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
+
+
+def compose_text() -> str:
+    """docker-compose.yaml without its comment lines (which mention ${VAR} as prose)."""
+    return "\n".join(line for line in COMPOSE.read_text().splitlines() if not line.lstrip().startswith("#"))
+
+
+def compose_model() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def docker_compose_bin() -> str:
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("docker-compose (Debian package `docker-compose`) is not installed: "
+                    "`make system-deps` installs it")
+    return exe
+
+
+def run_compose(*args: str, env_file: Path = ENV_EXAMPLE) -> subprocess.CompletedProcess:
+    # only PATH/HOME from the caller: a stray variable in the test environment must not hide a gap
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root")}
+    return subprocess.run([docker_compose_bin(), "--project-directory", str(REPO), "-f", str(COMPOSE),
+                           "--env-file", str(env_file), *args],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+
+
+# ----------------------------------------------------------------------------- compose validates
+@pytest.mark.parametrize("profiles", [(), ("celery",), ("celery", "gpu")], ids=["default", "celery", "gpu"])
+def test_compose_config_validates(profiles):
+    args = [a for p in profiles for a in ("--profile", p)]
+    proc = run_compose(*args, "config")
+    assert proc.returncode == 0, proc.stderr
+    rendered = yaml.safe_load(proc.stdout)
+    assert "WARNING" not in proc.stderr, proc.stderr
+    # every value of .env.example reached the rendered file: nothing was left blank
+    assert "${" not in proc.stdout.replace("$${", ""), "a variable was not interpolated"
+
+
+def test_compose_refuses_to_start_without_secrets(tmp_path):
+    env = env_example()
+    for required in ("POSTGRES_PASSWORD", "AIRFLOW_FERNET_KEY", "DJANGO_SECRET_KEY", "S3_SECRET_ACCESS_KEY"):
+        partial = tmp_path / f"without-{required}.env"
+        partial.write_text("".join(f"{k}={v}\n" for k, v in env.items() if k != required))
+        proc = run_compose("config", "--quiet", env_file=partial)
+        assert proc.returncode != 0, f"compose rendered without {required}"
+        assert required in proc.stderr, proc.stderr
+
+
+def test_expected_services_and_profiles():
+    services = compose_model()["services"]
+    expected = {"postgres", "minio", "createbuckets", "mlflow", "airflow-init", "airflow-apiserver",
+                "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "web-init", "web",
+                "redis", "airflow-worker", "airflow-worker-gpu"}
+    assert expected <= set(services)
+    assert services["postgres"]["image"].startswith("postgres:15")
+    for name in ("redis", "airflow-worker"):
+        assert "celery" in services[name]["profiles"]
+    assert services["airflow-worker-gpu"]["profiles"] == ["gpu"]
+    # the GPU worker takes only the training queue and reserves a GPU
+    gpu = services["airflow-worker-gpu"]
+    assert "${XRAY_TRAINING_QUEUE:-training}" in gpu["command"]
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert services["airflow-worker"]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "${AIRFLOW_EXECUTOR:-LocalExecutor}"
+
+
+ONE_SHOTS = {"createbuckets", "airflow-init", "web-init"}
+
+
+def test_health_checks_and_dependencies():
+    services = compose_model()["services"]
+    for name, svc in services.items():
+        if name in ONE_SHOTS:
+            assert svc.get("restart") == "no", f"{name} is a one-shot"
+            continue
+        assert "healthcheck" in svc and svc["healthcheck"].get("test"), f"{name} has no health check"
+    for name, svc in services.items():
+        deps = svc.get("depends_on") or {}
+        assert isinstance(deps, dict), f"{name}: depends_on must use conditions"
+        for dep, cond in deps.items():
+            want = "service_completed_successfully" if dep in ONE_SHOTS else "service_healthy"
+            assert cond == {"condition": want}, f"{name} -> {dep}: {cond}"
+    # the chain that matters: data stores before servers, migrations before their users
+    assert "airflow-init" in services["airflow-scheduler"]["depends_on"]
+    assert "createbuckets" in services["mlflow"]["depends_on"]
+    assert "web-init" in services["web"]["depends_on"]
+    assert "mlflow" in services["web"]["depends_on"]
+
+
+def test_named_volumes_for_all_state():
+    model = compose_model()
+    declared = set(model["volumes"])
+    used = set()
+    for name, svc in model["services"].items():
+        for vol in svc.get("volumes", []):
+            source = vol.split(":")[0]
+            if source.startswith((".", "/")):
+                # bind mounts are read-only configuration files of this repository, never state
+                assert vol.endswith(":ro"), f"{name}: bind mount {vol} must be read-only"
+                assert (REPO / source).is_file(), f"{name}: {source} does not exist"
+            else:
+                assert source in declared, f"{name}: volume {source} is not declared"
+                used.add(source)
+    assert declared == used, f"declared but unused volumes: {declared - used}"
+    mounts = {v.split(":")[1] for s in model["services"].values() for v in s.get("volumes", [])}
+    for state in ("/var/lib/postgresql/data", "/data", "/opt/airflow/logs", "/opt/xray/media", "/opt/xray-repo"):
+        assert state in mounts, f"no named volume for {state}"
+
+
+# ----------------------------------------------------------------------------- variables
+def test_every_variable_has_a_value_and_is_documented():
+    text = compose_text()
+    example = env_example()
+    example_text = ENV_EXAMPLE.read_text()
+    seen = {}
+    for match in VAR_RE.finditer(text):
+        name, op, default = match.groups()
+        seen.setdefault(name, set()).add(op or "")
+    assert seen, "no ${VAR} found: the regex is broken"
+    for name, ops in sorted(seen.items()):
+        has_default = any(op in (":-", "-") for op in ops)
+        assert has_default or example.get(name), f"${{{name}}} has neither a default nor a value in .env.example"
+        assert name in example, f"${{{name}}} is not documented in .env.example"
+        # documented = the line is preceded by a comment somewhere in its section
+        assert re.search(rf"^#.*$\n(?:^.*$\n)*?^{name}=", example_text, re.M), f"{name}: no comment above it"
+    # .env.example has no stale variable (COMPOSE_* are compose's own settings)
+    stale = {k for k in example if k not in seen and not k.startswith("COMPOSE_")}
+    assert not stale, f".env.example documents variables nobody reads: {sorted(stale)}"
+
+
+def test_required_secrets_have_no_default():
+    """A secret must come from .env: `${VAR:?message}` or no default at all, never `${VAR:-value}`."""
+    secretish = re.compile(r"PASSWORD|SECRET|FERNET|TOKEN|ACCESS_KEY")
+    for match in VAR_RE.finditer(compose_text()):
+        name, op, default = match.groups()
+        if secretish.search(name) and op in (":-", "-"):
+            assert default == "", f"${{{name}}} has a built-in default: credentials belong in .env"
+
+
+def test_no_credentials_in_the_file():
+    secretish = re.compile(r"(PASSWORD|SECRET|FERNET|TOKEN|ACCESS_KEY)", re.I)
+
+    def walk(node, where):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(value, (str, int)) and secretish.search(str(key)):
+                    value = str(value)
+                    assert value == "" or "${" in value or value.startswith("/"), \
+                        f"{where}.{key} holds a literal credential"
+                walk(value, f"{where}.{key}")
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, f"{where}[{i}]")
+    walk(compose_model(), "compose")
+    # URLs with user:password@ must take the password from a variable
+    urls = re.findall(r"\w+://[^\s\"']+@", compose_text())
+    assert urls, "no URL with credentials found: the regex is broken"
+    for url in urls:
+        userinfo = url.split("://", 1)[1].rsplit("@", 1)[0]
+        assert VAR_RE.sub("", userinfo) in ("", ":"), f"literal user or password in {url}"
+
+
+def test_env_is_ignored_by_git_and_docker():
+    proc = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=REPO)
+    assert proc.returncode == 0, ".env must be git-ignored"
+    proc = subprocess.run(["git", "check-ignore", "-q", ".env.example"], cwd=REPO)
+    assert proc.returncode == 1, ".env.example must be committed"
+    assert dockerignored(".env") and not dockerignored(".env.example")
+
+
+# ----------------------------------------------------------------------------- the image
+def dockerfile_stages() -> dict[str, list[str]]:
+    """stage name -> its instructions (continuation lines joined, comments dropped)."""
+    lines, current = [], ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        if raw.strip().startswith("#"):
+            continue
+        current += raw.rstrip("\\").rstrip() + " " if raw.rstrip().endswith("\\") else raw
+        if not raw.rstrip().endswith("\\"):
+            if current.strip():
+                lines.append(current.strip())
+            current = ""
+    stages, name = {}, None
+    for line in lines:
+        m = re.match(r"FROM\s+(\S+)(?:\s+AS\s+(\S+))?", line, re.I)
+        if m:
+            name = m.group(2) or m.group(1)
+            stages[name] = [line]
+        elif name:
+            stages[name].append(line)
+    return stages
+
+
+def stage_chain(stage: str) -> list[str]:
+    """stage and every stage it derives from (FROM <stage>)."""
+    stages, chain = dockerfile_stages(), []
+    while stage in stages:
+        chain.append(stage)
+        stage = re.match(r"FROM\s+(\S+)", stages[stage][0], re.I).group(1)
+    return chain
+
+
+def dockerignored(path: str) -> bool:
+    """Docker's .dockerignore semantics, close enough for this file: last matching rule wins."""
+    ignored = False
+    for raw in DOCKERIGNORE.read_text().splitlines():
+        rule = raw.strip()
+        if not rule or rule.startswith("#"):
+            continue
+        negate = rule.startswith("!")
+        pattern = rule[1:] if negate else rule
+        pattern = pattern.strip("/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        hit = any(fnmatch.fnmatchcase(p, pattern) or
+                  (pattern.startswith("**/") and fnmatch.fnmatchcase(p.split("/")[-1], pattern[3:]))
+                  for p in prefixes)
+        if hit:
+            ignored = not negate
+    return ignored
+
+
+# program -> the requirements.txt package that installs it in the venv (base image: python)
+PROGRAMS = {"airflow": "apache-airflow", "celery": "celery", "gunicorn": "gunicorn", "mlflow": "mlflow",
+            "dvc": "dvc", "python": None, "python3": None}
+
+
+def installed_packages() -> set[str]:
+    """Packages the Dockerfile's builder installs: requirements.txt minus what its grep drops."""
+    run = next(line for line in dockerfile_stages()["builder"] if "req-rest.txt" in line and "grep -vE" in line)
+    pattern = re.search(r"grep -vE '([^']+)'", run).group(1)
+    keep = subprocess.run(["grep", "-vE", pattern, str(REQUIREMENTS)], capture_output=True, text=True).stdout
+    names = {re.split(r"[=<>\[; ]", line)[0].lower() for line in keep.splitlines() if line.strip()}
+    return names | {"torch", "torchvision"}
+
+
+def image_services():
+    for name, svc in compose_model()["services"].items():
+        if "build" in svc:
+            yield name, svc
+
+
+def check_program(argv: list[str], target: str, where: str) -> None:
+    prog = argv[0]
+    if prog in ("/bin/sh", "/bin/bash", "/usr/bin/env"):
+        return
+    if "/" in prog:  # a script of this repository, run from WORKDIR /opt/xray
+        path = REPO / prog
+        assert path.is_file(), f"{where}: {prog} does not exist in the repository"
+        assert os.access(path, os.X_OK), f"{where}: {prog} is not executable"
+        assert path.read_text().startswith("#!"), f"{where}: {prog} has no shebang"
+        assert not dockerignored(prog), f"{where}: {prog} is excluded from the image by .dockerignore"
+        return
+    assert prog in PROGRAMS, f"{where}: unknown program {prog!r} (add it to PROGRAMS with its package)"
+    package = PROGRAMS[prog]
+    if package:
+        assert package in installed_packages(), f"{where}: {prog} needs {package}, not installed in the image"
+
+
+@pytest.mark.parametrize("name", [n for n, _ in image_services()])
+def test_service_commands_exist_in_the_image(name):
+    svc = compose_model()["services"][name]
+    target = svc["build"]["target"]
+    assert target in dockerfile_stages(), f"{name}: Dockerfile has no stage {target}"
+    argv = svc.get("command") or []
+    if isinstance(argv, str):
+        argv = argv.split()
+    if not argv:  # the stage's CMD
+        cmd = next(line for line in reversed(sum((dockerfile_stages()[s] for s in stage_chain(target)), []))
+                   if line.startswith("CMD"))
+        argv = yaml.safe_load(cmd[3:].strip())
+    check_program(argv, target, f"{name}.command")
+    test = svc.get("healthcheck", {}).get("test")
+    if test:
+        if test[0] == "CMD":
+            check_program(test[1:], target, f"{name}.healthcheck")
+            for arg in test[2:]:
+                if arg.startswith(("docker/", "scripts/")):
+                    check_program([arg], target, f"{name}.healthcheck")
+        else:  # CMD-SHELL "prog args..."
+            check_program(test[1].split()[0:1], target, f"{name}.healthcheck")
+    if name.startswith("airflow-worker"):
+        assert "apache-airflow-providers-celery" in installed_packages()
+
+
+def test_stage_commands_and_entrypoint():
+    stages = dockerfile_stages()
+    for target in ("mlflow", "airflow", "web"):
+        cmd = next(line for line in reversed(stages[target]) if line.startswith("CMD"))
+        check_program(yaml.safe_load(cmd[3:].strip()), target, f"Dockerfile {target} CMD")
+    entry = next(line for line in stages["runtime"] if line.startswith("ENTRYPOINT"))
+    assert "tini" in entry
+    assert any("tini" in line for line in stages["runtime"] if line.startswith("RUN") and "apt-get" in line)
+
+
+def test_image_services_use_matching_targets():
+    for name, svc in image_services():
+        target = svc["build"]["target"]
+        assert re.search(rf"-{target}(-gpu)?:", svc["image"]), \
+            f"{name}: image name {svc['image']} does not name its target {target}"
+        chain = stage_chain(target)
+        assert chain[-1] == "runtime", f"{name}: {target} must derive from the shared runtime stage"
+
+
+def test_one_multistage_dockerfile_cpu_torch_non_root():
+    stages = dockerfile_stages()
+    assert {"builder", "runtime", "mlflow", "airflow", "web"} <= set(stages)
+    builder = " ".join(stages["builder"])
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in builder
+    assert '--index-url "${TORCH_INDEX_URL}"' in builder
+    # the final images get the venv only, not the build tools
+    assert any(line.startswith("COPY --from=builder /opt/venv /opt/venv") for line in stages["runtime"])
+    for target in ("mlflow", "airflow", "web"):
+        users = [line.split()[1] for s in reversed(stage_chain(target)) for line in stages[s]
+                 if line.startswith("USER")]
+        assert users and users[-1] not in ("root", "0"), f"{target} runs as root"
+
+
+def test_builder_installs_cpu_torch_and_no_cuda_wheels():
+    pins = dict(line.strip().split("==") for line in REQUIREMENTS.read_text().splitlines()
+                if line.strip() and not line.startswith("#") and "==" in line)
+    run = next(line for line in dockerfile_stages()["builder"] if "req-torch.txt" in line)
+    torch_grep = re.search(r"grep -E '([^']+)'", run).group(1)
+    torch_lines = subprocess.run(["grep", "-E", torch_grep, str(REQUIREMENTS)],
+                                 capture_output=True, text=True).stdout.split()
+    assert sorted(torch_lines) == sorted([f"torch=={pins['torch']}", f"torchvision=={pins['torchvision']}"])
+    installed = installed_packages()
+    cuda = {p for p in installed if p.startswith(("nvidia-", "cuda-")) or p == "triton"}
+    assert not cuda, f"CUDA wheels would be installed: {cuda}"
+    for needed in ("apache-airflow", "mlflow", "django", "gunicorn", "dvc-s3", "psycopg2-binary", "whitenoise",
+                   "apache-airflow-providers-celery", "redis", "boto3"):  # boto3: MLflow S3 artifacts
+        assert needed in installed, f"{needed} is not installed in the image"
+    assert "pytest" not in installed and "playwright" not in installed
+
+
+def test_dockerignore_keeps_data_out_and_code_in():
+    for path in (".venv/bin/python", ".git/config", "data/chest_xray/train/NORMAL/a.jpeg", ".dvc/cache/ab/cd",
+                 ".env", ".cache/preprocess/x.npy", "runs/x/model.pt", ".airflow/airflow.db", ".mlflow/mlflow.db",
+                 ".local/logs/web.log", "pipeline/__pycache__/x.pyc", "tests/conftest.py"):
+        assert dockerignored(path), f"{path} would be sent to the build context"
+    needed = ["requirements.txt", "params.yaml", ".dvc/config", "data/chest_xray.dvc", "docker/healthcheck.py",
+              "pipeline/__init__.py", "dags/retrain_xray.py", "django_app/manage.py", "scripts/mlflow_server.sh",
+              "scripts/web_server.sh", "docker/airflow/init.sh", "docker/web/init.sh"]
+    for path in needed:
+        assert not dockerignored(path), f"{path} is needed in the image but .dockerignore excludes it"
+
+
+# ----------------------------------------------------------------------------- the scripts
+SCRIPTS = ["docker/postgres/init-databases.sh", "docker/minio/create-buckets.sh", "docker/airflow/init.sh",
+           "docker/gen-env.sh",
+           "docker/web/init.sh", "scripts/stack.sh"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_scripts_are_executable_and_parse(script):
+    path = REPO / script
+    assert os.access(path, os.X_OK), f"{script} is not executable"
+    shell = "sh" if path.read_text().startswith("#!/bin/sh") else "bash"
+    proc = subprocess.run([shell, "-n", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_services_agree_on_names_and_ports():
+    """The URLs one service uses to reach another match that service's name, command and port."""
+    services = compose_model()["services"]
+    air = services["airflow-scheduler"]["environment"]
+    assert air["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
+    api_cmd = services["airflow-apiserver"]["command"]
+    assert api_cmd[:2] == ["airflow", "api-server"] and api_cmd[api_cmd.index("--port") + 1] == "8080"
+    assert services["airflow-apiserver"]["ports"][0].endswith(":8080")
+    assert air["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] == "True"
+    assert ":8974/" in services["airflow-scheduler"]["healthcheck"]["test"][-1]
+    ml = services["mlflow"]["environment"]
+    assert air["MLFLOW_TRACKING_URI"] == services["web"]["environment"]["MLFLOW_TRACKING_URI"] == \
+        f"http://mlflow:{ml['MLFLOW_PORT']}"
+    assert f"mlflow:{ml['MLFLOW_PORT']}" in ml["MLFLOW_ALLOWED_HOSTS"]  # MLflow 3's Host-header guard
+    assert ml["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql") and "@postgres:5432/" in ml["MLFLOW_BACKEND_STORE_URI"]
+    assert ml["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
+    web = services["web"]
+    port = web["environment"]["WEB_BIND"].rsplit(":", 1)[1]
+    assert web["ports"][0].endswith(f":{port}") and f":{port}/healthz" in web["healthcheck"]["test"][-1]
+    # one Fernet key / JWT secret / database for every Airflow component
+    keys = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+            "AIRFLOW__CORE__EXECUTOR")
+    airflow_envs = [s["environment"] for n, s in services.items() if n.startswith("airflow-")]
+    for key in keys:
+        assert len({e[key] for e in airflow_envs}) == 1, f"Airflow components disagree on {key}"
+
+
+def test_sqlalchemy_urls_name_the_installed_driver():
+    """SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which the image does not install
+    (requirements pin psycopg2-binary): every SQLAlchemy URL must say +psycopg2."""
+    assert "psycopg2-binary" in installed_packages() and "psycopg" not in installed_packages()
+    services = compose_model()["services"]
+    urls = {
+        "airflow database": services["airflow-scheduler"]["environment"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
+        "celery result backend": services["airflow-worker"]["environment"]["AIRFLOW__CELERY__RESULT_BACKEND"],
+        "mlflow backend": services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"],
+    }
+    for what, url in urls.items():
+        assert url.split("://")[0].endswith("postgresql+psycopg2"), f"{what}: {url}"

@@ -1,0 +1,155 @@
+"""Fixtures for the doctors' site: Django configured in-process against a throw-away database,
+a real MLflow server with tiny real models registered, and doctors to sign in as.
+
+No pytest-django: a session fixture creates the test database, `db` wraps each test in a
+transaction that is rolled back (as django.test.TestCase does).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DJANGO_DIR = REPO / "django_app"
+WEB_TMP = Path(tempfile.mkdtemp(prefix="xray-web-tests-"))
+
+# Settings are read once, at django.setup(): everything the in-process site needs, set first.
+os.environ["DJANGO_SETTINGS_MODULE"] = "xray_site.settings"
+os.environ["DJANGO_ENV"] = "development"
+os.environ["DJANGO_DEBUG"] = "1"  # plain static storage; the test runner still switches DEBUG off
+os.environ["XRAY_WEB_DATA_DIR"] = str(WEB_TMP / "data")
+os.environ["XRAY_MAX_UPLOAD_MB"] = "4"  # small, so that "too large" is cheap to test
+os.environ.pop("DATABASE_URL", None)
+os.environ.pop("XRAY_MODEL_NAME", None)  # tests name their model explicitly
+os.environ.setdefault("XRAY_MODEL_CACHE_DIR", str(WEB_TMP / "model-cache"))  # not the repo's .cache
+for path in (str(Path(__file__).parent), str(DJANGO_DIR), str(REPO)):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from webutil import (MODEL_NAME, PASSWORD, ensure_champion, make_holder, make_user, register_version,  # noqa: E402
+                     set_champion, threshold_variant)
+
+
+@pytest.fixture(scope="session")
+def django_db():
+    import django
+    from django.db import connection
+    from django.test.utils import setup_test_environment, teardown_test_environment
+
+    django.setup()
+    setup_test_environment()
+    from django.conf import settings
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed, tests only
+    connection.creation.create_test_db(verbosity=0, autoclobber=True)
+    yield
+    connection.creation.destroy_test_db(":memory:", verbosity=0)
+    teardown_test_environment()
+
+
+@pytest.fixture
+def db(django_db):
+    """Each test in a transaction rolled back at the end."""
+    from django.db import transaction
+
+    atomic = transaction.atomic()
+    atomic.__enter__()
+    try:
+        yield
+    finally:
+        transaction.set_rollback(True)
+        atomic.__exit__(None, None, None)
+
+
+@pytest.fixture
+def doctor(db):
+    return make_user("dr_house")
+
+
+@pytest.fixture
+def other_doctor(db):
+    return make_user("dr_cuddy")
+
+
+@pytest.fixture
+def client(db):
+    from django.test import Client
+
+    return Client()
+
+
+@pytest.fixture
+def doctor_client(doctor):
+    from django.test import Client
+
+    c = Client()
+    c.force_login(doctor)
+    return c
+
+
+# --- images ------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def fullres_images(shared_datasets) -> list[Path]:
+    files = sorted((shared_datasets / "fullres_samples").glob("*/*.jpeg"))
+    if not files:
+        pytest.skip("no full-resolution samples")
+    return files
+
+
+@pytest.fixture(scope="session")
+def pneumonia_jpeg(shared_datasets) -> bytes:
+    return sorted((shared_datasets / "fullres_samples" / "PNEUMONIA").glob("*.jpeg"))[0].read_bytes()
+
+
+@pytest.fixture(scope="session")
+def xray_jpeg(fullres_images) -> bytes:
+    """A real full-resolution X-ray, as a doctor would upload it."""
+    return fullres_images[0].read_bytes()
+
+
+# --- the model registry ----------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def registry(mlflow_server, tiny_checkpoint, tmp_path_factory):
+    """Two real versions of one model in a real MLflow registry, champion = v1.
+    v1 is the tiny trained model; v2 is the same network with threshold 0 (it answers PNEUMONIA
+    for everything), so a test can tell from the answer which version replied."""
+    tmp = tmp_path_factory.mktemp("web-models")
+    v1 = register_version(mlflow_server, MODEL_NAME, tiny_checkpoint)
+    v2 = register_version(mlflow_server, MODEL_NAME, threshold_variant(tiny_checkpoint, 0.0, tmp / "model.pt"))
+    set_champion(mlflow_server, MODEL_NAME, v1)
+    return {"uri": mlflow_server, "name": MODEL_NAME, "v1": v1, "v2": v2}
+
+
+@pytest.fixture(scope="session")
+def session_holder(registry, django_db):
+    """One loaded champion (v1) for the whole session; tests that move the alias use their own."""
+    holder = make_holder(registry["uri"], registry["name"])
+    assert holder.get() is not None
+    return holder
+
+
+@pytest.fixture
+def champion(session_holder, registry):
+    """The process-wide holder is the session one, serving v1."""
+    from diagnosis import champion as mod
+
+    ensure_champion(registry["uri"], registry["name"], registry["v1"])
+    previous = mod.reset_holder(session_holder)
+    yield session_holder
+    mod.reset_holder(previous)
+
+
+@pytest.fixture
+def media_files():
+    """A function listing every file under MEDIA_ROOT (to prove nothing was stored)."""
+    from django.conf import settings
+
+    def files():
+        root = Path(settings.MEDIA_ROOT)
+        return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+    return files
