@@ -42,19 +42,20 @@ class Predictor:
         meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
         return cls(model, ckpt["image_size"], ckpt["threshold"], meta, device)
 
-    def _label(self, p: float) -> Prediction:
-        return Prediction(config.CLASSES[int(p >= self.threshold)], float(p), self.threshold)
+    def label_for(self, probability: float) -> Prediction:
+        """The decision rule: PNEUMONIA when P(pneumonia) >= the stored threshold."""
+        return Prediction(config.CLASSES[int(probability >= self.threshold)], float(probability), self.threshold)
 
     def predict(self, source: bytes | str | Path) -> Prediction:
         """Raises preprocess.InvalidImage for anything that is not a usable X-ray."""
-        return self._label(self.probabilities(preprocess.load_array(source, self.image_size)[None])[0])
+        return self.label_for(self.probabilities(preprocess.load_array(source, self.image_size)[None])[0])
 
     def predict_image(self, img: Image.Image) -> Prediction:
-        return self._label(self.probabilities(preprocess.to_array(img, self.image_size)[None])[0])
+        return self.label_for(self.probabilities(preprocess.to_array(img, self.image_size)[None])[0])
 
     def predict_batch(self, sources) -> list[Prediction]:
         arrays = np.stack([preprocess.load_array(s, self.image_size) for s in sources])
-        return [self._label(p) for p in self.probabilities(arrays)]
+        return [self.label_for(p) for p in self.probabilities(arrays)]
 
     @torch.inference_mode()
     def probabilities(self, arrays: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -86,4 +87,4 @@ class Predictor:
         cam = torch.nn.functional.interpolate(cam, size=arr.shape, mode="bilinear", align_corners=False)[0, 0]
         cam = cam.detach().cpu().numpy()
         cam = cam / cam.max() if cam.max() > 0 else cam
-        return self._label(float(torch.sigmoid(logit.detach()))), cam.astype(np.float32)
+        return self.label_for(float(torch.sigmoid(logit.detach()))), cam.astype(np.float32)

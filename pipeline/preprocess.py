@@ -74,6 +74,8 @@ def load_image(
     except Image.DecompressionBombError as exc:
         raise InvalidImage(f"decompression bomb: {exc}") from None
     except Exception:
+        if _looks_like_headerless_dicom(data):
+            return _dicom_image(data, max_pixels, min_side, force=True)
         raise InvalidImage("not an image (expected JPEG, PNG or DICOM)") from None
     if img.format not in ACCEPTED_FORMATS:
         raise InvalidImage(f"unsupported format {img.format} (expected JPEG, PNG or DICOM)")
@@ -133,13 +135,27 @@ def is_dicom(data: bytes) -> bool:
     return len(data) > 132 and data[128:132] == b"DICM"
 
 
-def _dicom_image(data: bytes, max_pixels: int, min_side: int) -> Image.Image:
+def _looks_like_headerless_dicom(data: bytes) -> bool:
+    """Old DICOM files have no 128-byte preamble: they start with a group 0x0008 (or 0x0002) tag."""
+    return len(data) > 8 and data[1:2] == b"\x00" and data[0:1] in (b"\x02", b"\x08")
+
+
+def _dicom_image(data: bytes, max_pixels: int, min_side: int, force: bool = False) -> Image.Image:
     """DICOM -> "L": VOI LUT / window applied, MONOCHROME1 inverted so bone is always bright."""
     import pydicom
     from pydicom.pixels import apply_voi_lut
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
+        ds = pydicom.dcmread(io.BytesIO(data), force=force)
+        if "PixelData" not in ds:
+            raise InvalidImage("DICOM file without pixel data")
+        if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):  # old file: no meta header
+            from pydicom.dataset import FileMetaDataset
+            from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+            ds.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+            implicit = getattr(ds, "original_encoding", (True, True))[0]
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
         rows, cols = int(ds.Rows), int(ds.Columns)
         _check_geometry((cols, rows), max_pixels, min_side)
         pixels = ds.pixel_array

@@ -102,7 +102,8 @@ def dvc(*args: str, repo: str | Path | None = None, check: bool = True) -> subpr
 
 
 def git(*args: str, repo: str | Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    return _run(["git", *args], repo_root(repo), f"git {args[0]}", check)
+    verb = next((a for a in args if not a.startswith("-") and "=" not in a), args[0])
+    return _run(["git", *args], repo_root(repo), f"git {verb}", check)
 
 
 def _git_out(*args: str, repo: Path) -> str | None:
@@ -229,7 +230,9 @@ def publish(repo: str | Path | None = None, target: str = DATA_DIR, message: str
     if changed:
         msg = message or (f"data: {target} version {version.short} "
                           f"({version.nfiles} files{', was ' + previous.short if previous else ''})")
-        git("commit", "--quiet", "-m", msg, "--", *pointer_files, repo=root)
+        identity = [] if _git_out("config", "user.email", repo=root) else [
+            "-c", "user.name=xray-platform", "-c", "user.email=xray-platform@localhost"]  # a fresh machine
+        git(*identity, "commit", "--quiet", "-m", msg, "--", *pointer_files, repo=root)
         version.git_commit = _git_out("rev-parse", "HEAD", repo=root)
     else:
         log.info("data version %s unchanged: nothing to commit", version.short)

@@ -306,6 +306,7 @@ step_web() {
   if pid_alive "$PIDS/web.pid"; then
     log "web already running (pid $(cat "$PIDS/web.pid"))"
     wait_healthy web "http://$HOST:$WEB_PORT/healthz" 200 60
+    wait_champion
     return 0
   fi
   local manage=("$PY" django_app/manage.py)
@@ -316,6 +317,18 @@ step_web() {
   WEB_BIND="$HOST:$WEB_PORT" WEB_WORKERS="${STACK_WEB_WORKERS:-2}" \
     start web "http://$HOST:$WEB_PORT" "" scripts/web_server.sh
   wait_healthy web "http://$HOST:$WEB_PORT/healthz" 200 180
+  wait_champion
+}
+
+wait_champion() {  # the workers load the champion in the background: say "up" once it answers
+  local deadline=$(( $(date +%s) + ${STACK_CHAMPION_WAIT_S:-120} ))
+  until http_ok "http://$HOST:$WEB_PORT/healthz?ready=1" 200; do
+    if (( $(date +%s) >= deadline )); then
+      log "web: no champion model loaded yet (/healthz tells why); the site says so until one is promoted"
+      return 0
+    fi
+    sleep 2
+  done
 }
 
 print_summary() {

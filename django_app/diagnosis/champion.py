@@ -68,19 +68,11 @@ class Champion:
         from pipeline import preprocess
 
         probability = self.runner.probability(preprocess.to_array(img, self.predictor.image_size))
-        return self._label(probability)
+        return self.predictor.label_for(probability)
 
     def gradcam(self, img):
         """(Prediction, heat map [S, S] in [0, 1])."""
         return self.runner.gradcam(img)
-
-    def _label(self, probability: float):
-        label = getattr(self.predictor, "_label", None)
-        if label is not None:  # the predictor's own decision rule
-            return label(probability)
-        from pipeline.predict import Prediction
-
-        return Prediction("PNEUMONIA" if probability >= self.threshold else "NORMAL", probability, self.threshold)
 
     def close(self) -> None:
         self.runner.close()

@@ -152,7 +152,12 @@ def test_quick_stack_end_to_end(stack):
     champion = MlflowClient(tracking_uri=mlflow_uri).get_model_version_by_alias(name, "champion")
 
     # the web site serves that version
-    health = requests.get(f"http://127.0.0.1:{ports['WEB_PORT']}/healthz", timeout=60).json()
+    deadline = time.time() + 120  # `up` waits for the model too; allow a slow worker a little more
+    while True:
+        health = requests.get(f"http://127.0.0.1:{ports['WEB_PORT']}/healthz", timeout=60).json()
+        if health["champion_loaded"] or time.time() > deadline:
+            break
+        time.sleep(2)
     assert health["champion_loaded"], health
     assert str(health["champion"]["version"]) == str(champion.version), health
 

@@ -147,3 +147,22 @@ def test_dicom_monochrome1_is_inverted(tmp_path):
     mono2 = preprocess.load_array(dicom("MONOCHROME2"), 64)
     mono1 = preprocess.load_array(dicom("MONOCHROME1"), 64)
     assert mono2[:, -4:].mean() > 200 and mono1[:, -4:].mean() < 55  # MONOCHROME1: high values are dark
+
+
+def test_dicom_without_preamble_is_read(tmp_path):
+    pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    pixels = (np.linspace(0, 1, 96)[None, :].repeat(96, 0) * 1000).astype(np.uint16)
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 16, 16, 15, 0
+    ds.PixelData = pixels.tobytes()
+    path = tmp_path / "old.dcm"
+    ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=False)  # no preamble: an old file
+    data = path.read_bytes()
+    assert data[128:132] != b"DICM" and data[:2] == b"\x08\x00"
+    arr = preprocess.load_array(data, 48)
+    assert arr[:, :4].mean() < 40 and arr[:, -4:].mean() > 210

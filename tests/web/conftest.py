@@ -117,11 +117,19 @@ def registry(mlflow_server, tiny_checkpoint, tmp_path_factory):
     """Two real versions of one model in a real MLflow registry, champion = v1.
     v1 is the tiny trained model; v2 is the same network with threshold 0 (it answers PNEUMONIA
     for everything), so a test can tell from the answer which version replied."""
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server  # other suites' servers may have set it meanwhile
     tmp = tmp_path_factory.mktemp("web-models")
     v1 = register_version(mlflow_server, MODEL_NAME, tiny_checkpoint)
     v2 = register_version(mlflow_server, MODEL_NAME, threshold_variant(tiny_checkpoint, 0.0, tmp / "model.pt"))
     set_champion(mlflow_server, MODEL_NAME, v1)
     return {"uri": mlflow_server, "name": MODEL_NAME, "v1": v1, "v2": v2}
+
+
+@pytest.fixture(autouse=True)
+def _tracking_uri_of_this_suite(request, monkeypatch):
+    """Every web test talks to the web suite's MLflow server, whatever ran before it."""
+    if "registry" in request.fixturenames:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", request.getfixturevalue("registry")["uri"])
 
 
 @pytest.fixture(scope="session")
