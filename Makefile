@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	@touch $@
 
-system-deps:  ## Debian packages the tests use (chromium, docker-compose), installed when missing
+system-deps:  ## Debian packages used (rsync, chromium, docker-compose), installed when missing
 	@scripts/system_deps.sh
 
 setup: $(VENV)/.installed system-deps  ## create .venv and install every pinned package

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Debian packages used by the tests: chromium (browser tests, never a downloaded browser) and
-# docker-compose (validates docker-compose.yaml without a Docker engine). Installed when missing.
+# Debian packages the platform and its tests use: rsync (make data), chromium (browser tests, never
+# a downloaded browser) and docker-compose (validates docker-compose.yaml without a Docker engine).
+# Installed when missing.
 set -euo pipefail
 missing=()
+command -v rsync >/dev/null || missing+=(rsync)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 [ ${#missing[@]} -eq 0 ] && exit 0
