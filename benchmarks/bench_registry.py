@@ -68,11 +68,7 @@ def start_server(workdir: Path) -> tuple[dict, str]:
 def make_subset(dest: Path, source: Path, per_class: int, seed: int = 0) -> Path:
     from pipeline import data
 
-    for s in data.subset(data.discover(source), per_class, seed):
-        link = dest / "train" / s.path.parent.name / s.path.name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if not link.exists():
-            link.symlink_to(s.path)
+    data.link_subset(source, dest, per_class, seed)
     return dest
 
 

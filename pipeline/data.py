@@ -238,6 +238,23 @@ def subset(samples: list[Sample], per_class: int, seed: int) -> list[Sample]:
     return keep
 
 
+def link_subset(source: str | Path, dest: str | Path, per_class: int, seed: int = 0,
+                split: str = "train") -> list[Path]:
+    """Symlink a seeded, patient-preserving subset of `source` into `dest/<split>/<CLASS>/`.
+
+    Quick mode, tests and benchmarks use it to get a small real dataset without copying images.
+    Returns the links created now (existing ones are kept).
+    """
+    created = []
+    for sample in subset(discover(source), per_class, seed):
+        link = Path(dest) / split / sample.path.parent.name / sample.path.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to(sample.path.resolve())
+            created.append(link)
+    return created
+
+
 def load(root: str | Path, params: dict) -> tuple[Splits, ValidationReport, PreprocessCache]:
     """discover -> subset -> validate -> split: what training and evaluation start from."""
     root = Path(root)

@@ -235,14 +235,9 @@ root, dest, n = Path(sys.argv[1]).resolve(), Path(sys.argv[2]), int(sys.argv[3])
 source = root / "train" if (root / "train").is_dir() else root
 if dest.exists():
     shutil.rmtree(dest)
-picked = data.subset(data.discover(source), n, 42)
+picked = data.link_subset(source, dest, n, 42)
 if not picked:
     sys.exit(f"stack: no images under {source}")
-for sample in picked:
-    link = dest / "train" / sample.path.parent.name / sample.path.name
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if not link.exists():
-        link.symlink_to(sample.path.resolve())
 print(f"    quick mode: {len(picked)} images (about {n} per class, whole patients) from {source}")
 EOF
   fi

@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="xray-tests-"))
 os.environ.setdefault("XRAY_CACHE_DIR", str(_SESSION_TMP / "cache"))
 os.environ.setdefault("XRAY_RUNS_DIR", str(_SESSION_TMP / "runs"))
+os.environ.setdefault("XRAY_MODEL_CACHE_DIR", str(_SESSION_TMP / "models"))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 TINY = {"preprocess.image_size": 64, "train.epochs": 1, "train.batch_size": 16, "train.warmup_epochs": 0,
@@ -41,12 +42,7 @@ def make_subset(dest: Path, n_per_class: int, seed: int = 0, source: Path | None
     whole patients only (so patient-grouped splits stay meaningful)."""
     from pipeline import data
 
-    source = source or shared_root() / "chest_xray" / "train"
-    for sample in data.subset(data.discover(source), n_per_class, seed):
-        link = dest / "train" / sample.path.parent.name / sample.path.name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if not link.exists():
-            link.symlink_to(sample.path)
+    data.link_subset(source or shared_root() / "chest_xray" / "train", dest, n_per_class, seed)
     return dest
 
 

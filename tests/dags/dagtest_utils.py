@@ -71,15 +71,7 @@ class DataWorld:
         """Symlink about n real images per class (whole patients, seeded) into src/; returns how many are new."""
         from pipeline import data
 
-        source = shared_root() / "chest_xray" / "train"
-        added = 0
-        for sample in data.subset(data.discover(source), n_per_class, seed):
-            link = self.src / split / sample.path.parent.name / sample.path.name
-            link.parent.mkdir(parents=True, exist_ok=True)
-            if not link.exists():
-                link.symlink_to(sample.path)
-                added += 1
-        return added
+        return len(data.link_subset(shared_root() / "chest_xray" / "train", self.src, n_per_class, seed, split))
 
     def publish(self, **env: str) -> subprocess.CompletedProcess:
         """What a data engineer runs: `make data DATA=<src>` (scripts/import_data.sh)."""
