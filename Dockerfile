@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 #
 # One image definition for the whole platform, three targets sharing every layer but the last:
 #
@@ -10,6 +9,11 @@
 # (build arg TORCH_INDEX_URL); a GPU training worker is the same Dockerfile built with
 #   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130
 # (see the `gpu` profile in docker-compose.yaml). Versions come from requirements.txt.
+# No `# syntax=` line: the engine's built-in Dockerfile frontend is used, so building needs no
+# registry. Without a registry at all, scripts/docker_bases.sh makes PYTHON_IMAGE from Debian
+# packages and scripts/stack_images.sh passes it; where only PyPI is reachable,
+# TORCH_INDEX_URL=https://pypi.org/simple (the CUDA-enabled PyPI build, bigger, runs on CPU too).
+# A TLS-inspecting proxy's CA bundle reaches pip as the optional build secret `pip_cert`.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -25,10 +29,11 @@ COPY requirements.txt /tmp/requirements.txt
 # 1. torch + torchvision, pinned to requirements.txt's versions, from TORCH_INDEX_URL (CPU by default).
 # 2. everything else from requirements.txt, minus the CUDA runtime wheels that the PyPI torch
 #    build pulls in (nvidia-*, cuda-*, triton) and test-only tools (pytest, playwright).
-RUN set -eux; \
+RUN --mount=type=secret,id=pip_cert set -eux; \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi; \
     grep -E '^(torch|torchvision)==' /tmp/requirements.txt > /tmp/req-torch.txt; \
     test "$(wc -l < /tmp/req-torch.txt)" -eq 2; \
-    grep -vE '^(torch|torchvision|triton|nvidia-[A-Za-z0-9_.-]+|cuda-[A-Za-z0-9_.-]+|playwright|pytest|pytest-timeout)==' \
+    grep -vE '^(torch|torchvision|triton|nvidia-[A-Za-z0-9_.-]+|cuda-[A-Za-z0-9_.-]+|playwright|pytest|pytest-timeout|moto)==' \
         /tmp/requirements.txt | grep -vE '^\s*(#|$)' > /tmp/req-rest.txt; \
     pip install --index-url "${TORCH_INDEX_URL}" -r /tmp/req-torch.txt; \
     pip install -r /tmp/req-rest.txt; \
@@ -43,10 +48,11 @@ RUN set -eux; \
 ############################ runtime: what every service shares ############################
 FROM ${PYTHON_IMAGE} AS runtime
 ARG APP_UID=50000
-# git: DVC and the DAG's "pull the newest data pointer"; tini: PID 1 that forwards signals.
+# git: DVC and the DAG's "pull the newest data pointer"; rsync: scripts/import_data.sh (a data
+# import run in a container); tini: PID 1 that forwards signals.
 RUN set -eux; \
     apt-get update; \
-    apt-get install -y --no-install-recommends git tini ca-certificates; \
+    apt-get install -y --no-install-recommends git rsync tini ca-certificates; \
     rm -rf /var/lib/apt/lists/*; \
     useradd --uid "${APP_UID}" --gid 0 --create-home --home-dir /home/xray --shell /bin/bash xray
 COPY --from=builder /opt/venv /opt/venv
@@ -68,15 +74,15 @@ COPY --chown=xray:0 . /opt/xray
 # Mount points of the named volumes, owned by the app user so new volumes inherit it.
 RUN set -eux; \
     mkdir -p /opt/xray/runs /opt/xray/.cache /opt/xray/.mlflow /opt/xray/media /opt/xray/staticfiles \
-             /opt/xray-repo /home/xray/.cache; \
+             /opt/xray-repo /opt/dvc-remote /home/xray/.cache; \
     chown xray:0 /opt/xray; \
     chown -R xray:0 /opt/xray/runs /opt/xray/.cache /opt/xray/.mlflow /opt/xray/media \
-                    /opt/xray/staticfiles /opt/xray-repo /home/xray; \
+                    /opt/xray/staticfiles /opt/xray-repo /opt/dvc-remote /home/xray; \
     chmod -R g=u /opt/xray /home/xray; \
     chmod 0755 docker/*.py docker/*.sh docker/*/*.sh; \
     if ls scripts/*.sh >/dev/null 2>&1; then chmod 0755 scripts/*.sh; fi
 USER xray
-ENTRYPOINT ["/usr/bin/tini", "--"]
+ENTRYPOINT ["/usr/bin/tini", "--", "/opt/xray/docker/entrypoint.sh"]
 
 ############################ mlflow: tracking server + registry ############################
 FROM runtime AS mlflow

@@ -9,7 +9,7 @@ DATA ?= ../shared/datasets/chest_xray
 QUICK ?=
 export DATA QUICK
 
-.PHONY: setup system-deps test run stop train validate mlflow data airflow dag-run repro status web bench clean-cache help
+.PHONY: setup system-deps test stack-test stack-images run stop train validate mlflow data airflow dag-run repro status web bench clean-cache help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -25,8 +25,16 @@ system-deps:  ## Debian packages used (rsync, chromium, docker-compose), install
 
 setup: $(VENV)/.installed system-deps  ## create .venv and install every pinned package
 
-test: setup  ## run the whole test suite
+test: setup  ## run the whole test suite, then the container test (skipped when no Docker engine can start, or SKIP_STACK_TEST=1)
 	$(PY) -m pytest
+	@if [ -n "$$SKIP_STACK_TEST" ]; then echo "make test: container test SKIPPED (SKIP_STACK_TEST=$$SKIP_STACK_TEST)"; exit 0; fi; \
+	scripts/stack_test.sh; rc=$$?; if [ $$rc -eq 77 ]; then echo "make test: container test SKIPPED (no Docker engine)"; else exit $$rc; fi
+
+stack-test: system-deps  ## build the images, run the compose stack and one quick retraining cycle in it, check it
+	@scripts/stack_test.sh; rc=$$?; if [ $$rc -eq 77 ]; then echo "make stack-test: SKIPPED (no Docker engine)"; exit 0; else exit $$rc; fi
+
+stack-images:  ## build the three images (mlflow, airflow, web) from the Dockerfile
+	scripts/stack_images.sh
 
 run: setup  ## full local stack: data -> MLflow -> Airflow retraining cycle -> web site (QUICK=1: minutes)
 	scripts/stack.sh up

@@ -54,7 +54,7 @@ better** on the same held-out data. Doctors are served `models:/<name>@champion`
 
 | task | what it does | on failure |
 |---|---|---|
-| `detect` | `git pull` (if the repo has an upstream), `dvc pull data/chest_xray`; compares the dataset hash with the `data_version` tag of the champion. **Skips the rest** when unchanged, unless the run param `force` is true. | retried with back-off |
+| `detect` | `git pull` (if the repo has an upstream), `dvc pull data/chest_xray`; compares the dataset hash with the `data_version` tag of the champion and of every decided (promoted/rejected) version. **Skips the rest** when that data was already decided, unless the run param `force` is true. | retried with back-off |
 | `validate` | decodes every image; the report (rejected files + reasons) is in this task's log; fails when more than `data.max_rejected_fraction` is rejected | no retry: fix the data |
 | `train` | trains a challenger, logs it to MLflow, registers a model version | no retry; `execution_timeout` |
 | `evaluate` | scores challenger **and** champion now, on the same held-out split | retried |
@@ -64,18 +64,38 @@ better** on the same held-out data. Doctors are served `models:/<name>@champion`
 
 Every task failure notifies too. **Manual run** (Trigger DAG w/ config):
 `{"force": true, "overrides": ["train.epochs=3", "train.lr=0.001"]}` -- overrides are
-`section.key=value` strings applied on top of `params.yaml` for this run only.
+`section.key=value` strings applied on top of `params.yaml` for this run only; only `train.*`,
+`model.*`, `preprocess.*` and `evaluate.*` (the promotion policy, data split and registry are not).
 New data arrives with `make data DATA=<folder>` (dvc add + git commit + dvc push).
 """
 
 
+# A run's `overrides` may change how the challenger is trained, never how it is judged: the
+# promotion policy (promotion.*), the data split and validation gates (data.*: seed and
+# subset_per_class choose the held-out patients), the registered model (registry.*) and the DAG's
+# own switches (dag.*) come from params.yaml (or $XRAY_PARAMS) alone, which are reviewed in git.
+# Anyone allowed to trigger a run could otherwise promote a worse model ("promotion.floors.auc=0").
+# The stress set (evaluate.stress_*) is what champion and challenger are compared on: policy too.
+OVERRIDABLE = ("train.", "model.", "preprocess.", "evaluate.target_sensitivity", "evaluate.threshold_rule",
+               "evaluate.calibration", "evaluate.batch_size")
+
+
+def check_overrides(overrides) -> list[str]:
+    """The overrides outside OVERRIDABLE (empty list: all allowed)."""
+    return [o for o in overrides if not str(o).split("=", 1)[0].strip().startswith(OVERRIDABLE)]
+
+
 def _context_params(context) -> dict:
-    """params.yaml (or $XRAY_PARAMS) with this run's `overrides` applied; a bad override fails the
-    run at once (no retry can fix a typo)."""
+    """params.yaml (or $XRAY_PARAMS) with this run's `overrides` applied; a bad or forbidden
+    override fails the run at once (no retry can fix it)."""
     from pipeline import config
 
     overrides = list(context["params"].get("overrides") or [])
+    forbidden = check_overrides(overrides)
     try:
+        if forbidden:
+            raise ValueError(f"not overridable in a DAG run: {forbidden} (allowed: "
+                             f"{', '.join(k + '*' for k in OVERRIDABLE)}; change params.yaml instead)")
         return config.load_params(os.environ.get("XRAY_PARAMS") or None, overrides)
     except (KeyError, ValueError) as exc:
         from airflow.sdk.exceptions import AirflowFailException
@@ -119,11 +139,18 @@ def xray_retrain():
         champion = registry.champion_version()             # None: no model registered / no champion yet
         champion_data = (registry.status(limit=1)["champion"] or {}).get("data_version") if champion else None
         forced = bool(context["params"].get("force")) or bool((params.get("dag") or {}).get("retrain_on_unchanged_data"))
-        new_data = info["hash"] != champion_data
-        info.update(champion=champion, champion_data_version=champion_data, new_data=new_data, forced=forced)
+        # Data already decided (a version trained on it was promoted or rejected) is not retrained:
+        # after a rejection, daily runs would retrain on the same data, test on the same split, and
+        # sooner or later promote a chance win. The decision is read from the registry's tags.
+        decided = registry.decided_for_data(info["hash"]) if info["hash"] != champion_data else None
+        new_data = info["hash"] != champion_data and decided is None
+        info.update(champion=champion, champion_data_version=champion_data, new_data=new_data, forced=forced,
+                    decided=decided)
         served = f"champion v{champion} was trained on {champion_data}" if champion else "no champion yet"
+        state = ("NEW DATA" if new_data else f"already decided: v{decided['version']} {decided['decision']}"
+                 if decided else "unchanged")
         print(f"data version {info['hash']} ({info['nfiles']} files, git {str(info['git_commit'])[:8]}); "
-              f"{served}: {'NEW DATA' if new_data else 'unchanged'}{' (forced run)' if forced else ''}")
+              f"{served}: {state}{' (forced run)' if forced else ''}")
         return info if (new_data or forced) else False
 
     @task(**NO_RETRY)
@@ -193,9 +220,10 @@ def xray_retrain():
 
         decision = get_current_context()["ti"].xcom_pull(task_ids="decide", key="decision")
         result = registry.promote(trained["version"], decision)
-        if not result.get("promoted"):   # e.g. someone promoted another version meanwhile: stale decision
+        done = result.get("promoted") or result.get("already")   # already: a retry of a try that promoted
+        if not done:   # e.g. someone promoted another version meanwhile: stale decision
             print(f"not promoted: {result.get('reason')}")
-        return {"outcome": "promoted" if result.get("promoted") else "stale", **result}
+        return {"outcome": "promoted" if done else "stale", **result}
 
     @task(**RETRY)
     def reject(trained: dict) -> dict:

@@ -27,6 +27,10 @@ chdir = os.path.dirname(os.path.abspath(__file__))
 forwarded_allow_ips = os.environ.get("WEB_FORWARDED_ALLOW_IPS", "127.0.0.1")
 # a proxy buffers uploads; direct clients are bounded by the upload limit in Django
 limit_request_line = 8190
+# header limits (gunicorn has no body limit: RequestSizeLimitMiddleware and the nginx proxy refuse
+# big bodies from their Content-Length before anything reads them)
+limit_request_fields = 100
+limit_request_field_size = 8190
 
 # torch threads per worker: the cores shared out (XRAY_TORCH_THREADS overrides)
 os.environ.setdefault("XRAY_TORCH_THREADS", str(max(1, _cores // max(1, workers))))

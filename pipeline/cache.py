@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline import preprocess
 
-CACHE_VERSION = 1  # bump when preprocess.py changes what it produces
+CACHE_VERSION = 2  # bump when preprocess.py changes what it produces (2: one intensity rule, dicom.py)
 
 
 def content_hash(path: str | Path) -> str:

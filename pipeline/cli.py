@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "on a split of the dataset, re-split exactly as training does.")
     _common(p)
     p.add_argument("--model", required=True, help="model.pt path or models:/<name>@<alias>")
-    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument("--split", choices=["train", "val", "test", "external"], default="test")
     p.add_argument("--out", type=Path, help="write metrics JSON here (and plots beside it)")
 
     p = sub.add_parser("predict", help="classify X-ray files (JPEG, PNG, DICOM)",
@@ -139,18 +139,36 @@ def load_predictor(model: str):
 
 
 def cmd_evaluate(args, params, data_root) -> int:
-    from pipeline import data, evaluate
+    """Held-out figures, the stress table (same patients under every shift) and any external set;
+    --split val|train scores another split in distribution only."""
+    from pipeline import data, evaluate, quality, stress
 
     predictor = load_predictor(args.model)
-    splits, _, _ = data.load(data_root, params)
-    samples = dict(splits.items())[args.split]
-    y, p = evaluate.predict_samples(predictor, samples, params)
-    metrics = evaluate.compute_metrics(y, p, predictor.threshold)
+    splits, _, cache = data.load(data_root, params)
+    if args.split != "test":
+        samples = dict(splits.items())[args.split]
+        y, p = evaluate.predict_samples(predictor, samples, params, cache)
+        metrics = evaluate.compute_metrics(y, p, predictor.threshold)
+        print(json.dumps(metrics, indent=2))
+        plots = lambda out: evaluate.save_plots(y, p, predictor.threshold, [], out)  # noqa: E731
+    else:
+        scored = quality.score(predictor, splits, params, cache)
+        metrics = quality.flat_metrics(scored)
+        t = scored["test"]
+        print(f"held-out ({t['n']} images): AUC {t['auc']:.4f}  sensitivity {t['sensitivity']:.3f}  specificity "
+              f"{t['specificity']:.3f}  at threshold {predictor.threshold:.3f}  ECE {t['ece']:.3f}  Brier {t['brier']:.3f}")
+        print(f"stress ({scored['stress']['n']} held-out images x {scored['stress']['shifts']} shifts):")
+        print(stress.format_table(scored["stress"]))
+        if scored["external"]:
+            e = scored["external"]
+            print(f"external ({e['n']} images): AUC {e['auc']:.4f}  sensitivity {e['sensitivity']:.3f}  "
+                  f"specificity {e['specificity']:.3f}  ECE {e['ece']:.3f}")
+        probs = scored["probs"]["test"]
+        plots = lambda out: evaluate.save_plots(probs["y"], probs["p"], predictor.threshold, [], out)  # noqa: E731
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         evaluate.save_metrics(metrics, args.out)
-        evaluate.save_plots(y, p, predictor.threshold, [], args.out.parent / "plots")
-    print(json.dumps(metrics, indent=2))
+        plots(args.out.parent / "plots")
     return 0
 
 

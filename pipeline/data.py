@@ -3,9 +3,18 @@
 Layout: `<root>/<split>/<CLASS>/*` or `<root>/<CLASS>/*`; split and class folder names are
 matched case-insensitively. Validation decodes every file once through the preprocessing cache,
 so a corrupt file is found before training and never costs a second decode.
+
+Patients (the split groups by patient, so that no patient is on both sides): the id comes from,
+in order, `<root>/patients.csv` (columns `file,patient`, file relative to root), the Kermany file
+name patterns, or a DICOM file's PatientID. An image with none of these has *no* patient id: it
+is its own group (keyed by its path, never merged with a same-named file), it is counted in the
+report, and validation fails when more than data.max_unknown_patient_fraction of the usable
+images are such (default 0): PACS-style names would otherwise put one patient's films on both
+sides of the split without anyone knowing.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import re
@@ -36,6 +45,7 @@ class Sample:
     label: int                 # index in config.CLASSES: 0 NORMAL, 1 PNEUMONIA
     patient: str
     split_hint: str | None = None
+    patient_known: bool = True  # False: no id from patients.csv, the name or DICOM (own group)
     digest: str = ""           # content hash, filled in by validate()
     row: int = -1              # row in the preprocessing cache, filled in by validate()
 
@@ -46,6 +56,8 @@ class ValidationReport:
     checked: int = 0
     rejected: list[dict] = field(default_factory=list)     # {"path", "reason"}
     duplicates: list[dict] = field(default_factory=list)   # {"path", "same_as"}
+    conflicts: list[dict] = field(default_factory=list)    # same bytes under both labels: all dropped
+    no_patient_id: int = 0                                 # usable images without a patient id
     counts: dict = field(default_factory=dict)             # usable images per class
 
     @property
@@ -60,7 +72,10 @@ class ValidationReport:
 
     def summary(self) -> str:
         lines = [f"checked {self.checked} files under {self.root}: usable {self.counts}, "
-                 f"rejected {len(self.rejected)}, exact duplicates dropped {len(self.duplicates)}"]
+                 f"rejected {len(self.rejected)}, exact duplicates dropped {len(self.duplicates)}, "
+                 f"same file under both labels dropped {len(self.conflicts)}, "
+                 f"without a patient id {self.no_patient_id} (each its own patient)"]
+        lines += [f"  label conflict {c['path']}: {', '.join(c['labels'])}" for c in self.conflicts[:20]]
         lines += [f"  rejected {r['path']}: {r['reason']}" for r in self.rejected[:50]]
         if len(self.rejected) > 50:
             lines.append(f"  ... and {len(self.rejected) - 50} more (see the JSON report)")
@@ -72,9 +87,11 @@ class Splits:
     train: list[Sample]
     val: list[Sample]
     test: list[Sample]
+    external: list[Sample] = field(default_factory=list)   # a provided test/ folder, scored apart
 
     def items(self):
-        return (("train", self.train), ("val", self.val), ("test", self.test))
+        parts = (("train", self.train), ("val", self.val), ("test", self.test))
+        return parts + ((("external", self.external),) if self.external else ())
 
     def counts(self) -> dict:
         return {name: {c: sum(s.label == i for s in part) for i, c in enumerate(config.CLASSES)}
@@ -85,14 +102,43 @@ class Splits:
                        for s in part] for name, part in self.items()} | {"counts": self.counts()}
 
 
-def patient_id(filename: str) -> str:
-    """Patient of a Kermany file name; any other name is treated as its own patient."""
+def patient_id(filename: str) -> str | None:
+    """Patient of a Kermany file name; None for any other name (see the module docstring)."""
     stem = Path(filename).stem
     for pattern in _PATIENT_PATTERNS:
         match = pattern.match(stem)
         if match:
             return match.group(1).upper()
-    return stem
+    return None
+
+
+def _patients_csv(root: Path) -> dict[str, str]:
+    path = root / "patients.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        return {row["file"].strip(): row["patient"].strip() for row in csv.DictReader(f)
+                if row.get("file") and row.get("patient", "").strip()}
+
+
+def _dicom_patient(path: Path) -> str | None:
+    from pipeline import dicom
+
+    with open(path, "rb") as f:
+        head = f.read(132)
+    if not dicom.is_dicom(head + b"\0"):
+        return None
+    try:
+        pid = dicom.read_header(path.read_bytes()).patient_id
+    except dicom.DicomError:
+        return None  # validation rejects the file anyway
+    return f"DICOM:{pid}" if pid else None
+
+
+def _patient(path: Path, root: Path, listed: dict[str, str]) -> tuple[str, bool]:
+    rel = path.relative_to(root).as_posix()
+    pid = listed.get(rel) or patient_id(path.name) or _dicom_patient(path)
+    return (pid, True) if pid else (f"unknown:{rel}", False)
 
 
 def _class_index(name: str) -> int | None:
@@ -106,6 +152,7 @@ def discover(root: str | Path) -> list[Sample]:
     if not root.is_dir():
         raise DatasetError(f"dataset folder not found: {root}")
     samples: list[Sample] = []
+    listed = _patients_csv(root)
     for top in sorted(p for p in root.iterdir() if p.is_dir()):
         if _class_index(top.name) is not None:
             class_dirs = [(top, None)]
@@ -118,7 +165,8 @@ def discover(root: str | Path) -> list[Sample]:
             label = _class_index(class_dir.name)
             for path in sorted(class_dir.iterdir()):
                 if path.is_file() and not path.name.startswith("."):
-                    samples.append(Sample(path, label, patient_id(path.name), split))
+                    patient, known = _patient(path, root, listed)
+                    samples.append(Sample(path, label, patient, split, known))
     if not samples:
         raise DatasetError(
             f"no images found under {root}: expected <root>/[train|val|test/]"
@@ -136,19 +184,28 @@ def open_cache(params: dict) -> PreprocessCache:
 
 def validate(samples: list[Sample], params: dict, cache: PreprocessCache | None = None,
              root: str | Path = "") -> tuple[list[Sample], ValidationReport]:
-    """Decode every file once (through the cache); drop bad files and exact duplicates.
+    """Decode every file once (through the cache); drop bad files, exact duplicates and files
+    found under both labels.
 
     Returns the usable samples (with digest and cache row set) and the report. Raises DatasetError
-    when a class has no usable image or too large a fraction was rejected.
+    when a class has fewer than data.min_images_per_class usable images, too large a fraction was
+    rejected, or too many images have no patient id.
     """
     cache = cache or open_cache(params)
     digests, index = cache.lookup(s.path for s in samples)
     report = ValidationReport(root=str(root), checked=len(samples))
+    labels_of: dict[str, set[int]] = {}
+    for sample, digest in zip(samples, digests):
+        labels_of.setdefault(digest, set()).add(sample.label)
     usable, first_seen = [], {}
     for sample, digest in zip(samples, digests):
         entry = index[digest]
         if isinstance(entry, str):
             report.rejected.append({"path": str(sample.path), "reason": entry.removeprefix("error: ")})
+            continue
+        if len(labels_of[digest]) > 1:  # the same film called NORMAL and PNEUMONIA: no true label
+            report.conflicts.append({"path": str(sample.path), "labels": sorted(
+                config.CLASSES[i] for i in labels_of[digest])})
             continue
         if digest in first_seen:  # byte-identical copy: keeping both could leak across splits
             report.duplicates.append({"path": str(sample.path), "same_as": str(first_seen[digest])})
@@ -157,15 +214,27 @@ def validate(samples: list[Sample], params: dict, cache: PreprocessCache | None 
         sample.digest, sample.row = digest, entry
         usable.append(sample)
     report.counts = {c: sum(s.label == i for s in usable) for i, c in enumerate(config.CLASSES)}
-    empty = [c for c, n in report.counts.items() if n == 0]
-    if empty:
-        raise DatasetError(f"no usable image of class {', '.join(empty)} under {root or 'dataset'}"
-                           f" ({len(report.rejected)} files rejected)")
-    limit = float(params["data"]["max_rejected_fraction"])
+    report.no_patient_id = sum(not s.patient_known for s in usable)
+    d = params["data"]
+    minimum = int(d["min_images_per_class"])
+    few = [f"{c} ({n})" for c, n in report.counts.items() if n < minimum]
+    if few:
+        raise DatasetError(f"too few usable images of class {', '.join(few)} under {root or 'dataset'}: "
+                           f"data.min_images_per_class is {minimum} ({len(report.rejected)} files rejected, "
+                           f"{len(report.conflicts)} under both labels)")
+    limit = float(d["max_rejected_fraction"])
     if report.rejected_fraction > limit:
         raise DatasetError(f"{len(report.rejected)} of {report.checked} files rejected "
                            f"({report.rejected_fraction:.1%} > data.max_rejected_fraction {limit:.1%})"
                            f"\n{report.summary()}")
+    unknown = report.no_patient_id / max(len(usable), 1)
+    allowed = float(d["max_unknown_patient_fraction"])
+    if unknown > allowed:
+        raise DatasetError(
+            f"{report.no_patient_id} of {len(usable)} usable images have no patient id ({unknown:.1%} > "
+            f"data.max_unknown_patient_fraction {allowed:.1%}): the split could put one patient on both "
+            f"sides. Add <root>/patients.csv (file,patient), use Kermany names or DICOM PatientID, "
+            f"or raise the limit knowingly.")
     return usable, report
 
 
@@ -180,8 +249,11 @@ def _bucket(patient: str, seed: int) -> float:
 def split(samples: list[Sample], params: dict) -> Splits:
     """Patient-grouped, class-stratified, seeded split into train / val / held-out test.
 
-    A provided val/ or test/ folder is used as is when it holds at least data.min_provided_split
-    images; smaller ones (the 16-image Kaggle val/) go back into the pool. Pool patients are
+    A provided val/ folder is used as is when it holds at least data.min_provided_split images;
+    a smaller one (the 16-image Kaggle val/) goes back into the pool. A provided test/ folder of that
+    size is the *external* set (e.g. a frozen set of another period that data engineers version):
+    reported apart, never mixed into the held-out patients, which are always carved from the pool
+    by patient, so held-out figures stay comparable from one data version to the next. Pool patients are
     assigned by a seeded hash of their id: each side gets its fraction of every class's patients
     in expectation (binomial spread, recorded in split.json), and the assignment never changes as
     data is added, so a model's training patients cannot reach a later held-out set.
@@ -190,9 +262,8 @@ def split(samples: list[Sample], params: dict) -> Splits:
     provided = {name: [s for s in samples if s.split_hint == name] for name in ("val", "test")}
     honoured = {name for name, part in provided.items() if len(part) >= int(d["min_provided_split"])}
     fixed_patients = {s.patient: name for name in honoured for s in provided[name]}
-    fractions = {"test": 0.0 if "test" in honoured else float(d["test_fraction"]),
-                 "val": 0.0 if "val" in honoured else float(d["val_fraction"])}
-    out = {"train": [], "val": [], "test": []}
+    fractions = {"test": float(d["test_fraction"]), "val": 0.0 if "val" in honoured else float(d["val_fraction"])}
+    out = {"train": [], "val": [], "test": [], "external": []}
     pool = [s for s in samples if s.split_hint not in honoured]
     for s in pool:
         if s.patient not in fixed_patients:
@@ -201,10 +272,10 @@ def split(samples: list[Sample], params: dict) -> Splits:
                                          "val" if b < fractions["test"] + fractions["val"] else "train")
     for s in samples:
         if s.split_hint in honoured:
-            out[s.split_hint].append(s)
+            out["external" if s.split_hint == "test" else s.split_hint].append(s)
         else:
             out[fixed_patients[s.patient]].append(s)
-    splits = Splits(out["train"], out["val"], out["test"])
+    splits = Splits(out["train"], out["val"], out["test"], out["external"])
     for name, part in splits.items():
         if not part:
             raise DatasetError(f"the {name} split is empty: the dataset is too small to split")

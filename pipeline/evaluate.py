@@ -1,8 +1,16 @@
 """Clinical metrics, the decision-threshold rule, and the plots a reviewer reads.
 
-Threshold rule: on the validation set, the highest threshold whose sensitivity (recall of
+Threshold rule: on the validation patients, the highest threshold whose sensitivity (recall of
 PNEUMONIA) reaches evaluate.target_sensitivity. Missing pneumonia costs more than a second look
 at a normal film, so sensitivity is fixed first and specificity is the best available under it.
+`evaluate.threshold_rule` says on which validation images the target must hold:
+- clean:  the validation images as they are (in distribution only);
+- pooled: the target holds on the clean validation images *and* on their copies under every stress
+          shift taken together (the lower of the two thresholds): in distribution, and on average over
+          acquisition changes (the default). Pooling clean and shifted images in one set would not do:
+          shifts that raise the positives' scores would then lift the threshold above the clean one;
+- worst:  the target holds on the clean images and under each shift separately (lowest threshold:
+          most sensitive, least specific).
 """
 from __future__ import annotations
 
@@ -21,6 +29,43 @@ def choose_threshold(y_true, prob, target_sensitivity: float) -> float:
         return 0.5
     k = max(1, math.ceil(target_sensitivity * positives.size - 1e-9))
     return float(positives[k - 1])
+
+
+THRESHOLD_RULES = ("clean", "pooled", "worst")
+
+
+def robust_threshold(y_val, p_val, y_stress, stressed: dict[str, np.ndarray], target_sensitivity: float,
+                     rule: str = "pooled") -> float:
+    """The stored threshold by `rule` (module docstring): (y_val, p_val) are the clean validation
+    images, `stressed` maps shift -> probabilities of a sample of them (labels y_stress) under it."""
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"evaluate.threshold_rule={rule!r}: expected one of {', '.join(THRESHOLD_RULES)}")
+    clean = choose_threshold(y_val, p_val, target_sensitivity)
+    if rule == "clean" or not stressed:
+        return clean
+    if rule == "worst":
+        return min([clean] + [choose_threshold(y_stress, p, target_sensitivity) for p in stressed.values()])
+    y_all = np.concatenate([np.asarray(y_stress)] * len(stressed))
+    return min(clean, choose_threshold(y_all, np.concatenate(list(stressed.values())), target_sensitivity))
+
+
+def threshold_tradeoff(y, p_clean, stressed: dict[str, np.ndarray], points: int = 101) -> dict:
+    """Sensitivity and specificity against the threshold, clean and pooled over the shifts (the curve
+    the threshold rule walks along; plotted for reviewers)."""
+    y = np.asarray(y)
+    ts = np.linspace(0, 1, points)
+    y_all = np.concatenate([y] * max(1, len(stressed)))
+    p_all = np.concatenate(list(stressed.values())) if stressed else p_clean
+
+    def rates(yy, pp):
+        pos, neg = pp[yy == 1], pp[yy == 0]
+        return ([float((pos >= t).mean()) if pos.size else 0.0 for t in ts],
+                [float((neg < t).mean()) if neg.size else 0.0 for t in ts])
+
+    sens, spec = rates(y, np.asarray(p_clean))
+    s_sens, s_spec = rates(y_all, p_all)
+    return {"threshold": ts.tolist(), "sensitivity": sens, "specificity": spec,
+            "stress_sensitivity": s_sens, "stress_specificity": s_spec}
 
 
 def roc_auc(y_true, prob) -> float:
@@ -114,7 +159,7 @@ def save_plots(y_true, prob, threshold: float, history: list[dict], out_dir: str
                label=f"threshold {threshold:.3f}")
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (held-out)")
     ax.legend(loc="lower right")
-    paths.append(_save(fig, out / "roc.png"))
+    paths.append(save_figure(fig, out / "roc.png"))
 
     fig, ax = plt.subplots(figsize=(5, 5))
     precision, recall, _ = precision_recall_curve(y_true, prob)
@@ -122,7 +167,7 @@ def save_plots(y_true, prob, threshold: float, history: list[dict], out_dir: str
     ax.scatter([m["sensitivity"]], [m["precision"]], color="red", zorder=3, label=f"threshold {threshold:.3f}")
     ax.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall (held-out)")
     ax.legend(loc="lower left")
-    paths.append(_save(fig, out / "precision_recall.png"))
+    paths.append(save_figure(fig, out / "precision_recall.png"))
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
     cm = np.array(m["confusion_matrix"])
@@ -132,7 +177,7 @@ def save_plots(y_true, prob, threshold: float, history: list[dict], out_dir: str
     ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["NORMAL", "PNEUMONIA"],
            yticklabels=["NORMAL", "PNEUMONIA"], xlabel="predicted", ylabel="true",
            title=f"Confusion matrix @ {threshold:.3f}")
-    paths.append(_save(fig, out / "confusion_matrix.png"))
+    paths.append(save_figure(fig, out / "confusion_matrix.png"))
 
     if history:
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -143,11 +188,12 @@ def save_plots(y_true, prob, threshold: float, history: list[dict], out_dir: str
         ax1.legend()
         ax2.plot(epochs, [h["val_auc"] for h in history], color="green")
         ax2.set(xlabel="epoch", ylabel="AUC", title="Validation AUC")
-        paths.append(_save(fig, out / "training_curves.png"))
+        paths.append(save_figure(fig, out / "training_curves.png"))
     return paths
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write a matplotlib figure as PNG and free it (every plot of the pipeline goes through here)."""
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     import matplotlib.pyplot as plt

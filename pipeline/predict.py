@@ -1,6 +1,9 @@
 """Inference: a trained model loaded once, answering for image bytes, paths or decoded images.
 
-Runs in float32 so that the probability a doctor sees is the one evaluation measured.
+Runs in float32 so that the probability a doctor sees is the one evaluation measured. The
+checkpoint carries everything the answer depends on besides the weights: input size, intensity
+normalisation, calibration (Platt a, b: the probability shown is calibrated) and the threshold
+(on that calibrated probability). Checkpoints from before calibration existed load as identity.
 """
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline import config, preprocess
+from pipeline import config, gate, preprocess
+from pipeline.calibration import Calibration
 from pipeline.model import build_model, load_checkpoint
 
 
@@ -20,19 +24,29 @@ class Prediction:
     label: str            # NORMAL or PNEUMONIA
     probability: float    # P(pneumonia)
     threshold: float      # PNEUMONIA when probability >= threshold
+    warning: str = ""     # the input gate's caution (e.g. a lateral view), "" when none
+    gate_score: float | None = None  # feature distance to the training X-rays (pipeline.gate)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+class NonFiniteOutput(RuntimeError):
+    """The model answered NaN or inf: a broken model, never a diagnosis (NaN >= t is False, which
+    used to read as NORMAL)."""
+
+
 class Predictor:
     def __init__(self, model: torch.nn.Module, image_size: int, threshold: float, metadata: dict | None = None,
-                 device: str | None = None):
+                 device: str | None = None, intensity: str = "none", calibration: Calibration | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.image_size = int(image_size)
         self.threshold = float(threshold)
         self.metadata = metadata or {}
+        self.intensity = intensity
+        self.calibration = calibration or Calibration()
+        self.gate = gate.Gate(self.metadata.get("gate"))  # old checkpoints: cheap checks only
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = None) -> "Predictor":
@@ -40,38 +54,58 @@ class Predictor:
         model = build_model("scratch")
         model.load_state_dict(ckpt["state_dict"])
         meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
-        return cls(model, ckpt["image_size"], ckpt["threshold"], meta, device)
+        return cls(model, ckpt["image_size"], ckpt["threshold"], meta, device,
+                   intensity=ckpt.get("intensity", "none"), calibration=Calibration.from_dict(ckpt.get("calibration")))
 
     def label_for(self, probability: float) -> Prediction:
         """The decision rule: PNEUMONIA when P(pneumonia) >= the stored threshold."""
+        if not np.isfinite(probability):
+            raise NonFiniteOutput(f"model output is {probability}: no label given")
         return Prediction(config.CLASSES[int(probability >= self.threshold)], float(probability), self.threshold)
 
     def predict(self, source: bytes | str | Path) -> Prediction:
-        """Raises preprocess.InvalidImage for anything that is not a usable X-ray."""
-        return self.label_for(self.probabilities(preprocess.load_array(source, self.image_size)[None])[0])
+        """Raises preprocess.InvalidImage for anything that is not a usable X-ray, and its
+        subclass gate.NotAChestXray for a readable file that is not a frontal chest film."""
+        data = preprocess.read_bytes(source)
+        warnings = gate.check_file(data)
+        return self.gated(preprocess.load_array(data, self.image_size), warnings)
 
     def predict_image(self, img: Image.Image) -> Prediction:
-        return self.label_for(self.probabilities(preprocess.to_array(img, self.image_size)[None])[0])
+        return self.gated(preprocess.to_array(img, self.image_size))
 
     def predict_batch(self, sources) -> list[Prediction]:
-        arrays = np.stack([preprocess.load_array(s, self.image_size) for s in sources])
-        return [self.label_for(p) for p in self.probabilities(arrays)]
+        return [self.predict(s) for s in sources]
+
+    def gated(self, arr: np.ndarray, warnings=()) -> Prediction:
+        """One forward pass: the prediction, and the pooled features the gate judges."""
+        with gate.capture(self.model) as feats:
+            probability = self.probabilities(arr[None])[0]
+        return self.judged(self.label_for(probability), arr, feats(), warnings)
+
+    def judged(self, prediction: Prediction, arr: np.ndarray, feats, warnings=()) -> Prediction:
+        verdict = self.gate.assess(arr, feats, warnings)  # raises gate.NotAChestXray
+        prediction.warning, prediction.gate_score = verdict.warning, verdict.score
+        return prediction
+
+    def probabilities(self, arrays: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """uint8 [N, S, S] -> calibrated P(pneumonia) [N]."""
+        return self.calibration.probability(self.logits(arrays, batch_size))
 
     @torch.inference_mode()
-    def probabilities(self, arrays: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """uint8 [N, S, S] -> P(pneumonia) [N]."""
+    def logits(self, arrays: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """uint8 [N, S, S] -> the network's raw logits [N] (before calibration)."""
         out = []
         for i in range(0, len(arrays), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(arrays[i:i + batch_size])).to(self.device)
-            x = preprocess.normalize(x).unsqueeze(1).contiguous(memory_format=torch.channels_last)
-            out.append(torch.sigmoid(self.model(x).float()).squeeze(1).cpu())
-        return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+            x = torch.from_numpy(np.ascontiguousarray(arrays[i:i + batch_size])).to(self.device).unsqueeze(1)
+            x = preprocess.model_input(x, self.intensity).contiguous(memory_format=torch.channels_last)
+            out.append(self.model(x).float().squeeze(1).cpu())
+        return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0, np.float64)
 
     def gradcam(self, img: Image.Image) -> tuple[Prediction, np.ndarray]:
         """Prediction and Grad-CAM heat map (float32 [S, S] in [0, 1]) of the last residual stage:
         where the evidence for PNEUMONIA lies (for a NORMAL answer: what argued against it least)."""
         arr = preprocess.to_array(img, self.image_size)
-        x = preprocess.to_tensor(arr).unsqueeze(0).to(self.device).contiguous(memory_format=torch.channels_last)
+        x = preprocess.to_tensor(arr, self.intensity).unsqueeze(0).to(self.device).contiguous(memory_format=torch.channels_last)
         saved = {}
         layer = self.model.layer4
         handle = layer.register_forward_hook(lambda m, i, o: saved.update(act=o))
@@ -87,4 +121,4 @@ class Predictor:
         cam = torch.nn.functional.interpolate(cam, size=arr.shape, mode="bilinear", align_corners=False)[0, 0]
         cam = cam.detach().cpu().numpy()
         cam = cam / cam.max() if cam.max() > 0 else cam
-        return self.label_for(float(torch.sigmoid(logit.detach()))), cam.astype(np.float32)
+        return self.label_for(float(self.calibration.probability(float(logit.detach())))), cam.astype(np.float32)

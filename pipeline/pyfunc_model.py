@@ -12,7 +12,10 @@ Output: a DataFrame, one row per input row, columns
     probability  float  P(pneumonia), NaN when the image was rejected
     label        str    "PNEUMONIA" | "NORMAL" ("" when rejected)
     threshold    float  the decision threshold stored with the model (probability >= threshold)
-    error        str    "" or why the image was rejected ("not an image", "truncated", ...)
+    error        str    "" or why the image was rejected ("not an image", "truncated", ...,
+                        "this does not look like a frontal chest radiograph: ..." from pipeline.gate)
+    warning      str    "" or a caution about an answered image (e.g. a lateral DICOM view)
+    gate_score   float  the gate's feature distance to the training X-rays (None: refused or no gate)
 One bad upload therefore never fails the other rows of a batch.
 
 There is no second copy of preprocessing here: decoding, validation, resizing and normalisation are
@@ -33,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 INPUT_COLUMN = "image"
-OUTPUT_COLUMNS = ("probability", "label", "threshold", "error")
+OUTPUT_COLUMNS = ("probability", "label", "threshold", "error", "warning", "gate_score")
 CHECKPOINT_ARTIFACT = "checkpoint"      # key in `artifacts`; the file lands in <model>/artifacts/model.pt
 
 
@@ -80,13 +83,16 @@ with warnings.catch_warnings():
                     pred = self.predictor.predict(_as_bytes(cell))
                 except (InvalidImage, TypeError, ValueError) as exc:
                     reason = getattr(exc, "reason", None) or str(exc)
-                    rows.append({"probability": float("nan"), "label": "", "threshold": threshold, "error": reason})
+                    rows.append({"probability": float("nan"), "label": "", "threshold": threshold, "error": reason,
+                                 "warning": "", "gate_score": getattr(exc, "score", None)})
                     continue
                 rows.append({"probability": float(pred.probability), "label": pred.label,
-                             "threshold": float(pred.threshold), "error": ""})
+                             "threshold": float(pred.threshold), "error": "", "warning": pred.warning,
+                             "gate_score": pred.gate_score})
             out = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
             # rejected rows: probability None (JSON null; NaN is not valid JSON for most clients)
-            out["probability"] = out["probability"].astype(object).where(out["probability"].notna(), None)
+            for col in ("probability", "gate_score"):
+                out[col] = out[col].astype(object).where(out[col].notna(), None)
             return out
 
 
@@ -97,7 +103,8 @@ def signature():
     return ModelSignature(
         inputs=Schema([ColSpec("binary", INPUT_COLUMN)]),
         outputs=Schema([ColSpec("double", "probability"), ColSpec("string", "label"),
-                        ColSpec("double", "threshold"), ColSpec("string", "error")]),
+                        ColSpec("double", "threshold"), ColSpec("string", "error"),
+                        ColSpec("string", "warning"), ColSpec("double", "gate_score", required=False)]),
     )
 
 
@@ -107,7 +114,10 @@ def pip_requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     reqs = []
-    for dist in ("mlflow", "torch", "torchvision", "numpy", "pandas", "pillow", "pyyaml"):
+    # pydicom and the pylibjpeg decoders: without them the served model refuses the compressed
+    # DICOMs (JPEG extended/lossless, JPEG-LS, JPEG 2000, RLE) that hospital archives send.
+    for dist in ("mlflow", "torch", "torchvision", "numpy", "pandas", "pillow", "pyyaml", "pydicom",
+                 "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle"):
         try:
             reqs.append(f"{dist}=={version(dist)}")
         except PackageNotFoundError:

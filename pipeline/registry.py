@@ -56,7 +56,9 @@ PREVIOUS = "previous_champion"
 LOCK_SUFFIX = ".promotion-lock"
 LOCK_STALE_S = float(os.environ.get("XRAY_PROMOTION_LOCK_STALE_S", 300))   # a holder never takes this long
 LOCK_WAIT_S = float(os.environ.get("XRAY_PROMOTION_LOCK_WAIT_S", 120))
-METRIC_KEYS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "threshold")
+METRIC_KEYS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "threshold", "ece",
+               "stress_mean_auc", "stress_worst_auc", "stress_worst_sensitivity", "stress_worst_specificity",
+               "external_auc", "external_sensitivity", "external_specificity", "external_ece")
 MODEL_ARTIFACT = "model"
 
 
@@ -286,8 +288,16 @@ def tracked_train(params: dict, data_root, out_dir, run_name: str | None = None,
             mlflow.log_params(effective)
 
         metrics = dict(result.metrics or {})
-        final = {f"test_{k}": float(v) for k, v in metrics.items()
-                 if _finite(v) and k not in ("val_auc", "best_epoch")}
+        final = {(k if k.startswith(("stress_", "external_", "val_")) else f"test_{k}"): float(v)
+                 for k, v in metrics.items() if _finite(v) and k not in ("val_auc", "best_epoch")}
+        per_shift = metrics.get("stress_per_shift") or {}
+        for shift_name, figures in per_shift.items():  # MLflow metric names: no ':'
+            final.update({f"stress.{shift_name.replace(':', '.')}.{k}": float(v)
+                          for k, v in figures.items() if _finite(v)})
+        if per_shift:
+            mlflow.log_table({"shift": list(per_shift), **{k: [per_shift[x][k] for x in per_shift]
+                                                         for k in next(iter(per_shift.values()))}},
+                             artifact_file="stress/per_shift.json")
         final.update({k if k != "val_auc" else "best_val_auc": float(metrics[k])
                       for k in ("val_auc", "best_epoch") if _finite(metrics.get(k))})
         cm = metrics.get("confusion_matrix")
@@ -295,6 +305,10 @@ def tracked_train(params: dict, data_root, out_dir, run_name: str | None = None,
             (tn, fp), (fn, tp) = cm
             final.update(test_tn=float(tn), test_fp=float(fp), test_fn=float(fn), test_tp=float(tp))
         mlflow.log_metrics(final)
+        if result.gate_metrics:  # the input gate's fitted thresholds (pipeline.gate)
+            mlflow.log_metrics(result.gate_metrics)
+            mlflow.log_params({"gate.fitted_max_distance": f"{result.gate_metrics['gate_max_distance']:.4f}",
+                               "gate.fitted_min_upright": f"{result.gate_metrics['gate_min_upright']:.4f}"})
 
         dataset = result.dataset or {}
         fingerprint = str(dataset.get("fingerprint", ""))
@@ -321,7 +335,7 @@ def tracked_train(params: dict, data_root, out_dir, run_name: str | None = None,
             mlflow.log_metric("train_wall_time_s", float(system["wall_time_s"]))
         mlflow.log_dict(_jsonable(system), "system.json")
 
-        for fname in ("metrics.json", "history.json", "validation_report.json", "split.json"):
+        for fname in ("metrics.json", "history.json", "validation_report.json", "split.json", "operating_point.json"):
             if (out_dir / fname).exists():
                 mlflow.log_artifact(str(out_dir / fname), artifact_path="reports")
         for plot in result.plots or []:
@@ -334,6 +348,10 @@ def tracked_train(params: dict, data_root, out_dir, run_name: str | None = None,
             **{f"test.{k}": _fmt(metrics[k]) for k in METRIC_KEYS if k in metrics},
         })
         mlflow.set_tags({"registered_model": name, "registered_version": str(mv.version)})
+        from pipeline import model_card
+
+        client.update_model_version(name, str(mv.version), description=model_card.render(
+            mv.version, metrics, params, data_version or fingerprint or "unknown", dataset.get("counts") or {}))
         t_total = time.perf_counter() - t_start
         mlflow.log_metric("tracking_overhead_s", t_total - t_train)
 
@@ -446,69 +464,94 @@ def champion_version(name: str | None = None, tracking_uri: str | None = None) -
 
 # ----------------------------------------------------------------------------- evaluation + policy
 def evaluate_candidates(challenger_version: int, params: dict, data_root) -> dict:
-    """Score the challenger and the current champion now, on the same held-out split of data_root,
-    each at its own stored threshold."""
-    from pipeline import data
-    from pipeline.evaluate import evaluate_predictor
+    """Score the challenger and the current champion now, on the same held-out patients, the same
+    patients under every stress shift and any external set, each at its own stored threshold; and
+    compare them paired on those same images (DeLong for held-out and external, a patient bootstrap
+    for the mean AUC under shift). Returns plain JSON (the DAG passes it through XCom)."""
+    from pipeline import compare, data, quality
 
     client = _client(check_server())
     name = _name(params)
     splits, _report, cache = data.load(Path(data_root), params)
-    test = splits.test
     champion = _alias_version(client, name, CHAMPION)
+    level = float(params["promotion"]["confidence"])
 
     def score(version: int) -> dict:
         predictor, _ = load_version(version, name)
-        return _jsonable(evaluate_predictor(predictor, test, params, cache))
+        return quality.score(predictor, splits, params, cache)
 
-    out = {"model_name": name, "data_root": str(data_root), "n_test": len(test),
-           "challenger": {"version": int(challenger_version), "metrics": score(int(challenger_version))},
-           "champion": None}
+    ch = score(int(challenger_version))
+    out = {"model_name": name, "data_root": str(data_root), "n_test": len(splits.test),
+           "n_stress": ch["stress"]["n"], "n_external": len(getattr(splits, "external", []) or []),
+           "challenger": {"version": int(challenger_version), "metrics": quality.flat_metrics(ch)},
+           "champion": None, "comparison": None}
     if champion is not None:
-        out["champion"] = {"version": champion,
-                           "metrics": out["challenger"]["metrics"] if champion == int(challenger_version)
-                           else score(champion)}
-    return out
+        cp = ch if champion == int(challenger_version) else score(champion)
+        out["champion"] = {"version": champion, "metrics": quality.flat_metrics(cp)}
+        a, b = ch["probs"], cp["probs"]
+        comparison = {"test": compare.delong(a["test"]["y"], a["test"]["p"], b["test"]["p"], level).to_dict(),
+                      "stress": compare.paired_bootstrap(
+                          a["stress"]["y"], a["stress"]["p"], b["stress"]["p"],
+                          int(params["promotion"]["bootstrap_samples"]), int(params["data"]["seed"]), level).to_dict()}
+        if "external" in a:
+            comparison["external"] = compare.delong(a["external"]["y"], a["external"]["p"], b["external"]["p"],
+                                                    level).to_dict()
+        out["comparison"] = comparison
+    return _jsonable(out)
 
 
-def _floor_failures(metrics: dict, floors: dict) -> list[str]:
+def _floor_failures(metrics: dict, floors: dict, prefix: str = "", label: str = "") -> list[str]:
     failed = []
     for key, floor in (floors or {}).items():
-        value = metrics.get(key)
+        value = metrics.get(prefix + key)
+        name = f"{label}{key}"
         if not _finite(value):
-            failed.append(f"{key} unavailable (floor {floor})")
+            failed.append(f"{name} unavailable (floor {floor})")
         elif value < float(floor):
-            failed.append(f"{key} {value:.4f} < floor {float(floor):.4f}")
+            failed.append(f"{name} {value:.4f} < floor {float(floor):.4f}")
     return failed
+
+
+def _all_floor_failures(metrics: dict, policy: dict) -> list[str]:
+    """Held-out floors, worst-shift floors, and external floors when an external set was scored."""
+    failed = _floor_failures(metrics, policy.get("floors"))
+    failed += _floor_failures(metrics, policy.get("stress_floors"), "stress_worst_", "worst-shift ")
+    if "external_auc" in metrics:
+        failed += _floor_failures(metrics, policy.get("external_floors"), "external_", "external ")
+    return failed
+
+
+COMPARISON_LABELS = {"test": "held-out", "stress": "under shift (mean AUC)", "external": "external"}
 
 
 def decide(scores: dict, params: dict) -> dict:
     """Apply the params.yaml `promotion` policy to evaluate_candidates()'s scores.
 
-    1. the challenger must pass every floor (held-out metric at its own threshold >= floor);
+    1. the challenger must pass every floor: held-out, worst stress shift, external (if any);
     2. no champion: promote when first_champion == "promote_if_floors" (else leave it to a person);
-    3. a champion that is itself under a floor on today's data is replaced by a challenger that
-       passes them all;
-    4. otherwise promote when challenger[primary] - champion[primary] >= min_improvement.
+    3. a champion that is itself under a floor on today's data is replaced by a challenger passing them;
+    4. otherwise, paired on the same images (held-out, stress, external): reject when the challenger
+       is significantly worse anywhere (the interval of AUC(challenger) - AUC(champion) lies below 0)
+       or not shown non-inferior (its lower bound under -non_inferiority_margin); promote when it is
+       non-inferior everywhere and its mean AUC under shift does not go down. A challenger better in
+       distribution but worse under shift is therefore rejected: the shifted figure is the one that
+       predicts what doctors will see on films of other machines.
     """
     policy = params["promotion"]
-    metric = policy.get("primary_metric", "auc")
-    min_imp = float(policy.get("min_improvement", 0.0))
-    floors = policy.get("floors") or {}
+    margin = float(policy["non_inferiority_margin"])
     first = policy.get("first_champion", "promote_if_floors")
-    ch = scores["challenger"]
-    champ = scores.get("champion")
+    ch, champ = scores["challenger"], scores.get("champion")
     ch_m = ch["metrics"]
-    ch_score = ch_m.get(metric)
     n = scores.get("n_test")
     base = {"challenger_version": ch["version"], "champion_version": champ["version"] if champ else None,
-            "primary_metric": metric, "challenger_score": ch_score,
-            "champion_score": champ["metrics"].get(metric) if champ else None,
-            "min_improvement": min_imp, "n_test": n, "challenger_metrics": ch_m,
-            "champion_metrics": champ["metrics"] if champ else None, "decided_at": _now()}
+            "challenger_score": ch_m.get("stress_mean_auc"),
+            "champion_score": champ["metrics"].get("stress_mean_auc") if champ else None,
+            "non_inferiority_margin": margin, "n_test": n, "n_stress": scores.get("n_stress"),
+            "challenger_metrics": ch_m, "champion_metrics": champ["metrics"] if champ else None,
+            "comparison": scores.get("comparison"), "decided_at": _now()}
     on = f" on {n} held-out images" if n else ""
 
-    failed = _floor_failures(ch_m, floors)
+    failed = _all_floor_failures(ch_m, policy)
     base["floors_failed"] = failed
     if failed:
         return _jsonable({**base, "promote": False,
@@ -516,35 +559,60 @@ def decide(scores: dict, params: dict) -> dict:
     if champ is None:
         if first == "promote_if_floors":
             return _jsonable({**base, "promote": True, "reason":
-                              f"no champion yet; challenger v{ch['version']} passes every floor "
-                              f"({metric} {_fmt(ch_score)}{on})"})
+                              f"no champion yet; challenger v{ch['version']} passes every floor (held-out AUC "
+                              f"{_fmt(ch_m.get('auc'))}, worst-shift AUC {_fmt(ch_m.get('stress_worst_auc'))}{on})"})
         return _jsonable({**base, "promote": False, "reason":
                           f"no champion yet and promotion.first_champion={first!r}: promote by hand "
                           f"(python -m pipeline promote --version {ch['version']} --force)"})
     if champ["version"] == ch["version"]:
         return _jsonable({**base, "promote": False, "reason": f"v{ch['version']} is already the champion"})
-    champ_failed = _floor_failures(champ["metrics"], floors)
+    champ_failed = _all_floor_failures(champ["metrics"], policy)
     base["champion_floors_failed"] = champ_failed
-    champ_score = champ["metrics"].get(metric)
-    if not _finite(ch_score):
-        return _jsonable({**base, "promote": False, "reason": f"challenger {metric} is not a number{on}"})
     if champ_failed:
         return _jsonable({**base, "promote": True, "reason":
                           f"champion v{champ['version']} is now under the floors{on} ({'; '.join(champ_failed)}); "
-                          f"challenger v{ch['version']} passes them ({metric} {_fmt(ch_score)} vs {_fmt(champ_score)})"})
-    delta = ch_score - champ_score if _finite(champ_score) else math.inf
-    base["delta"] = delta if math.isfinite(delta) else None
-    verdict = (f"challenger v{ch['version']} {metric} {_fmt(ch_score)} vs champion v{champ['version']} "
-               f"{_fmt(champ_score)}{on}: {delta:+.4f}")
-    if delta >= min_imp - 1e-12:
-        return _jsonable({**base, "promote": True, "reason": f"{verdict} >= min_improvement {min_imp}"})
-    return _jsonable({**base, "promote": False, "reason": f"{verdict} < min_improvement {min_imp}"})
+                          f"challenger v{ch['version']} passes them"})
+    comparison = scores.get("comparison") or {}
+    if not comparison.get("test") or not comparison.get("stress"):
+        return _jsonable({**base, "promote": False, "reason": "no paired comparison with the champion was made"})
+    parts, worse, unproven = [], [], []
+    for key in ("test", "stress", "external"):
+        c = comparison.get(key)
+        if not c:
+            continue
+        text = f"{COMPARISON_LABELS[key]} {c['delta']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]"
+        parts.append(text)
+        if c["high"] < 0:
+            worse.append(COMPARISON_LABELS[key])
+        elif c["low"] < -margin:
+            unproven.append(COMPARISON_LABELS[key])
+    verdict = (f"challenger v{ch['version']} vs champion v{champ['version']}, AUC difference "
+               f"[{int(100 * float(policy['confidence']))} % interval]: " + "; ".join(parts))
+    if worse:
+        return _jsonable({**base, "promote": False, "reason": f"{verdict}: significantly worse {', '.join(worse)}"})
+    if unproven:
+        return _jsonable({**base, "promote": False, "reason":
+                          f"{verdict}: not shown non-inferior (margin {margin}) {', '.join(unproven)}"})
+    if comparison["stress"]["delta"] < 0:
+        return _jsonable({**base, "promote": False, "reason": f"{verdict}: no gain under shift"})
+    return _jsonable({**base, "promote": True, "reason": f"{verdict}: non-inferior everywhere, not worse under shift"})
 
 
 # ----------------------------------------------------------------------------- alias changes
+# --- hardening (issue 11 items 8, 13, 16): lock, idempotent promote, serving check -----------
 @contextmanager
 def promotion_lock(client, name: str, wait_s: float | None = None, stale_s: float | None = None):
-    """Registry-wide mutex: an atomically created registered model `<name>.promotion-lock`."""
+    """Registry-wide mutex: an atomically created registered model `<name>.promotion-lock`.
+
+    Staleness is measured on this waiter's own monotonic clock: a lock is broken once this
+    process has seen the *same* lock (same server creation time) held for stale_s. Comparing
+    time.time() with the server's creation timestamp mixed two clocks: a client clock ahead of the
+    server's broke live locks. The cost: a crashed holder's lock is broken stale_s after a waiter
+    first sees it, not stale_s after it was taken.
+    Breaking is serialised by a second atomic create, `<lock>.break-<creation ms>`: without it two
+    waiters could both see the stale lock, one break it and take a new one, and the other then
+    delete that new lock and enter too.
+    """
     from mlflow.exceptions import MlflowException
 
     wait_s = LOCK_WAIT_S if wait_s is None else wait_s
@@ -552,6 +620,7 @@ def promotion_lock(client, name: str, wait_s: float | None = None, stale_s: floa
     lock = f"{name}{LOCK_SUFFIX}"
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     deadline = time.monotonic() + wait_s
+    seen: dict[int, float] = {}   # lock creation timestamp (ms, server) -> first seen (monotonic, here)
     while True:
         try:
             client.create_registered_model(lock, tags={"owner": owner, "acquired_at": f"{time.time():.3f}"},
@@ -571,19 +640,14 @@ def promotion_lock(client, name: str, wait_s: float | None = None, stale_s: floa
             held = client.get_registered_model(lock)
         except MlflowException:
             continue  # released between our create and our read: try again at once
-        # age from the server's creation time of the lock row (tags may not be readable yet)
-        age = time.time() - (held.creation_timestamp or 0) / 1000.0
-        if age > stale_s:
-            log.warning("breaking stale promotion lock %s held by %s for %.0fs", lock, held.tags.get("owner"), age)
-            try:   # only that stale lock: not one a faster contender created after breaking it
-                if client.get_registered_model(lock).creation_timestamp == held.creation_timestamp:
-                    client.delete_registered_model(lock)
-            except MlflowException:
-                pass
+        stamp = int(held.creation_timestamp or 0)
+        age = time.monotonic() - seen.setdefault(stamp, time.monotonic())
+        if age >= stale_s:
+            _break_stale_lock(client, lock, stamp, held.tags.get("owner"), age)
             continue
         if time.monotonic() > deadline:
-            raise PromotionError(f"promotion lock {lock} held by {held.tags.get('owner')} for {age:.0f}s; "
-                                 f"gave up after {wait_s:.0f}s")
+            raise PromotionError(f"promotion lock {lock} held by {held.tags.get('owner')} for {age:.0f}s "
+                                 f"(seen here); gave up after {wait_s:.0f}s")
         time.sleep(0.1 + random.random() * 0.3)
     try:
         yield owner
@@ -597,12 +661,89 @@ def promotion_lock(client, name: str, wait_s: float | None = None, stale_s: floa
             log.warning("could not release %s: %s", lock, exc)
 
 
+def _break_stale_lock(client, lock: str, stamp: int, holder: str | None, age: float) -> None:
+    """Delete the lock created at `stamp` if it is still that one; one breaker per stale lock."""
+    from mlflow.exceptions import MlflowException
+
+    marker = f"{lock}.break-{stamp}"
+    try:
+        client.create_registered_model(marker, description="transient: breaking a stale promotion lock")
+    except MlflowException:
+        return   # another waiter is breaking this lock (or has): go back to waiting for it
+    try:
+        if client.get_registered_model(lock).creation_timestamp == stamp:
+            log.warning("breaking stale promotion lock %s held by %s (seen for %.0fs)", lock, holder, age)
+            client.delete_registered_model(lock)
+    except MlflowException:
+        pass   # already released by its holder
+    finally:
+        # Late breakers of this stamp get the marker only after the lock they saw is gone: their
+        # re-check finds a newer creation time (or nothing) and they delete nothing.
+        try:
+            client.delete_registered_model(marker)
+        except MlflowException:
+            pass
+
+
+def serving_check(version: int, name: str | None = None) -> list[str]:
+    """What would stop `version` from serving: it must load, and answer a finite probability in
+    [0, 1] and a finite heat map on warm-up images (the web app refuses the same). [] = fine."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        predictor, _ = load_version(int(version), _name(name=name), device="cpu")
+        size = int(predictor.image_size)
+        ramp = np.tile(np.linspace(0, 255, size, dtype=np.uint8), (size, 1))
+        probs = predictor.probabilities(np.stack([np.zeros((size, size), np.uint8), ramp]))
+    except Exception as exc:  # noqa: BLE001 - any failure to load or run is the answer
+        return [f"v{version} does not load or run: {type(exc).__name__}: {exc}"[:500]]
+    values = [float(p) for p in probs]
+    if not all(math.isfinite(p) and 0.0 <= p <= 1.0 for p in values):
+        return [f"v{version} answers non-finite or out-of-range probabilities {values}"]
+    try:
+        prediction, cam = predictor.gradcam(Image.fromarray(ramp))
+    except Exception as exc:  # noqa: BLE001
+        return [f"v{version} fails to draw a heat map: {type(exc).__name__}: {exc}"[:500]]
+    if not np.isfinite(np.asarray(cam, dtype=np.float64)).all():
+        return [f"v{version} gives a non-finite heat map"]
+    return []
+
+
+# Decisions that settle a data version: the DAG does not retrain on it again unless forced. "stale"
+# is not one (the champion moved before the decision applied: that data deserves a new evaluation).
+FINAL_DECISIONS = ("promoted", "promoted_manually", "rejected", "rolled_back")
+
+
+def decided_for_data(data_version: str, name: str | None = None) -> dict | None:
+    """The newest version trained on `data_version` (its `data.version` tag) whose decision is
+    final: {"version", "decision", "reason"}; None when that data has not been decided yet."""
+    client = _client(check_server())
+    name = _name(name=name)
+    found = []
+    for mv in client.search_model_versions(f"name='{name}'"):   # tags filtered here: any characters
+        tags = mv.tags or {}
+        if tags.get("data.version") == data_version and tags.get("decision") in FINAL_DECISIONS:
+            found.append((int(mv.version), tags))
+    if not found:
+        return None
+    version, tags = max(found, key=lambda item: item[0])
+    return {"version": version, "decision": tags["decision"], "reason": tags.get("decision_reason", "")}
+
+
+# --- end of hardening block ------------------------------------------------------------------
+
+
 def _decision_tags(decision: dict, verdict: str) -> dict[str, str]:
     tags = {"decision": verdict, "decision_reason": str(decision.get("reason", ""))[:5000],
             "decided_at": str(decision.get("decided_at") or _now()),
             "compared_with": str(decision.get("champion_version") or "none")}
     if decision.get("n_test") is not None:
         tags["eval_n"] = str(decision["n_test"])
+    for key, c in (decision.get("comparison") or {}).items():
+        if c:
+            tags[f"compare.{key}.auc_delta"] = _fmt(c["delta"])
+            tags[f"compare.{key}.interval"] = f"[{_fmt(c['low'])}, {_fmt(c['high'])}]"
     for role in ("challenger", "champion"):
         for key, value in (decision.get(f"{role}_metrics") or {}).items():
             if key in METRIC_KEYS:
@@ -613,6 +754,16 @@ def _decision_tags(decision: dict, verdict: str) -> dict[str, str]:
 def _tag_version(client, name: str, version: int, tags: dict[str, str]) -> None:
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, value)
+
+
+DECISION_HEADING = "**Promotion decision.**"
+
+
+def _card_decision(client, name: str, version: int, verdict: str, reason: str) -> None:
+    """Write the decision into the version's model card (its description), replacing an older one."""
+    card = client.get_model_version(name, str(version)).description or ""
+    card = card.split(DECISION_HEADING)[0].rstrip()
+    client.update_model_version(name, str(version), description=f"{card}\n\n{DECISION_HEADING} {verdict}: {reason}")
 
 
 def promote(version: int, decision: dict | None = None, *, name: str | None = None, force: bool = False) -> dict:
@@ -629,6 +780,14 @@ def promote(version: int, decision: dict | None = None, *, name: str | None = No
     client.get_model_version(name, str(version))  # fails clearly if the version does not exist
     with promotion_lock(client, name):
         current = _alias_version(client, name, CHAMPION)
+        if current == version:
+            # Checked before the stale test, so promote is idempotent: an Airflow retry after the
+            # first try moved the alias finds its own work done (not a "stale" decision).
+            if not str(client.get_model_version(name, str(version)).tags.get("decision", "")).startswith("promoted"):
+                _tag_version(client, name, version, _decision_tags(decision, "promoted" if not force
+                                                                 else "promoted_manually"))
+            return {"promoted": False, "already": True, "stale": False, "version": version,
+                    "champion": current, "reason": f"v{version} is already the champion"}
         expected = decision.get("champion_version")
         if not force and (None if expected is None else int(expected)) != current:
             reason = (f"stale decision: it compared v{version} with champion "
@@ -636,15 +795,13 @@ def promote(version: int, decision: dict | None = None, *, name: str | None = No
                       f"{'v' + str(current) if current else 'none'}; evaluate again")
             _tag_version(client, name, version, {**_decision_tags(decision, "stale"), "decision_reason": reason})
             return {"promoted": False, "stale": True, "version": version, "champion": current, "reason": reason}
-        if current == version:
-            return {"promoted": False, "stale": False, "version": version, "champion": current,
-                    "reason": f"v{version} is already the champion"}
         if current is not None:
             client.set_registered_model_alias(name, PREVIOUS, str(current))
         client.set_registered_model_alias(name, CHAMPION, str(version))
         tags = _decision_tags(decision, "promoted" if not force else "promoted_manually")
         tags["promoted_over"] = str(current) if current is not None else "none"
         _tag_version(client, name, version, tags)
+        _card_decision(client, name, version, tags["decision"], str(decision.get("reason", "")))
         if current is not None:
             _tag_version(client, name, current, {"replaced_by": str(version), "replaced_at": _now()})
         after = _alias_version(client, name, CHAMPION)
@@ -659,6 +816,7 @@ def reject(version: int, decision: dict, *, name: str | None = None) -> dict:
     client = _client(check_server())
     name = _name(name=name)
     _tag_version(client, name, int(version), _decision_tags(decision, "rejected"))
+    _card_decision(client, name, int(version), "rejected", str(decision.get("reason", "")))
     return {"promoted": False, "version": int(version), "champion": _alias_version(client, name, CHAMPION),
             "reason": decision.get("reason", "")}
 
@@ -747,10 +905,11 @@ def _print(obj: dict, as_json: bool, text: str) -> None:
 
 
 def cli_promote(args, params: dict | None = None) -> int:
-    """Exit 0: promoted (or already champion); 2: the policy rejected it / the decision was stale.
+    """Exit 0: promoted (or already champion); 2: the policy rejected it / the decision was stale /
+    the version failed the serving check.
 
-    Without --evaluate a person decides: the version becomes champion at once (tag
-    decision=promoted_manually, with --reason). With --evaluate the policy decides, as in the DAG.
+    Without --evaluate a person decides: the version becomes champion once it passes
+    serving_check (tag decision=promoted_manually, with --reason). With --evaluate the policy decides, as in the DAG.
     """
     params = params if params is not None else config.load_params(getattr(args, "params", None),
                                                                  getattr(args, "overrides", None) or ())
@@ -762,6 +921,13 @@ def cli_promote(args, params: dict | None = None) -> int:
     as_json = getattr(args, "json", False)
     reason = getattr(args, "reason", None)
     if not getattr(args, "evaluate", False):
+        # A person may overrule the comparison with the champion, never the serving check: a model
+        # that does not load or answers NaN would only be refused by the web app (or worse, served).
+        problems = serving_check(version, name)
+        if problems:
+            _print({"promoted": False, "version": int(version), "problems": problems}, as_json,
+                   f"v{version}: NOT promoted -- " + "; ".join(problems))
+            return 2
         reason = reason if reason and reason != "manual promotion" else "manual promotion"
         result = promote(version, {"reason": f"{reason} (by {getpass.getuser()})", "decided_at": _now()},
                          name=name, force=True)

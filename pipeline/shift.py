@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageFilter, ImageOps
 
 STRENGTHS = ("mild", "strong")
 
@@ -103,6 +103,47 @@ def _downscale(a, factor, rng):
     return png(np.asarray(small.resize((w, h), Image.BILINEAR)))
 
 
+def _equalize(a, weight, rng):
+    """Vendor tone mapping: histogram equalisation blended in with `weight` (1 = fully equalised)."""
+    eq = np.asarray(ImageOps.equalize(Image.fromarray(a, mode="L")), np.float64)
+    return png(float(weight) * eq + (1 - float(weight)) * a)
+
+
+def _zoom(a, f, rng):
+    """Field of view / collimation: the anatomy fills more (zoom in, crop) or less (zoom out,
+    margins of the film's edge values) of the picture by a factor 1 +- f."""
+    h, w = a.shape
+    img = Image.fromarray(a, mode="L")
+    if _sign(rng) > 0:  # zoom in: crop the centre
+        dw, dh = round(w * f / 2), round(h * f / 2)
+        return png(np.asarray(img.crop((dw, dh, w - dw, h - dh)).resize((w, h), Image.BILINEAR)))
+    small = img.resize((round(w / (1 + f)), round(h / (1 + f))), Image.BILINEAR)
+    out = Image.new("L", (w, h), int(np.median(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]))))
+    out.paste(small, ((w - small.width) // 2, (h - small.height) // 2))
+    return png(np.asarray(out))
+
+
+def _border(a, f, rng):
+    """Detector format: black bars (letterboxing) of total width `f` of the side, left-right or
+    top-bottom, as when a film of another aspect ratio is exported to a fixed matrix."""
+    h, w = a.shape
+    img = Image.fromarray(a, mode="L")
+    if rng.random() < 0.5:
+        pad = round(w * f / 2)
+        img = ImageOps.expand(img, (pad, 0, pad, 0), fill=0)
+    else:
+        pad = round(h * f / 2)
+        img = ImageOps.expand(img, (0, pad, 0, pad), fill=0)
+    return png(np.asarray(img))
+
+
+def _rotate(a, degrees, rng):
+    """Patient positioning: rotated by +-`degrees` (edges filled with the film's border values)."""
+    img = Image.fromarray(a, mode="L")
+    fill = int(np.median(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])))
+    return png(np.asarray(img.rotate(float(degrees) * _sign(rng), Image.BILINEAR, fillcolor=fill)))
+
+
 def _jpeg(a, quality, rng):
     """Lossy re-compression (PACS export, e-mail): JPEG at `quality`."""
     buf = io.BytesIO()
@@ -149,14 +190,18 @@ def _dicom(a, photometric, rng):
 # family -> (encoder, mild value, strong value). Strengths are chosen so that "mild" is what two
 # well-kept machines differ by and "strong" what a radiologist would still read without complaint.
 FAMILIES: dict[str, tuple[Callable, float | str, float | str]] = {
-    "gamma": (_gamma, 1.25, 1.6),
+    "gamma": (_gamma, 1.25, 2.0),
     "contrast": (_contrast, 0.2, 0.4),
     "gradient": (_gradient, 0.1, 0.25),
     "unsharp": (_unsharp, 0.7, 1.5),
-    "blur": (_blur, 0.8, 1.6),
+    "equalize": (_equalize, 0.5, 1.0),
+    "blur": (_blur, 1.0, 2.5),
     "noise": (_noise, 4.0, 10.0),
     "downscale": (_downscale, 0.5, 0.3),
     "jpeg": (_jpeg, 40, 15),
+    "zoom": (_zoom, 0.08, 0.16),
+    "border": (_border, 0.12, 0.3),
+    "rotate": (_rotate, 5.0, 10.0),
     "png16": (_png16, 16, 12),
     "dicom": (_dicom, "MONOCHROME2", "MONOCHROME1"),
 }

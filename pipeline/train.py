@@ -25,9 +25,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from pipeline import config, data, evaluate, preprocess
+from pipeline import config, data, evaluate, gate, preprocess
+from pipeline.augment import augment
 from pipeline.model import ARCH, build_model
 from pipeline.predict import Predictor
+from pipeline.quality import fit_and_score
 
 
 @dataclass
@@ -41,6 +43,7 @@ class TrainResult:
     system: dict
     plots: list[Path] = field(default_factory=list)
     validation_report: Path | None = None
+    gate_metrics: dict = field(default_factory=dict)  # pipeline.gate.fit: thresholds and val rates
 
 
 class MemoryCeilingExceeded(MemoryError):
@@ -77,35 +80,6 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def augment(x: torch.Tensor, aug: dict, gen: torch.Generator) -> torch.Tensor:
-    """Random per-image affine (small rotation, scale, shift) and brightness/contrast, batched.
-
-    x: uint8 [B, 1, S, S] -> float [B, 1, S, S] on the 0..255 scale. No flips by default: a
-    mirrored chest puts the heart on the wrong side, which a real film never shows.
-    """
-    b = x.shape[0]
-    x = x.float()
-
-    def uniform(lo, hi):
-        return lo + (hi - lo) * torch.rand(b, generator=gen)
-
-    angle = uniform(-aug["rotate_deg"], aug["rotate_deg"]) * math.pi / 180
-    scale = uniform(*aug["scale"])
-    tx, ty = (uniform(-aug["translate"], aug["translate"]) * 2 for _ in range(2))
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    if aug.get("hflip"):
-        flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
-    else:
-        flip = torch.ones(b)
-    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    contrast = uniform(1 - aug["contrast"], 1 + aug["contrast"]).view(b, 1, 1, 1)
-    brightness = uniform(-aug["brightness"], aug["brightness"]).view(b, 1, 1, 1) * 255
-    return ((x - mean) * contrast + mean + brightness).clamp_(0, 255)
-
-
 def lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     """Linear warm-up, then cosine decay to 1% of the peak rate."""
     def factor(step: int) -> float:
@@ -139,16 +113,40 @@ def _batches(n: int, batch_size: int, perm: torch.Tensor | None = None):
         yield order[i:i + batch_size].numpy()
 
 
-def _scores(model, images: np.ndarray, device, bf16: bool, batch_size: int) -> np.ndarray:
+def _scores(model, images: np.ndarray, device, bf16: bool, batch_size: int, mode: str) -> np.ndarray:
     """Logits of the model on uint8 images (used for the per-epoch validation score)."""
     model.eval()
     out = []
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for idx in _batches(len(images), batch_size):
             x = torch.from_numpy(images[idx]).to(device).unsqueeze(1)
-            x = preprocess.normalize(x).contiguous(memory_format=torch.channels_last)
+            x = preprocess.model_input(x, mode).contiguous(memory_format=torch.channels_last)
             out.append(model(x).float().squeeze(1).cpu())
     return torch.cat(out).numpy()
+
+
+class WeightAverage:
+    """Exponential moving average of the weights (and BatchNorm statistics): a flatter, more
+    robust solution than the last SGD iterate, at the cost of one lerp per step. The decay warms up
+    as (1 + t) / (10 + t), so short runs (quick mode, tests) average recent weights, not the
+    random initialisation."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.steps = 0
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.steps += 1
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        for avg, cur in zip(self.model.state_dict().values(), model.state_dict().values()):
+            if avg.dtype.is_floating_point:
+                avg.lerp_(cur, 1.0 - decay)
+            else:
+                avg.copy_(cur)
 
 
 def train(params: dict, data_root: str | Path, out_dir: str | Path,
@@ -176,6 +174,10 @@ def train(params: dict, data_root: str | Path, out_dir: str | Path,
     x_val, y_val = data.arrays(splits.val, cache)
 
     model = build_model(str(params["model"]["init"])).to(device, memory_format=torch.channels_last)
+    mode = str(params["preprocess"]["intensity"])
+    preprocess.intensity(torch.zeros(1, 1, 2, 2), mode)  # an unknown mode fails now, not after an epoch
+    decay = float(tp["ema_decay"])
+    ema = WeightAverage(model, decay) if decay > 0 else None
     batch_size, epochs = int(tp["batch_size"]), int(tp["epochs"])
     steps_per_epoch = math.ceil(len(x_train) / batch_size)
     optimizer = make_optimizer(model, float(tp["lr"]), float(tp["weight_decay"]))
@@ -197,7 +199,7 @@ def train(params: dict, data_root: str | Path, out_dir: str | Path,
                    desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False)
         for idx in bar:
             x = augment(torch.from_numpy(x_train[idx]).unsqueeze(1), tp["augment"], gen)
-            x = preprocess.normalize(x).to(device).contiguous(memory_format=torch.channels_last)
+            x = preprocess.model_input(x, mode).to(device).contiguous(memory_format=torch.channels_last)
             y = torch.from_numpy(y_train[idx]).float().to(device)
             y = y * (1 - smoothing) + 0.5 * smoothing
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -207,6 +209,8 @@ def train(params: dict, data_root: str | Path, out_dir: str | Path,
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update(model)
             seen += len(idx)
             loss_sum += loss.item() * len(idx)
             _check_memory(float(tp["memory_limit_gb"]))
@@ -220,7 +224,8 @@ def train(params: dict, data_root: str | Path, out_dir: str | Path,
                     break
                 model.train()
         train_seconds = time.time() - t_epoch
-        val_logits = _scores(model, x_val, device, bf16, int(params["evaluate"]["batch_size"]))
+        scored = ema.model if ema is not None else model
+        val_logits = _scores(scored, x_val, device, bf16, int(params["evaluate"]["batch_size"]), mode)
         val_loss = float(F.binary_cross_entropy_with_logits(
             torch.from_numpy(val_logits), torch.from_numpy(y_val).float()))
         val_auc = evaluate.roc_auc(y_val, val_logits)
@@ -234,7 +239,7 @@ def train(params: dict, data_root: str | Path, out_dir: str | Path,
         if on_epoch_end:
             on_epoch_end(record)
         if val_auc > best_auc:
-            best_auc, best_state, stale = val_auc, copy.deepcopy(model.state_dict()), 0
+            best_auc, best_state, stale = val_auc, copy.deepcopy(scored.state_dict()), 0
         else:
             stale += 1
             if stale >= int(tp["patience"]):
@@ -245,14 +250,21 @@ def train(params: dict, data_root: str | Path, out_dir: str | Path,
     model.load_state_dict(best_state)
     del x_train
 
-    # Threshold and held-out scores come from the float32 Predictor: the numbers serving reproduces.
-    predictor = Predictor(model, params["preprocess"]["image_size"], 0.5, device=str(device))
-    p_val = predictor.probabilities(x_val, int(params["evaluate"]["batch_size"]))
-    predictor.threshold = evaluate.choose_threshold(y_val, p_val, float(params["evaluate"]["target_sensitivity"]))
-    y_test, p_test = evaluate.predict_samples(predictor, splits.test, params, cache)
-    metrics = evaluate.compute_metrics(y_test, p_test, predictor.threshold)
+    # Calibration, threshold and held-out scores come from the float32 Predictor: the numbers serving reproduces.
+    ep = params["evaluate"]
+    predictor = Predictor(model, params["preprocess"]["image_size"], 0.5, device=str(device), intensity=mode)
+    quality = fit_and_score(predictor, splits, params, cache, out_dir)
+    metrics = quality["metrics"]
     metrics["val_auc"] = float(best_auc)
     metrics["best_epoch"] = max(history, key=lambda h: h["val_auc"])["epoch"] if history else 0
+    # input gate: fitted on training X-rays, thresholds on validation ones (pipeline.gate)
+    gp = params.get("gate", {})
+    gate_state, gate_metrics = None, {}
+    if gp.get("enabled", True):
+        gate_state, gate_metrics = gate.fit(predictor, data.arrays(splits.train, cache)[0], x_val,
+                                            float(gp.get("target_false_refusal", 0.01)),
+                                            int(gp.get("max_fit_images", 1500)), int(params["data"]["seed"]),
+                                            float(gp.get("distance_margin", 1.0)))
 
     dataset = {"root": str(data_root), "fingerprint": data.dataset_fingerprint(
         splits.train + splits.val + splits.test), "counts": splits.counts(),
@@ -264,11 +276,14 @@ def train(params: dict, data_root: str | Path, out_dir: str | Path,
     torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "arch": ARCH,
                 "in_channels": 1, "image_size": int(params["preprocess"]["image_size"]),
                 "threshold": predictor.threshold, "classes": list(config.CLASSES), "params": params,
+                "intensity": mode, "calibration": predictor.calibration.to_dict(),
+                "threshold_rule": str(ep["threshold_rule"]),
                 "metrics": metrics, "dataset_fingerprint": dataset["fingerprint"],
-                "created": dt.datetime.now(dt.timezone.utc).isoformat()}, checkpoint)
-    plots = evaluate.save_plots(y_test, p_test, predictor.threshold, history, out_dir / "plots")
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(), "gate": gate_state}, checkpoint)
+    plots = evaluate.save_plots(quality["y_test"], quality["p_test"], predictor.threshold, history, out_dir / "plots")
+    plots += quality["plots"]
     evaluate.save_metrics(metrics, out_dir / "metrics.json")
     (out_dir / "history.json").write_text(json.dumps(history, indent=1))
     system["wall_time_s"] = round(time.time() - start, 1)
     return TrainResult(checkpoint, out_dir, metrics, history, config.flatten(params), dataset, system,
-                       plots, out_dir / "validation_report.json")
+                       plots, out_dir / "validation_report.json", gate_metrics)

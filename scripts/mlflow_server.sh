@@ -21,6 +21,7 @@
 #       by a name that is not localhost / a private IP, e.g. "mlflow,mlflow:5000" in docker compose)
 #   MLFLOW_DB_WAIT_S (60): how long to wait for a PostgreSQL backend to accept connections
 #   MLFLOW_START_TIMEOUT_S (90): --background waits this long for /health
+#   MLFLOW_AUTH (0): 1 = MLflow's basic-auth app, users from the environment (scripts/mlflow_auth.py)
 #   MLFLOW_SERVER_ENABLE_JOB_EXECUTION (false here; MLflow's own default is true): the GenAI job
 #       runner (huey workers) is not used by this project and costs three processes
 set -euo pipefail
@@ -91,11 +92,17 @@ server_args=(
   --host "$HOST" --port "$PORT" --workers "$WORKERS"
 )
 [[ -n "${MLFLOW_ALLOWED_HOSTS:-}" ]] && server_args+=(--allowed-hosts "$MLFLOW_ALLOWED_HOSTS")
+[[ "${MLFLOW_AUTH:-0}" == 1 ]] && server_args+=(--app-name basic-auth)
 
 prepare() {
   mkdir -p "$MLFLOW_DIR"
   [[ "$ARTIFACTS" == *://* ]] || mkdir -p "$ARTIFACTS"
   wait_for_db
+  if [[ "${MLFLOW_AUTH:-0}" == 1 ]]; then
+    : "${MLFLOW_FLASK_SERVER_SECRET_KEY:?MLFLOW_AUTH=1 needs MLFLOW_FLASK_SERVER_SECRET_KEY (the auth app CSRF key)}"
+    export MLFLOW_AUTH_CONFIG_PATH="$MLFLOW_DIR/basic_auth.ini"
+    "$PYTHON" "$REPO/scripts/mlflow_auth.py" "$MLFLOW_AUTH_CONFIG_PATH" "$MLFLOW_DIR"
+  fi
   echo "mlflow_server: backend $(redact "$BACKEND"), artifacts $ARTIFACTS, http://$HOST:$PORT" >&2
 }
 

@@ -52,9 +52,12 @@ DAG_ID="${XRAY_DAG_ID:-xray_retrain}"
 PY="$REPO/.venv/bin/python"
 VENV_BIN="$REPO/.venv/bin"
 
-# Quick mode: one short epoch on small images. The promotion floors are relaxed so that this
-# demo model can become champion; a real run (no QUICK) uses params.yaml's policy untouched.
-QUICK_OVERRIDES_DEFAULT='["train.epochs=1","train.warmup_epochs=0","preprocess.image_size=64","train.batch_size=16","train.patience=1","promotion.floors.auc=0.5","promotion.floors.sensitivity=0.5","promotion.floors.specificity=0.0"]'
+# Quick mode: one short epoch on small images (DAG run overrides: training-side keys only). The
+# promotion floors are relaxed so that this demo model can become champion: a DAG run may not
+# override the policy, so they go into a params file the Airflow processes read ($XRAY_PARAMS,
+# written by quick_params); a real run (no QUICK) uses params.yaml's policy untouched.
+QUICK_OVERRIDES_DEFAULT='["train.epochs=1","train.warmup_epochs=0","preprocess.image_size=64","train.batch_size=16","train.patience=1"]'
+QUICK_POLICY='promotion.floors.auc=0.5 promotion.floors.sensitivity=0.5 promotion.floors.specificity=0.0 promotion.stress_floors.auc=0.5 promotion.stress_floors.sensitivity=0.3 promotion.stress_floors.specificity=0.0 evaluate.stress_images=48'
 
 export AIRFLOW_HOME="${AIRFLOW_HOME:-$REPO/.airflow}"
 export MLFLOW_TRACKING_URI="http://$HOST:$MLFLOW_PORT"
@@ -261,8 +264,20 @@ step_mlflow() {
   mkdir -p "$LOGS"; ln -sfn "$REPO/.mlflow/server.log" "$LOGS/mlflow.log"
 }
 
+quick_params() {  # QUICK: params.yaml + QUICK_POLICY -> $STACK_DIR/quick-params.yaml, exported as XRAY_PARAMS
+  [[ -n "$QUICK" ]] || return 0
+  mkdir -p "$STACK_DIR"
+  # shellcheck disable=SC2086
+  "$PY" -c 'import sys, yaml; from pipeline import config
+yaml.safe_dump(config.load_params(None, sys.argv[2:]), open(sys.argv[1], "w"), sort_keys=False)' \
+    "$STACK_DIR/quick-params.yaml" $QUICK_POLICY
+  export XRAY_PARAMS="$STACK_DIR/quick-params.yaml"
+  log "quick mode: promotion policy relaxed in $XRAY_PARAMS ($QUICK_POLICY)"
+}
+
 step_airflow() {
   airflow_env
+  quick_params   # before the Airflow processes start: they inherit XRAY_PARAMS
   mkdir -p "$AIRFLOW_HOME"
   # the admin login, written before the api-server starts (SimpleAuthManager reads this file)
   (umask 077; "$PY" -c 'import json,os,sys; json.dump({os.environ["AIRFLOW_ADMIN_USER"]: os.environ["AIRFLOW_ADMIN_PASSWORD"]}, open(sys.argv[1],"w"))' \

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Debian packages the platform and its tests use: rsync (make data), chromium (browser tests, never
-# a downloaded browser) and docker-compose (validates docker-compose.yaml without a Docker engine).
+# a downloaded browser), docker-compose (v1.29: validates and runs docker-compose.yaml), and for the
+# container test (make stack-test) docker.io (engine + CLI) and debootstrap (local base images).
 # Installed when missing.
 set -euo pipefail
 missing=()
 command -v rsync >/dev/null || missing+=(rsync)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v dockerd >/dev/null || missing+=(docker.io)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null; then
   echo "warning: cannot install ${missing[*]} (not root, no sudo); the tests that need them will be skipped" >&2

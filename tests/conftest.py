@@ -22,7 +22,12 @@ os.environ.setdefault("XRAY_MODEL_CACHE_DIR", str(_SESSION_TMP / "models"))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 TINY = {"preprocess.image_size": 64, "train.epochs": 1, "train.batch_size": 16, "train.warmup_epochs": 0,
-        "train.patience": 1, "data.min_side": 32}
+        "train.patience": 1, "data.min_side": 32, "data.min_images_per_class": 10,
+        "evaluate.stress_images": 24, "gate.distance_margin": 1.5}
+
+
+# How long a test MLflow server may take to answer (a loaded shared machine needs more than 120 s).
+SERVER_START_TIMEOUT = float(os.environ.get("XRAY_TEST_SERVER_TIMEOUT", 120))
 
 
 def shared_root() -> Path:
@@ -101,7 +106,7 @@ def start_mlflow_server(workdir: Path, backend_uri: str | None = None) -> tuple[
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # no job-runner processes
     uri = f"http://127.0.0.1:{port}"
     try:
-        wait_http(uri + "/health", timeout=120, proc=proc)
+        wait_http(uri + "/health", timeout=SERVER_START_TIMEOUT, proc=proc)
     except Exception:
         proc.kill()
         raise RuntimeError((workdir / "mlflow-server.log").read_text()[-3000:])

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import ApiToken, Diagnosis
+from .models import ApiToken, Diagnosis, Refusal
 
 FILE_FIELDS = ("image", "heatmap")
 
@@ -32,3 +32,19 @@ class ApiTokenAdmin(admin.ModelAdmin):
     list_display = ("user", "name", "prefix", "created", "last_used")
     readonly_fields = ("prefix", "key_hash", "created", "last_used")
     search_fields = ("user__username", "name", "prefix")
+
+
+@admin.register(Refusal)
+class RefusalAdmin(admin.ModelAdmin):
+    """What the input gate refused, and why (the image itself is never kept)."""
+    list_display = ("created", "owner", "source", "file_format", "reason", "gate_score", "model_version")
+    list_filter = ("source", "file_format", "model_version")
+    search_fields = ("owner__username", "reason")
+    date_hierarchy = "created"
+    readonly_fields = [f.name for f in Refusal._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

@@ -20,7 +20,7 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 from PIL import Image
 
-from .models import Diagnosis
+from .models import Diagnosis, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,10 @@ class UploadRejected(ValueError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class UploadRefused(UploadRejected):
+    """A readable file that the input gate says is not a frontal chest X-ray (API: 422)."""
 
 
 def mb(n: int | float) -> str:
@@ -75,27 +79,46 @@ def decode(data: bytes, draft_size: int | None):
         return img, fmt, header.size
 
 
+def stored_name(name: str | None, fmt: str) -> str:
+    """What the site keeps of an upload's file name: nothing but a generic name of its format.
+    PACS exports and scanners name files after the patient (DOE^JOHN_1975.dcm) or an accession
+    number, and no rule tells those from a harmless name, so none is stored, shown or returned
+    by the API; the doctor knows the file they chose, and the result page shows when it was."""
+    return f"upload.{EXTENSIONS.get(fmt, 'bin') if fmt != 'DICOM' else 'dcm'}"
+
+
 def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatmap: bool = True) -> Diagnosis:
     """Analyse one image with the given champion and record it. Raises UploadRejected; stores
     nothing unless the whole analysis succeeded."""
+    from pipeline import gate
+
     check_size(len(data))
     t0 = time.perf_counter()
-    img, fmt, (width, height) = decode(data, draft_size=champion.predictor.image_size)
-    started = time.perf_counter()
-    cam = None
-    if heatmap:
-        prediction, cam = champion.gradcam(img)
-    else:
-        prediction = champion.predict(img)
+    fmt = _sniff_format(data)  # for the refusal record: the decoder may never run
+    try:  # the input gate: file checks before decoding, feature checks on the forward pass
+        warnings = gate.check_file(data)
+        img, fmt, (width, height) = decode(data, draft_size=champion.predictor.image_size)
+        started = time.perf_counter()
+        cam = None
+        if heatmap:
+            prediction, cam = champion.gradcam(img, warnings)
+        else:
+            prediction = champion.predict(img, warnings)
+    except gate.NotAChestXray as exc:
+        Refusal.objects.create(owner=owner, source=source, file_format=fmt, size_bytes=len(data),
+                               reason=exc.reason[:500], gate_score=exc.score, model_name=champion.name,
+                               model_version=str(champion.version))
+        raise UploadRefused(exc.reason) from None
     inference_ms = (time.perf_counter() - started) * 1000
 
     diagnosis = Diagnosis(
-        owner=owner, source=source, original_name=os.path.basename(name or "")[:255], file_format=fmt,
+        owner=owner, source=source, original_name=stored_name(name, fmt), file_format=fmt,
         size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), width=width, height=height,
         label=prediction.label, probability=float(prediction.probability),
         threshold=float(prediction.threshold), model_name=champion.name,
         model_version=str(champion.version), model_run_id=champion.run_id or "",
         inference_ms=inference_ms, heatmap_empty=cam is not None and not float(np.max(cam)) > 0,
+        gate_score=prediction.gate_score, warning=prediction.warning[:500],
     )
     stored = []
     try:
@@ -117,6 +140,18 @@ def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatm
     diagnosis.timings = {"decode": (started - t0) * 1000, "infer": inference_ms,
                          "store": (time.perf_counter() - started) * 1000 - inference_ms}
     return diagnosis
+
+
+def _sniff_format(data: bytes) -> str:
+    from pipeline import preprocess
+
+    if preprocess.is_dicom(data):
+        return "DICOM"
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            return "JPEG" if header.format == "MPO" else (header.format or "")[:16]
+    except Exception:
+        return ""
 
 
 def png_bytes(img: Image.Image) -> bytes:

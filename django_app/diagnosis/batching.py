@@ -29,8 +29,14 @@ class ModelRunner:
         self.max_batch = max(1, int(max_batch))
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
+        # _state_lock makes "is it closed? then queue" one step with close()'s "closed; queue STOP":
+        # a job is either queued before STOP (the thread answers it) or runs inline, never lost
+        # behind a thread that already drained and exited.
+        self._state_lock = threading.Lock()
         self._start_lock = threading.Lock()
-        self._inline_lock = threading.Lock()  # after close(): late callers take turns
+        # one forward pass at a time on this model: the draining thread and late inline callers
+        # would otherwise run it (and Grad-CAM's hook) concurrently
+        self._model_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._name = name
         self.batches = 0
@@ -39,26 +45,38 @@ class ModelRunner:
     # --- what requests call ------------------------------------------------------------------
     def probability(self, array: np.ndarray, timeout: float | None = 120) -> float:
         """P(pneumonia) of one uint8 [S, S] image."""
-        return float(self._submit(("prob", array)).result(timeout))
+        return self.probability_features(array, timeout)[0]
+
+    def probability_features(self, array: np.ndarray, timeout: float | None = 120):
+        """(P(pneumonia), pooled features [1, D] for pipeline.gate) of one uint8 [S, S] image."""
+        return self._submit(("prob", array)).result(timeout)
 
     def gradcam(self, img, timeout: float | None = 120):
         """(Prediction, heat map) of one decoded image, alone in its forward/backward pass."""
+        return self.gradcam_features(img, timeout)[:2]
+
+    def gradcam_features(self, img, timeout: float | None = 120):
+        """(Prediction, heat map, pooled features [1, D]) of one decoded image."""
         return self._submit(("cam", img)).result(timeout)
 
     def close(self) -> None:
         """Stop after the queued work (the model was replaced); later calls run inline."""
-        self._closed = True
-        self._queue.put(_STOP)
+        with self._state_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
 
     # --- the inference thread -----------------------------------------------------------------
     def _submit(self, job) -> Future:
         future: Future = Future()
-        if self._closed:  # a request that took this model just before the swap: still answered
-            with self._inline_lock:
-                self._run([(job, future)])
-            return future
-        self._ensure_thread()
-        self._queue.put((job, future))
+        with self._state_lock:
+            if not self._closed:
+                self._ensure_thread()
+                self._queue.put((job, future))
+                return future
+        # a request that took this model just before the swap: still answered, here
+        self._run([(job, future)])
         return future
 
     def _ensure_thread(self) -> None:
@@ -100,13 +118,20 @@ class ModelRunner:
                 self._run([item])
 
     def _run(self, batch) -> None:
+        with self._model_lock:
+            self._run_locked(batch)
+
+    def _run_locked(self, batch) -> None:
         probs = [(job, fut) for job, fut in batch if job[0] == "prob"]
         cams = [(job, fut) for job, fut in batch if job[0] == "cam"]
+        from pipeline.gate import capture  # the gate's features come from the same forward pass
+
         if probs:
             try:
-                out = self.predictor.probabilities(np.stack([job[1] for job, _ in probs]))
-                for (_, fut), p in zip(probs, out):
-                    fut.set_result(float(p))
+                with capture(self.predictor.model) as feats:
+                    out = self.predictor.probabilities(np.stack([job[1] for job, _ in probs]))
+                for i, ((_, fut), p) in enumerate(zip(probs, out)):
+                    fut.set_result((float(p), feats()[i:i + 1]))
                 self.batches += 1
                 self.images += len(probs)
             except BaseException as exc:  # every waiting request learns it, none hangs
@@ -114,6 +139,8 @@ class ModelRunner:
                     fut.set_exception(exc)
         for job, fut in cams:
             try:
-                fut.set_result(self.predictor.gradcam(job[1]))
+                with capture(self.predictor.model) as feats:
+                    prediction, cam = self.predictor.gradcam(job[1])
+                fut.set_result((prediction, cam, feats()))
             except BaseException as exc:
                 fut.set_exception(exc)

@@ -63,16 +63,22 @@ class Champion:
     def threshold(self) -> float:
         return float(self.predictor.threshold)
 
-    def predict(self, img):
-        """Prediction for a decoded "L" image (batched with concurrent requests)."""
+    def predict(self, img, warnings=()):
+        """Prediction for a decoded "L" image (batched with concurrent requests), judged by the
+        model's input gate: raises pipeline.gate.NotAChestXray."""
         from pipeline import preprocess
 
-        probability = self.runner.probability(preprocess.to_array(img, self.predictor.image_size))
-        return self.predictor.label_for(probability)
+        arr = preprocess.to_array(img, self.predictor.image_size)
+        probability, feats = self.runner.probability_features(arr)
+        return self.predictor.judged(self.predictor.label_for(probability), arr, feats, warnings)
 
-    def gradcam(self, img):
-        """(Prediction, heat map [S, S] in [0, 1])."""
-        return self.runner.gradcam(img)
+    def gradcam(self, img, warnings=()):
+        """(Prediction, heat map [S, S] in [0, 1]), judged by the input gate like predict()."""
+        from pipeline import preprocess
+
+        prediction, cam, feats = self.runner.gradcam_features(img)
+        arr = preprocess.to_array(img, self.predictor.image_size)
+        return self.predictor.judged(prediction, arr, feats, warnings), cam
 
     def close(self) -> None:
         self.runner.close()
@@ -173,18 +179,37 @@ def _accepted(func: Callable, **kwargs) -> dict:
     return {k: v for k, v in kwargs.items() if k in params}
 
 
+class WarmUpFailed(RuntimeError):
+    """The new champion failed its warm-up: it is not put in service (the previous one stays)."""
+
+
 def _warm_up(predictor) -> None:
-    """One throw-away inference, so the first doctor does not pay for allocator/kernel set-up."""
+    """One throw-away inference (so the first doctor does not pay for allocator/kernel set-up)
+    that is also the model's admission test: a model that raises, or answers a non-finite or
+    out-of-range probability or heat map here, would do the same for doctors, so it is refused
+    (WarmUpFailed) and the holder keeps serving the model it has."""
+    import math
+
+    import numpy as np
+    from PIL import Image
+
+    def check(values) -> None:
+        if not values or not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values):
+            raise WarmUpFailed(f"warm-up answered invalid probabilities {values}")
+
+    size = int(predictor.image_size)
     try:
-        import numpy as np
-
-        from PIL import Image
-
-        size = int(predictor.image_size)
-        predictor.probabilities(np.zeros((1, size, size), dtype=np.uint8))
-        predictor.gradcam(Image.new("L", (size, size), 128))  # autograd's first pass is slow too
-    except Exception:  # warm-up is an optimisation, never a reason to refuse a model
-        log.warning("champion warm-up failed", exc_info=True)
+        probs = predictor.probabilities(np.zeros((1, size, size), dtype=np.uint8))
+    except Exception as exc:
+        raise WarmUpFailed(f"warm-up inference failed: {type(exc).__name__}: {exc}") from exc
+    check([float(p) for p in np.asarray(probs).ravel()])
+    try:
+        prediction, cam = predictor.gradcam(Image.new("L", (size, size), 128))  # autograd's first pass is slow too
+    except Exception as exc:
+        raise WarmUpFailed(f"warm-up heat map failed: {type(exc).__name__}: {exc}") from exc
+    check([float(prediction.probability)])
+    if not np.isfinite(np.asarray(cam, dtype=np.float64)).all():
+        raise WarmUpFailed("warm-up heat map is not finite")
 
 
 def _short(exc: BaseException) -> str:
@@ -212,6 +237,7 @@ class ChampionHolder:
         self.last_error: str | None = None
         self.registry_reachable: bool | None = None
         self.alias_version: str | None = None  # what the registry said last
+        self._refused: str | None = None  # the version that failed its warm-up
 
     # --- what requests call ------------------------------------------------------------------
     def get(self, wait: bool = True) -> Champion | None:
@@ -331,12 +357,17 @@ class ChampionHolder:
             self._next_check = time.monotonic() + self.check_seconds
             return
         current = self._current
+        if version == self._refused:   # failed its warm-up: not reloaded until the alias moves
+            self._next_check = time.monotonic() + self.check_seconds
+            return
         if current is None or current.version != version:
             try:
                 champion = self.registry.load()
             except Exception as exc:
                 self.last_error = f"could not load version {version}: {_short(exc)}"
                 log.exception("loading champion version %s failed", version)
+                if isinstance(exc, WarmUpFailed):   # deterministic: retrying cannot help
+                    self._refused = version
                 self._next_check = time.monotonic() + self.retry_seconds
                 return
             self._current = champion  # the swap: requests in flight keep their own reference
@@ -355,6 +386,20 @@ class ChampionHolder:
 
 _holder: ChampionHolder | None = None
 _holder_lock = threading.Lock()
+
+
+def model_card(version: str) -> str:
+    """The model card (Markdown description) of a registered version of the served model.
+    Raises RegistryUnavailable when MLflow cannot be asked, LookupError for an unknown version."""
+    registry = holder().registry  # the registered model that serves this site
+    name = registry.name
+    client = registry._client()
+    try:
+        return client.get_model_version(name, str(version)).description or ""
+    except Exception as exc:  # noqa: BLE001 - mlflow raises its own or requests' errors
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc).lower():
+            raise LookupError(f"{name} version {version} is not registered") from exc
+        raise RegistryUnavailable(str(exc)) from exc
 
 
 def holder() -> ChampionHolder:

@@ -40,10 +40,14 @@ class Diagnosis(models.Model):
     model_version = models.CharField(max_length=32)
     model_run_id = models.CharField(max_length=64, blank=True)
     inference_ms = models.FloatField(null=True, blank=True)
+    # the input gate (pipeline.gate): feature distance to the training X-rays (drift), and a caution
+    gate_score = models.FloatField(null=True, blank=True)
+    warning = models.CharField(max_length=500, blank=True)
 
     class Meta:
         ordering = ["-created"]
-        indexes = [models.Index(fields=["owner", "-created"], name="diagnosis_owner_recent")]
+        indexes = [models.Index(fields=["owner", "-created"], name="diagnosis_owner_recent"),
+                   models.Index(fields=["created"], name="diagnosis_created")]
         verbose_name_plural = "diagnoses"
 
     def __str__(self) -> str:
@@ -85,7 +89,29 @@ class Diagnosis(models.Model):
         }
         if self.inference_ms is not None:
             data["inference_ms"] = round(self.inference_ms, 1)
+        data["warning"] = self.warning
+        data["gate_score"] = round(self.gate_score, 3) if self.gate_score is not None else None
         return data
+
+
+class Refusal(models.Model):
+    """An upload the input gate refused: why, when and by which model; never the image itself."""
+
+    created = models.DateTimeField(auto_now_add=True, db_index=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="refusals")
+    source = models.CharField(max_length=8, choices=Diagnosis.SOURCES, default="web")
+    file_format = models.CharField(max_length=16, blank=True)
+    size_bytes = models.PositiveIntegerField(default=0)
+    reason = models.CharField(max_length=500)
+    gate_score = models.FloatField(null=True, blank=True)  # None: refused before the model ran
+    model_name = models.CharField(max_length=200)
+    model_version = models.CharField(max_length=32)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"refused {self.created:%Y-%m-%d %H:%M}: {self.reason[:80]}"
 
 
 def hash_token(key: str) -> str:

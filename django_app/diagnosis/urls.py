@@ -6,9 +6,11 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("upload/", views.upload, name="upload"),
     path("history/", views.history, name="history"),
+    path("models/<str:version>/card", views.card, name="model_card"),
     path("results/<uuid:pk>/", views.result, name="result"),
     path("results/<uuid:pk>/<str:kind>", views.image, name="image"),
     path("account/api-token/", views.api_token, name="api_token"),
     path("api/predict", views.api_predict, name="api_predict"),
     path("healthz", views.healthz, name="healthz"),
+    path("staff/drift/", views.drift, name="drift"),
 ]

@@ -3,20 +3,23 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+from datetime import timedelta
 
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
 from . import analysis
 from .auth import AuthFailed, authenticate_api
-from .champion import holder
+from .champion import RegistryUnavailable, holder, model_card
 from .forms import UploadForm
 from .models import ApiToken, Diagnosis
 
@@ -127,6 +130,24 @@ def result(request, pk):
 
 @login_required
 @require_GET
+def card(request, version: str):
+    """The model card of a registered version, for staff (doctors see the version on each result)."""
+    if not request.user.is_staff or not version.isdigit():
+        raise Http404
+    from markdown_it import MarkdownIt
+
+    try:
+        text = model_card(str(version))
+    except LookupError:
+        raise Http404 from None
+    except RegistryUnavailable as exc:
+        return render(request, "diagnosis/model_card.html", {"version": version, "error": str(exc)}, status=503)
+    html = MarkdownIt("commonmark", {"html": False}).enable("table").render(text or "*No model card.*")
+    return render(request, "diagnosis/model_card.html", {"version": version, "card": html})
+
+
+@login_required
+@require_GET
 def history(request):
     page = Paginator(Diagnosis.objects.filter(owner=request.user).order_by("-created"),
                      settings.XRAY_HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
@@ -188,6 +209,8 @@ def api_predict(request):
         name, data = _api_image(request)
         diagnosis = analysis.diagnose(user, name, data, champion, source="api",
                                       heatmap=request.GET.get("heatmap") in ("1", "true", "yes"))
+    except analysis.UploadRefused as exc:  # readable, but not a frontal chest X-ray
+        return _api_error("not_a_chest_xray", exc.reason, status=422)
     except analysis.UploadRejected as exc:
         return _api_error("invalid_image", exc.reason)
     response = JsonResponse(diagnosis.to_api(request))
@@ -225,3 +248,23 @@ def healthz(request):
     status["status"] = "ok" if status["champion_loaded"] else "no_champion"
     code = 503 if request.GET.get("ready") and not status["champion_loaded"] else 200
     return JsonResponse(status, status=code)
+
+
+@staff_member_required
+@require_GET
+def drift(request):
+    """Staff: the inputs' drift against the champion's training X-rays, day by day (pipeline.drift)."""
+    from django.utils.safestring import mark_safe
+
+    from . import monitoring
+
+    champion = holder().peek()
+    gate = getattr(getattr(champion, "predictor", None), "gate", None)
+    reference = (gate.state or {}).get("reference") if gate is not None else None
+    span = request.GET.get("days", "30")
+    days = monitoring.daily(reference, days=min(365, max(2, int(span))) if span.isdigit() else 30)
+    since = timezone.now() - timedelta(days=len(days))
+    return render(request, "diagnosis/drift.html", {
+        "days": [(d, r) for d, r in reversed(days) if r.n], "chart": mark_safe(monitoring.svg_chart(days)),
+        "series": monitoring.SERIES, "reasons": monitoring.refusal_reasons(since), "gate": gate,
+        "reference": reference})

@@ -12,6 +12,7 @@ Nothing here imports torch or mlflow: the model is loaded on first use (diagnosi
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -68,6 +69,13 @@ if not SECRET_KEY:
             "python -c 'import secrets; print(secrets.token_urlsafe(50))')"
         )
     SECRET_KEY = "django-insecure-development-only-never-use-in-production"
+# Production refuses what `check --deploy` only warns about (W009) and .env.example's placeholder:
+# a known key signs forged sessions and password-reset tokens (issue 11, item 3).
+if PRODUCTION and (re.search(r"change-?me|placeholder|example|insecure", SECRET_KEY, re.I)
+                   or len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5):
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY is a placeholder or weak (50+ characters of random text needed: "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))', or docker/gen-env.sh)")
 
 if PRODUCTION and not os.environ.get("DJANGO_ALLOWED_HOSTS"):
     raise ImproperlyConfigured("DJANGO_ALLOWED_HOSTS must be set in production (comma separated)")
@@ -91,6 +99,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # first: an over-limit Content-Length is refused before CSRF parses the body or auth runs
+    "xray_site.middleware.RequestSizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -176,6 +186,9 @@ XRAY_MAX_FILES = int(env_number("XRAY_MAX_FILES_PER_UPLOAD", 10, int))
 XRAY_MAX_PIXELS = int(env_number("XRAY_MAX_PIXELS", 40_000_000, int))
 # A request body above this is refused before it is parsed (one file at the limit + form overhead).
 XRAY_MAX_REQUEST_BYTES = XRAY_MAX_UPLOAD_BYTES + 1024 * 1024
+# The largest body any request may declare (the batch form at its file limit); bigger ones get 413
+# from RequestSizeLimitMiddleware before anything reads them. The compose proxy's limit matches.
+XRAY_MAX_BODY_BYTES = XRAY_MAX_REQUEST_BYTES * max(1, XRAY_MAX_FILES)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024  # bigger uploads spool to a temp file
 DATA_UPLOAD_MAX_NUMBER_FILES = XRAY_MAX_FILES
 FILE_UPLOAD_PERMISSIONS = 0o640
@@ -210,9 +223,37 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", SECU
 # owner's decision, so off unless asked for (and its deploy-check warning silenced meanwhile).
 SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", False)
 SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+# axes.W003 asks for axes' own backend: ours (diagnosis.access) does the same lockout check before the
+# password check, in one backend, so that force_login and management commands keep working.
+SILENCED_SYSTEM_CHECKS += ["axes.W003"]
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+
+# --- login throttling and admin access (issue 11 item 9; see diagnosis/access.py) ---------------
+INSTALLED_APPS += ["axes"]
+# first of all but the security headers: a client kept out of /admin/ costs no session or CSRF work
+MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+                  "diagnosis.access.AdminAccessMiddleware")
+MIDDLEWARE += ["axes.middleware.AxesMiddleware"]  # last, as axes requires
+AUTHENTICATION_BACKENDS = ["diagnosis.access.LoginThrottleBackend"]  # axes' check + ModelBackend
+AXES_ENABLED = env_bool("XRAY_LOGIN_THROTTLE", True)
+AXES_FAILURE_LIMIT = int(env_number("XRAY_LOGIN_FAILURE_LIMIT", 5, int))
+AXES_COOLOFF_TIME = env_number("XRAY_LOGIN_COOLOFF_MINUTES", 15.0) / 60.0  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "diagnosis.access.client_ip"
+AXES_HTTP_RESPONSE_CODE = 429
+XRAY_TRUSTED_PROXIES = env_list("XRAY_TRUSTED_PROXIES", [])
+XRAY_ADMIN_ENABLED = env_bool("XRAY_ADMIN_ENABLED", True)
+XRAY_ADMIN_ALLOWED_NETWORKS = env_list("XRAY_ADMIN_ALLOWED_NETWORKS", [])  # [] = any network
+try:
+    import ipaddress as _ip
+
+    XRAY_TRUSTED_PROXIES = [_ip.ip_network(n, strict=False) for n in XRAY_TRUSTED_PROXIES]
+    XRAY_ADMIN_ALLOWED_NETWORKS = [_ip.ip_network(n, strict=False) for n in XRAY_ADMIN_ALLOWED_NETWORKS]
+except ValueError as _exc:
+    raise ImproperlyConfigured(f"XRAY_TRUSTED_PROXIES / XRAY_ADMIN_ALLOWED_NETWORKS: {_exc}") from None
 
 LOGGING = {
     "version": 1,

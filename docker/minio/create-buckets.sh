@@ -1,15 +1,18 @@
 #!/bin/sh
-# One-shot run by the `createbuckets` service (minio/mc image) after MinIO is healthy.
+# One-shot run by the `createbuckets` service (profile `minio`, minio/mc image) after MinIO is healthy.
 # Idempotent: safe on every `docker compose up`.
 #  - buckets: MLflow artifacts and the DVC remote
-#  - a service account (S3_ACCESS_KEY_ID / S3_SECRET_ACCESS_KEY) with read-write access,
-#    so MLflow and Airflow never hold the MinIO root credentials.
+#  - one service user per bucket, each with a policy scoped to its own bucket (issue 11, item 10):
+#    MLflow's keys cannot touch the data, DVC's keys cannot touch the models, the web app has none
+#    (MLflow proxies artifacts). On AWS S3 the same two IAM policies apply (README).
 set -eu
 
 : "${MINIO_ROOT_USER:?MINIO_ROOT_USER is not set (see .env.example)}"
 : "${MINIO_ROOT_PASSWORD:?MINIO_ROOT_PASSWORD is not set (see .env.example)}"
-: "${S3_ACCESS_KEY_ID:?S3_ACCESS_KEY_ID is not set (see .env.example)}"
-: "${S3_SECRET_ACCESS_KEY:?S3_SECRET_ACCESS_KEY is not set (see .env.example)}"
+: "${MLFLOW_S3_ACCESS_KEY_ID:?MLFLOW_S3_ACCESS_KEY_ID is not set (see .env.example)}"
+: "${MLFLOW_S3_SECRET_ACCESS_KEY:?MLFLOW_S3_SECRET_ACCESS_KEY is not set (see .env.example)}"
+: "${DVC_S3_ACCESS_KEY_ID:?DVC_S3_ACCESS_KEY_ID is not set (see .env.example)}"
+: "${DVC_S3_SECRET_ACCESS_KEY:?DVC_S3_SECRET_ACCESS_KEY is not set (see .env.example)}"
 MLFLOW_BUCKET="${MLFLOW_BUCKET:-mlflow}"
 DVC_BUCKET="${DVC_BUCKET:-dvc}"
 MINIO_URL="${MINIO_URL:-http://minio:9000}"
@@ -22,14 +25,25 @@ until mc alias set xray "$MINIO_URL" "$MINIO_ROOT_USER" "$MINIO_ROOT_PASSWORD" >
     sleep 2
 done
 
-for bucket in "$MLFLOW_BUCKET" "$DVC_BUCKET"; do
-    mc mb --ignore-existing "xray/$bucket"
-    mc version enable "xray/$bucket" >/dev/null 2>&1 || true   # keep old objects on overwrite
-done
+# policy_for BUCKET: read-write on that bucket only
+policy_for() {
+    cat <<JSON
+{"Version": "2012-10-17", "Statement": [
+  {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetBucketLocation"], "Resource": ["arn:aws:s3:::$1"]},
+  {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], "Resource": ["arn:aws:s3:::$1/*"]}
+]}
+JSON
+}
 
-# (Re)create the service user; `user add` updates the secret if the user exists.
-mc admin user add xray "$S3_ACCESS_KEY_ID" "$S3_SECRET_ACCESS_KEY"
-# Attaching an already attached policy is an error on some mc releases: tolerate it.
-mc admin policy attach xray readwrite --user "$S3_ACCESS_KEY_ID" 2>/dev/null || \
-    mc admin user info xray "$S3_ACCESS_KEY_ID" | grep -q readwrite
-echo "create-buckets: buckets '$MLFLOW_BUCKET' and '$DVC_BUCKET' ready, service user '$S3_ACCESS_KEY_ID' has readwrite"
+setup() {  # setup BUCKET USER SECRET
+    mc mb --ignore-existing "xray/$1"
+    mc version enable "xray/$1" >/dev/null 2>&1 || true   # keep old objects on overwrite
+    policy_for "$1" > "/tmp/policy-$1.json"
+    mc admin policy create xray "rw-$1" "/tmp/policy-$1.json"
+    # `user add` updates the secret if the user exists; re-attaching may be an error: tolerate it
+    mc admin user add xray "$2" "$3"
+    mc admin policy attach xray "rw-$1" --user "$2" 2>/dev/null || mc admin user info xray "$2" | grep -q "rw-$1"
+}
+setup "$MLFLOW_BUCKET" "$MLFLOW_S3_ACCESS_KEY_ID" "$MLFLOW_S3_SECRET_ACCESS_KEY"
+setup "$DVC_BUCKET" "$DVC_S3_ACCESS_KEY_ID" "$DVC_S3_SECRET_ACCESS_KEY"
+echo "create-buckets: '$MLFLOW_BUCKET' (user $MLFLOW_S3_ACCESS_KEY_ID) and '$DVC_BUCKET' (user $DVC_S3_ACCESS_KEY_ID) ready, each scoped to its bucket"

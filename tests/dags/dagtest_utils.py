@@ -21,12 +21,28 @@ VENV_BIN = Path(sys.executable).parent
 IMPORT_SCRIPT = REPO / "scripts" / "import_data.sh"
 RUN_DAG = REPO / "tests" / "dags" / "run_dag.py"
 
-# Tiny training (the lead's TINY settings) and floors a 1-epoch 64 px model passes while an
-# untrained one (train.epochs=0, AUC ~0.55 on this subset) does not.
+# Tiny training (the lead's TINY settings): what a DAG run's `overrides` may set.
 TINY_OVERRIDES = ["preprocess.image_size=64", "train.epochs=1", "train.batch_size=16",
-                  "train.warmup_epochs=0", "train.patience=1", "data.min_side=32",
-                  "promotion.floors.auc=0.65", "promotion.floors.sensitivity=0.5",
-                  "promotion.floors.specificity=0.0"]
+                  "train.warmup_epochs=0", "train.patience=1"]
+# Data gates and floors a 1-epoch 64 px model passes while an untrained one (train.epochs=0,
+# AUC ~0.55 on this subset) does not. A DAG run cannot override these (the policy is not a run
+# option): they go into the params file the DAG reads ($XRAY_PARAMS), see policy_params().
+TINY_POLICY = ["data.min_side=32", "promotion.floors.auc=0.65", "promotion.floors.sensitivity=0.5",
+               "promotion.floors.specificity=0.0", "promotion.stress_floors.auc=0.5",
+               "promotion.stress_floors.sensitivity=0.3", "promotion.stress_floors.specificity=0.0",
+               "evaluate.stress_images=24"]
+
+
+def policy_params(path: Path, *extra: str) -> str:
+    """Write params.yaml + TINY_POLICY (+ extra) to `path`; returns it, for XRAY_PARAMS."""
+    import yaml
+
+    from pipeline import config
+
+    params = config.load_params(REPO / "params.yaml", TINY_POLICY + list(extra))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return str(path)
 
 
 def shared_root() -> Path:

@@ -23,6 +23,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--conf", default="{}", help="run conf (JSON)")
     parser.add_argument("--dags", default=str(REPO / "dags"))
+    parser.add_argument("--dag-id", default=DAG_ID)
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -32,7 +33,7 @@ def main() -> int:
     if bag.import_errors:
         print(json.dumps({"state": "import_error", "errors": bag.import_errors}))
         return 2
-    dag = bag.dags[DAG_ID]
+    dag = bag.dags[args.dag_id]
     dr = dag.test(run_conf=json.loads(args.conf))
     wall = time.perf_counter() - started
 
@@ -45,7 +46,7 @@ def main() -> int:
             seconds = (ti.end_date - ti.start_date).total_seconds() if ti.start_date and ti.end_date else None
             tasks[ti.task_id] = {"state": str(ti.state) if ti.state else None, "seconds": seconds,
                                  "tries": ti.try_number}
-        rows = session.query(XComModel).filter(XComModel.dag_id == DAG_ID, XComModel.run_id == dr.run_id,
+        rows = session.query(XComModel).filter(XComModel.dag_id == args.dag_id, XComModel.run_id == dr.run_id,
                                                XComModel.key == "return_value").all()
         for row in rows:
             value = row.value

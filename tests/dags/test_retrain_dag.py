@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from dagtest_utils import (TINY_OVERRIDES, airflow_env, alias, migrate, mlflow_client, run_dag, states,
-                           versions)
+from dagtest_utils import (TINY_OVERRIDES, airflow_env, alias, migrate, mlflow_client, policy_params, run_dag,
+                           states, versions)
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
@@ -23,7 +23,8 @@ def test_retraining_lifecycle(world, webhook, mlflow_server, tmp_path):
     forced run -> fail (and notify) on a dataset with too many rejected files."""
     name = f"dagtest-{uuid.uuid4().hex[:8]}"
     env = airflow_env(tmp_path / "airflow", XRAY_REPO=str(world.workspace), XRAY_MODEL_NAME=name,
-                      MLFLOW_TRACKING_URI=mlflow_server, XRAY_NOTIFY_WEBHOOK=webhook.url)
+                      MLFLOW_TRACKING_URI=mlflow_server, XRAY_NOTIFY_WEBHOOK=webhook.url,
+                      XRAY_PARAMS=policy_params(tmp_path / "params.yaml"))
     migrate(env)
     client = mlflow_client(mlflow_server)
     conf = {"overrides": TINY_OVERRIDES}
@@ -106,7 +107,8 @@ def test_retraining_lifecycle(world, webhook, mlflow_server, tmp_path):
     bad_file = world.src / "train" / "NORMAL" / "corrupt-upload.jpeg"
     bad_file.write_bytes(b"this is not a JPEG")
     world.publish()
-    failed = run_dag(env, {"overrides": TINY_OVERRIDES + ["data.max_rejected_fraction=0.0"]})
+    strict = policy_params(tmp_path / "strict.yaml", "data.max_rejected_fraction=0.0")  # not a run option
+    failed = run_dag({**env, "XRAY_PARAMS": strict}, {"overrides": TINY_OVERRIDES})
     assert failed["state"] == "failed"
     assert states(failed)["validate"] == "failed" and states(failed)["train"] in ("upstream_failed", None)
     assert set(versions(client, name)) == {v1, v2, v3} and alias(client, name, "champion") == champion
@@ -120,7 +122,8 @@ def test_dag_on_postgresql(world, webhook, mlflow_server, tmp_path, postgres_url
 
     name = f"dagtest-pg-{uuid.uuid4().hex[:8]}"
     env = airflow_env(tmp_path / "airflow-pg", sql_conn=postgres_url, XRAY_REPO=str(world.workspace),
-                      XRAY_MODEL_NAME=name, MLFLOW_TRACKING_URI=mlflow_server, XRAY_NOTIFY_WEBHOOK=webhook.url)
+                      XRAY_MODEL_NAME=name, MLFLOW_TRACKING_URI=mlflow_server, XRAY_NOTIFY_WEBHOOK=webhook.url,
+                      XRAY_PARAMS=policy_params(tmp_path / "params.yaml"))
     migrate(env)
     world.add_images(80, seed=2)
     world.publish()

@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from dagtest_utils import REPO, TINY_OVERRIDES, base_env, sh
+from dagtest_utils import REPO, TINY_OVERRIDES, TINY_POLICY, base_env, sh
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -122,7 +122,8 @@ def test_dvc_pipeline_repro_metrics_params_plots(world):
     shutil.copytree(REPO / "pipeline", repo / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     from pipeline import config
 
-    params = config.load_params(REPO / "params.yaml", TINY_OVERRIDES)
+    # 40 images a class: under the default data.min_images_per_class
+    params = config.load_params(REPO / "params.yaml", TINY_OVERRIDES + TINY_POLICY + ["data.min_images_per_class=10"])
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = base_env()
     env.pop("PYTHONPATH", None)

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,7 +83,8 @@ def test_compose_config_validates(profiles):
 
 def test_compose_refuses_to_start_without_secrets(tmp_path):
     env = env_example()
-    for required in ("POSTGRES_PASSWORD", "AIRFLOW_FERNET_KEY", "DJANGO_SECRET_KEY", "S3_SECRET_ACCESS_KEY"):
+    for required in ("POSTGRES_PASSWORD", "AIRFLOW_FERNET_KEY", "DJANGO_SECRET_KEY", "REDIS_PASSWORD",
+                     "MLFLOW_ADMIN_PASSWORD", "MLFLOW_READER_PASSWORD"):
         partial = tmp_path / f"without-{required}.env"
         partial.write_text("".join(f"{k}={v}\n" for k, v in env.items() if k != required))
         proc = run_compose("config", "--quiet", env_file=partial)
@@ -94,17 +96,20 @@ def test_expected_services_and_profiles():
     services = compose_model()["services"]
     expected = {"postgres", "minio", "createbuckets", "mlflow", "airflow-init", "airflow-apiserver",
                 "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "web-init", "web",
-                "redis", "airflow-worker", "airflow-worker-gpu"}
+                "redis", "airflow-worker", "airflow-worker-gpu", "proxy"}
     assert expected <= set(services)
-    assert services["postgres"]["image"].startswith("postgres:15")
+    assert services["postgres"]["image"] == "${POSTGRES_IMAGE:-postgres:15-bookworm}"
+    # Celery scale-out is the default stack; S3 (MinIO) is optional
     for name in ("redis", "airflow-worker"):
-        assert "celery" in services[name]["profiles"]
+        assert "profiles" not in services[name]
+    for name in ("minio", "createbuckets"):
+        assert services[name]["profiles"] == ["minio"]
     assert services["airflow-worker-gpu"]["profiles"] == ["gpu"]
     # the GPU worker takes only the training queue and reserves a GPU
     gpu = services["airflow-worker-gpu"]
     assert "${XRAY_TRAINING_QUEUE:-training}" in gpu["command"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
-    assert services["airflow-worker"]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "${AIRFLOW_EXECUTOR:-LocalExecutor}"
+    assert services["airflow-worker"]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "${AIRFLOW_EXECUTOR:-CeleryExecutor}"
 
 
 ONE_SHOTS = {"createbuckets", "airflow-init", "web-init"}
@@ -125,7 +130,8 @@ def test_health_checks_and_dependencies():
             assert cond == {"condition": want}, f"{name} -> {dep}: {cond}"
     # the chain that matters: data stores before servers, migrations before their users
     assert "airflow-init" in services["airflow-scheduler"]["depends_on"]
-    assert "createbuckets" in services["mlflow"]["depends_on"]
+    assert "redis" in services["airflow-scheduler"]["depends_on"]
+    assert "web" in services["proxy"]["depends_on"]
     assert "web-init" in services["web"]["depends_on"]
     assert "mlflow" in services["web"]["depends_on"]
 
@@ -140,13 +146,14 @@ def test_named_volumes_for_all_state():
             if source.startswith((".", "/")):
                 # bind mounts are read-only configuration files of this repository, never state
                 assert vol.endswith(":ro"), f"{name}: bind mount {vol} must be read-only"
-                assert (REPO / source).is_file(), f"{name}: {source} does not exist"
+                assert (REPO / source).exists(), f"{name}: {source} does not exist"
             else:
                 assert source in declared, f"{name}: volume {source} is not declared"
                 used.add(source)
     assert declared == used, f"declared but unused volumes: {declared - used}"
     mounts = {v.split(":")[1] for s in model["services"].values() for v in s.get("volumes", [])}
-    for state in ("/var/lib/postgresql/data", "/data", "/opt/airflow/logs", "/opt/xray/media", "/opt/xray-repo"):
+    for state in ("/var/lib/postgresql/data", "/data", "/opt/airflow/logs", "/opt/xray/media", "/opt/xray-repo",
+                  "/opt/xray/.mlflow", "/opt/dvc-remote"):
         assert state in mounts, f"no named volume for {state}"
 
 
@@ -391,7 +398,9 @@ def test_dockerignore_keeps_data_out_and_code_in():
 # ----------------------------------------------------------------------------- the scripts
 SCRIPTS = ["docker/postgres/init-databases.sh", "docker/minio/create-buckets.sh", "docker/airflow/init.sh",
            "docker/gen-env.sh",
-           "docker/web/init.sh", "scripts/stack.sh"]
+           "docker/web/init.sh", "scripts/stack.sh", "docker/entrypoint.sh", "docker/postgres/secure-entrypoint.sh",
+           "docker/proxy/start.sh", "scripts/docker_bases.sh", "scripts/stack_images.sh", "scripts/stack_test.sh",
+           "scripts/docker_engine.sh", "docker/local-bases/postgres-entrypoint.sh"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -418,10 +427,17 @@ def test_services_agree_on_names_and_ports():
         f"http://mlflow:{ml['MLFLOW_PORT']}"
     assert f"mlflow:{ml['MLFLOW_PORT']}" in ml["MLFLOW_ALLOWED_HOSTS"]  # MLflow 3's Host-header guard
     assert ml["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql") and "@postgres:5432/" in ml["MLFLOW_BACKEND_STORE_URI"]
-    assert ml["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
+    assert ml["MLFLOW_ARTIFACTS_DESTINATION"] == "${MLFLOW_ARTIFACTS_DESTINATION:-/opt/xray/.mlflow/artifacts}"
     web = services["web"]
     port = web["environment"]["WEB_BIND"].rsplit(":", 1)[1]
-    assert web["ports"][0].endswith(f":{port}") and f":{port}/healthz" in web["healthcheck"]["test"][-1]
+    # the site is published only through the proxy, which forwards to web's port
+    assert "ports" not in web and web["expose"] == [port] and f":{port}/healthz" in web["healthcheck"]["test"][-1]
+    assert f"proxy_pass http://web:{port};" in (REPO / "docker/proxy/site.conf.template").read_text()
+    assert services["proxy"]["ports"][0].startswith("${PUBLISH_ADDRESS:-127.0.0.1}:")
+    # issue 11 item 10: the web app holds no S3 keys and only the MLflow reader login
+    assert not any(k.startswith("AWS_") for k in web["environment"])
+    assert web["environment"]["MLFLOW_TRACKING_USERNAME"] == "${MLFLOW_READER_USER:-web}"
+    assert air["MLFLOW_TRACKING_USERNAME"] == "${MLFLOW_TRAINER_USER:-airflow}"
     # one Fernet key / JWT secret / database for every Airflow component
     keys = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
             "AIRFLOW__CORE__EXECUTOR")
@@ -442,3 +458,13 @@ def test_sqlalchemy_urls_name_the_installed_driver():
     }
     for what, url in urls.items():
         assert url.split("://")[0].endswith("postgresql+psycopg2"), f"{what}: {url}"
+
+
+def test_forwarded_headers_are_not_trusted_from_everyone():
+    """Issue 11 item 16: no default trusts X-Forwarded-* from any address (`*`)."""
+    assert "WEB_FORWARDED_ALLOW_IPS:-127.0.0.1}" in compose_text()
+    assert env_example()["WEB_FORWARDED_ALLOW_IPS"] not in ("*", "")
+    env = {k: v for k, v in os.environ.items() if k != "WEB_FORWARDED_ALLOW_IPS"}
+    out = subprocess.run([sys.executable, "-c", "import runpy; print(runpy.run_path('django_app/gunicorn.conf.py')"
+                          "['forwarded_allow_ips'])"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "127.0.0.1", out.stderr

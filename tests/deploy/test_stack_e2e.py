@@ -149,7 +149,7 @@ def test_quick_stack_end_to_end(stack):
     from pipeline import config
 
     name = os.environ.get("XRAY_MODEL_NAME") or config.load_params()["registry"]["model_name"]
-    champion = MlflowClient(tracking_uri=mlflow_uri).get_model_version_by_alias(name, "champion")
+    champion = MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri).get_model_version_by_alias(name, "champion")
 
     # the web site serves that version
     deadline = time.time() + 120  # `up` waits for the model too; allow a slow worker a little more
@@ -173,7 +173,7 @@ def test_quick_stack_end_to_end(stack):
     assert {p.name: p.read_text().strip() for p in (root / ".local/pids").glob("*.pid")} == pids
     text = read_log(stack).split("===== second up")[-1]
     assert "already succeeded" in text and "triggered" not in text, text
-    assert MlflowClient(tracking_uri=mlflow_uri).get_model_version_by_alias(name, "champion").version == \
+    assert MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri).get_model_version_by_alias(name, "champion").version == \
         champion.version
     print(f"second `up` took {seconds2:.0f}s")
 

@@ -117,3 +117,53 @@ def test_dicom_path_stores_12_bit_cr_and_decodes_to_the_same_picture(xray, stren
     # bone stays bright whichever way the file stores it: the decoder inverts MONOCHROME1
     corr = np.corrcoef(decoded(data).ravel(), xray.ravel())[0, 1]
     assert corr > 0.99
+
+
+def test_equalize_flattens_the_histogram_more_when_strong(xray):
+    def spread(a):  # distance of the grey-level CDF from a straight line (0 = perfectly flat histogram)
+        cdf = np.cumsum(np.bincount(a.astype(np.uint8).ravel(), minlength=256)) / a.size
+        return float(np.abs(cdf - np.linspace(0, 1, 256)).mean())
+
+    mild = spread(decoded(by_name("equalize:mild").apply(xray)))
+    strong = spread(decoded(by_name("equalize:strong").apply(xray)))
+    assert strong < mild < spread(xray.astype(np.float64))
+
+
+@pytest.mark.parametrize("strength,factor", [("mild", 0.08), ("strong", 0.16)])
+def test_zoom_changes_the_field_of_view_by_the_stated_factor(xray, strength, factor):
+    s = by_name(f"zoom:{strength}")
+    keys = [f"k{i}" for i in range(12)]
+    outs = [decoded(s.apply(xray, 0, k)) for k in keys]
+    assert all(o.shape == xray.shape for o in outs)
+    # zoom-out leaves uniform margins about factor/(1+factor)/2 of the side on each edge
+    margins = []
+    for o in outs:
+        row = o[o.shape[0] // 2]
+        edge = row[0]
+        margins.append(int(np.argmax(np.abs(row - edge) > 0)))
+    out_margins = [m for m in margins if m > 2]
+    assert out_margins, "no zoom-out drawn in 12 images"
+    expected = xray.shape[1] * (1 - 1 / (1 + factor)) / 2
+    assert abs(np.median(out_margins) - expected) <= 2
+
+
+@pytest.mark.parametrize("strength,fraction", [("mild", 0.12), ("strong", 0.3)])
+def test_border_adds_black_bars_of_the_stated_width(xray, strength, fraction):
+    out = decoded(by_name(f"border:{strength}").apply(xray, 0, "img"))
+    grown = (out.shape[0] - xray.shape[0]) + (out.shape[1] - xray.shape[1])
+    assert grown == 2 * round(xray.shape[0] * fraction / 2)
+    if out.shape[1] > xray.shape[1]:
+        assert out[:, :grown // 2].max() == 0
+    else:
+        assert out[:grown // 2].max() == 0
+
+
+@pytest.mark.parametrize("strength,degrees", [("mild", 5.0), ("strong", 10.0)])
+def test_rotate_turns_the_picture_by_the_stated_angle(xray, strength, degrees):
+    out = decoded(by_name(f"rotate:{strength}").apply(xray, 0, "img"))
+    img = Image.fromarray(xray)
+    fill = int(np.median(np.concatenate([xray[0], xray[-1], xray[:, 0], xray[:, -1]])))
+    candidates = {sign: np.asarray(img.rotate(sign * degrees, Image.BILINEAR, fillcolor=fill), np.float64)
+                  for sign in (-1, 1)}
+    assert min(np.abs(out - c).mean() for c in candidates.values()) < 0.5
+    assert np.abs(out - xray).mean() > 3

@@ -32,7 +32,8 @@ def write(path, payload: bytes):
 @pytest.fixture
 def params(tmp_path, monkeypatch):
     monkeypatch.setenv("XRAY_CACHE_DIR", str(tmp_path / "cache"))
-    return config.apply_overrides(config.load_params(), {"preprocess.image_size": 32, "data.min_side": 32})
+    return config.apply_overrides(config.load_params(), {"preprocess.image_size": 32, "data.min_side": 32,
+                                                         "data.min_images_per_class": 1})
 
 
 def test_patient_ids_from_kermany_names():
@@ -40,7 +41,7 @@ def test_patient_ids_from_kermany_names():
     assert data.patient_id("person1000_virus_1681.jpeg") == "PERSON1000"
     assert data.patient_id("IM-0115-0001.jpeg") == "IM-0115"
     assert data.patient_id("NORMAL2-IM-0115-0002.jpeg") == "NORMAL2-IM-0115"
-    assert data.patient_id("scan_42.png") == "scan_42"
+    assert data.patient_id("scan_42.png") is None  # no pattern: no id (never the file name)
 
 
 def test_discover_case_insensitive_with_and_without_splits(tmp_path):
@@ -75,7 +76,7 @@ def test_validation_reports_and_excludes_every_bad_file(tmp_path, params):
         write(root / "PNEUMONIA" / "trunc.png", noisy_png()[:3000]): "corrupt or truncated",
         write(root / "PNEUMONIA" / "tiny.png", png(7, (10, 10))): "too small",
     }
-    write(root / "PNEUMONIA" / "copy.png", good[-1].read_bytes())  # exact duplicate
+    write(root / "PNEUMONIA" / "person3_virus_3_copy.png", good[-1].read_bytes())  # exact duplicate
     params = config.apply_overrides(params, {"data.max_rejected_fraction": 0.5})
     usable, report = data.validate(data.discover(root), params, root=root)
     # the duplicate pair keeps exactly one member: usable content is exactly the good files
@@ -86,7 +87,7 @@ def test_validation_reports_and_excludes_every_bad_file(tmp_path, params):
         assert expected in reasons[str(path)]
     assert len(report.duplicates) == 1
     assert {report.duplicates[0]["path"], report.duplicates[0]["same_as"]} == {
-        str(root / "PNEUMONIA" / "copy.png"), str(good[-1])}
+        str(root / "PNEUMONIA" / "person3_virus_3_copy.png"), str(good[-1])}
     assert report.counts == {"NORMAL": 4, "PNEUMONIA": 4} and report.checked == 13
     report.save(tmp_path / "report.json")
     assert "too small" in (tmp_path / "report.json").read_text()
@@ -96,7 +97,7 @@ def test_too_many_rejected_and_empty_class_fail_clearly(tmp_path, params):
     root = tmp_path / "ds"
     write(root / "NORMAL" / "IM-0001-0001.png", png(1))
     write(root / "PNEUMONIA" / "person1_virus_1.png", b"garbage" * 50)
-    with pytest.raises(DatasetError, match="no usable image of class PNEUMONIA"):
+    with pytest.raises(DatasetError, match=r"too few usable images of class PNEUMONIA \(0\)"):
         data.validate(data.discover(root), params, root=root)
     write(root / "PNEUMONIA" / "person2_virus_2.png", png(3))
     with pytest.raises(DatasetError, match="max_rejected_fraction"):
@@ -142,6 +143,25 @@ def test_large_provided_val_folder_is_honoured(tmp_path, params):
     assert sorted(s.path.name for s in big.val) == sorted(s.path.name for s in samples if s.split_hint == "val")
 
 
+def test_provided_test_folder_is_the_external_set_and_held_out_is_still_carved(tmp_path, params):
+    root = tmp_path / "ds"
+    for i in range(30):
+        write(root / "train" / "NORMAL" / f"IM-{i:04d}-0001.png", png(i))
+        write(root / "train" / "PNEUMONIA" / f"person{i}_virus_1.png", png(100 + i))
+    for i in range(4):
+        write(root / "test" / "NORMAL" / f"IM-{900 + i}-0001.png", png(200 + i))
+        write(root / "test" / "PNEUMONIA" / f"person{900 + i}_virus_1.png", png(210 + i))
+    samples = data.discover(root)
+    splits = data.split(samples, config.apply_overrides(params, {"data.min_provided_split": 8}))
+    provided = sorted(s.path.name for s in samples if s.split_hint == "test")
+    assert sorted(s.path.name for s in splits.external) == provided
+    assert splits.test and not any(s.split_hint == "test" for s in splits.test)   # carved from train/ patients
+    assert "external" in splits.counts() and sum(splits.counts()["external"].values()) == 8
+    # too small to be an external set: pooled like any other image
+    pooled = data.split(samples, config.apply_overrides(params, {"data.min_provided_split": 9}))
+    assert not pooled.external and "external" not in pooled.counts()
+
+
 def test_cache_reuses_and_invalidates_exactly_the_changed_entries(tmp_path):
     root = tmp_path / "imgs"
     paths = [write(root / f"{i}.png", png(10 * i)) for i in range(5)]
@@ -177,3 +197,74 @@ def test_cache_survives_a_partial_row_from_a_crash(tmp_path):
     digests, index = cache.lookup(paths)
     assert index[digests[1]] == 1
     assert cache.arrays([1]).shape == (1, 32, 32)
+
+
+def test_a_class_under_the_minimum_fails(tmp_path, params):
+    root = tmp_path / "ds"
+    for i in range(5):
+        write(root / "NORMAL" / f"IM-{i:04d}-0001.png", png(i))
+    for i in range(2):
+        write(root / "PNEUMONIA" / f"person{i}_virus_1.png", png(100 + i))
+    samples = data.discover(root)
+    with pytest.raises(DatasetError, match=r"too few usable images of class PNEUMONIA \(2\).*is 3"):
+        data.validate(samples, config.apply_overrides(params, {"data.min_images_per_class": 3}), root=root)
+    usable, _ = data.validate(samples, config.apply_overrides(params, {"data.min_images_per_class": 2}), root=root)
+    assert len(usable) == 7
+
+
+def test_same_file_under_both_labels_is_reported_and_dropped(tmp_path, params):
+    root = tmp_path / "ds"
+    for i in range(3):
+        write(root / "NORMAL" / f"IM-{i:04d}-0001.png", png(i))
+        write(root / "PNEUMONIA" / f"person{i}_virus_1.png", png(100 + i))
+    both = png(200)
+    write(root / "NORMAL" / "IM-0900-0001.png", both)
+    write(root / "PNEUMONIA" / "person900_bacteria_1.png", both)
+    usable, report = data.validate(data.discover(root), params, root=root)
+    assert {c["path"] for c in report.conflicts} == {str(root / "NORMAL" / "IM-0900-0001.png"),
+                                                    str(root / "PNEUMONIA" / "person900_bacteria_1.png")}
+    assert all(c["labels"] == ["NORMAL", "PNEUMONIA"] for c in report.conflicts)
+    assert both not in {s.path.read_bytes() for s in usable} and len(usable) == 6
+    assert "same file under both labels dropped 2" in report.summary()
+
+
+def test_images_without_patient_id_are_counted_and_fail_by_default(tmp_path, params):
+    root = tmp_path / "ds"
+    for i in range(3):
+        write(root / "NORMAL" / f"IM-{i:04d}-0001.png", png(i))
+        write(root / "PNEUMONIA" / f"person{i}_virus_1.png", png(100 + i))
+    write(root / "NORMAL" / "1.2.840.113619.2.55.png", png(50))   # a PACS-style name
+    write(root / "PNEUMONIA" / "1.2.840.113619.2.55.png", png(150))  # same name, other file
+    samples = data.discover(root)
+    unknown = [s for s in samples if not s.patient_known]
+    # never the file name: two same-named files are two separate groups
+    assert len(unknown) == 2 and len({s.patient for s in unknown}) == 2
+    with pytest.raises(DatasetError, match="2 of 8 usable images have no patient id"):
+        data.validate(samples, params, root=root)
+    _, report = data.validate(samples, config.apply_overrides(params, {"data.max_unknown_patient_fraction": 0.5}),
+                              root=root)
+    assert report.no_patient_id == 2 and "without a patient id 2" in report.summary()
+    # patients.csv names them: both films are one patient, so the split keeps them together
+    (root / "patients.csv").write_text("file,patient\nNORMAL/1.2.840.113619.2.55.png,P77\n"
+                                       "PNEUMONIA/1.2.840.113619.2.55.png,P77\n")
+    listed = data.discover(root)
+    assert all(s.patient_known for s in listed)
+    assert {s.patient for s in listed if s.path.name.startswith("1.2.")} == {"P77"}
+    _, report = data.validate(listed, params, root=root)
+    assert report.no_patient_id == 0
+
+
+def test_dicom_patient_id_groups_films(tmp_path, params):
+    from tests.pipeline import dicom_samples
+
+    root = tmp_path / "ds"
+    for i in range(3):
+        write(root / "NORMAL" / f"IM-{i:04d}-0001.png", png(i))
+        write(root / "PNEUMONIA" / f"person{i}_virus_1.png", png(100 + i))
+    pixels = (dicom_samples.picture(96) * 4000).astype(np.uint16)
+    write(root / "PNEUMONIA" / "img_a.dcm", dicom_samples.encode("explicit", pixels))
+    write(root / "PNEUMONIA" / "img_b.dcm", dicom_samples.encode("rle", pixels[::-1].copy()))
+    found = {s.path.name: s for s in data.discover(root)}
+    assert found["img_a.dcm"].patient == found["img_b.dcm"].patient == "DICOM:P-0001"
+    usable, report = data.validate(list(found.values()), params, root=root)
+    assert report.no_patient_id == 0 and len(usable) == 8

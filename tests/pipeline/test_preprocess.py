@@ -20,7 +20,7 @@ def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
 def gradient(mode: str, size=(300, 200)) -> Image.Image:
     x = np.linspace(0, 1, size[0])[None, :].repeat(size[1], 0)
     if mode == "I;16":
-        return Image.fromarray((x * 4000 + 100).astype(np.uint16))  # 12-bit detector range
+        return Image.fromarray((x * 65535).astype(np.uint16))
     base = Image.fromarray((x * 255).astype(np.uint8), "L")
     if mode == "L":
         return base
@@ -40,12 +40,16 @@ def test_every_mode_becomes_the_same_grayscale_input(mode, fmt):
 
 def test_rgba_alpha_is_composited_on_black():
     img = Image.new("RGBA", (100, 100), (255, 255, 255, 0))
-    assert preprocess.load_array(encode(img), 32).max() == 0
+    img.paste((255, 255, 255, 255), (50, 0, 100, 100))  # right half opaque white
+    arr = preprocess.load_array(encode(img), 32)
+    assert arr[:, :14].max() == 0 and arr[:, -14:].min() == 255
 
 
-def test_sixteen_bit_uses_full_range():
-    arr = preprocess.load_array(encode(gradient("I;16")), 64)
-    assert arr.min() <= 2 and arr.max() >= 253
+def test_sixteen_bit_scaled_by_declared_depth_not_min_max():
+    """A 12-bit detector range stored in a 16-bit PNG stays dark: the PNG declares 16 bits."""
+    x = np.linspace(0, 1, 300)[None, :].repeat(200, 0)
+    arr = np.asarray(preprocess.load_image(encode(Image.fromarray((x * 4000 + 100).astype(np.uint16)))))
+    assert arr.min() == round(100 / 257) and arr.max() == round(4100 / 257)
 
 
 def test_preprocess_gives_normalised_tensor(shared_datasets):
@@ -115,8 +119,9 @@ def test_huge_file_rejected_without_reading(tmp_path):
 def test_too_small_and_blank_images():
     with pytest.raises(InvalidImage, match="too small"):
         preprocess.load_image(encode(Image.new("L", (20, 20))))
-    with pytest.raises(InvalidImage, match="blank"):
-        preprocess.load_image(encode(Image.new("I;16", (100, 100))))
+    for blank in (Image.new("I;16", (100, 100)), Image.new("L", (100, 100), 128)):
+        with pytest.raises(InvalidImage, match="blank"):
+            preprocess.load_image(encode(blank))
 
 
 def test_unsupported_format():
@@ -158,7 +163,7 @@ def test_dicom_without_preamble_is_read(tmp_path):
     pixels = (np.linspace(0, 1, 96)[None, :].repeat(96, 0) * 1000).astype(np.uint16)
     ds.Rows, ds.Columns = pixels.shape
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 16, 16, 15, 0
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 16, 10, 9, 0
     ds.PixelData = pixels.tobytes()
     path = tmp_path / "old.dcm"
     ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=False)  # no preamble: an old file

@@ -119,10 +119,18 @@ def test_cli_help_and_train(small_dataset, tmp_path):
     out = tmp_path / "run"
     run = subprocess.run([sys.executable, "-m", "pipeline", "train", "--data", str(small_dataset), "--out", str(out),
                           "--no-progress", "--set", "preprocess.image_size=64", "--set", "train.epochs=1",
-                          "--set", "data.subset_per_class=30"], capture_output=True, text=True)
+                          "--set", "data.subset_per_class=30", "--set", "data.min_images_per_class=10"],
+                         capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     ev = subprocess.run([sys.executable, "-m", "pipeline", "evaluate", "--model", str(out / "model.pt"),
-                         "--data", str(small_dataset), "--set", "data.subset_per_class=30"],
+                         "--data", str(small_dataset), "--set", "data.subset_per_class=30",
+                         "--set", "data.min_images_per_class=10", "--out", str(tmp_path / "ev" / "metrics.json")],
                         capture_output=True, text=True)
     assert ev.returncode == 0, ev.stderr[-2000:]
-    assert json.loads(ev.stdout)["auc"] == pytest.approx(json.loads((out / "metrics.json").read_text())["auc"], abs=1e-6)
+    trained = json.loads((out / "metrics.json").read_text())
+    evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert evaluated["auc"] == pytest.approx(trained["auc"], abs=1e-6)
+    # the same stress set (cached, seeded) scores the same: held-out and every shift, printed as a table
+    assert evaluated["stress_mean_auc"] == pytest.approx(trained["stress_mean_auc"], abs=1e-6)
+    assert f"held-out ({trained['n']} images): AUC {trained['auc']:.4f}" in ev.stdout
+    assert "gamma:strong" in ev.stdout and "dicom:mild" in ev.stdout and "worst" in ev.stdout

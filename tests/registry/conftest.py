@@ -77,7 +77,7 @@ class ServerProcess:
         self.proc = subprocess.Popen([str(SCRIPT)], env=env, stdout=open(self.log, "w"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
-    def wait(self, timeout: float = 120) -> "ServerProcess":
+    def wait(self, timeout: float = float(os.environ.get("XRAY_TEST_SERVER_TIMEOUT", 120))) -> "ServerProcess":
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -142,7 +142,8 @@ def loose_params(tiny_params) -> dict:
     tests about comparisons must not depend on that."""
     from pipeline import config
 
-    return config.apply_overrides(tiny_params, {"promotion.floors": {}})
+    return config.apply_overrides(tiny_params, {"promotion.floors": {}, "promotion.stress_floors": {},
+                                                "promotion.external_floors": {}})
 
 
 @pytest.fixture(scope="session")

@@ -10,17 +10,29 @@ from pipeline import config
 from pipeline.registry import decide
 
 GOOD = {"auc": 0.95, "accuracy": 0.9, "sensitivity": 0.96, "specificity": 0.8, "precision": 0.9, "f1": 0.93,
-        "threshold": 0.4}
+        "threshold": 0.4, "stress_worst_auc": 0.9, "stress_worst_sensitivity": 0.85,
+        "stress_worst_specificity": 0.7, "stress_mean_auc": 0.93}
 
 
-def scores(challenger: dict, champion: dict | None = None, ch_v: int = 2, champ_v: int = 1) -> dict:
-    return {"n_test": 500, "challenger": {"version": ch_v, "metrics": challenger},
-            "champion": None if champion is None else {"version": champ_v, "metrics": champion}}
+def interval(delta: float, half: float = 0.004) -> dict:
+    return {"delta": delta, "low": delta - half, "high": delta + half}
+
+
+def scores(challenger: dict, champion: dict | None = None, ch_v: int = 2, champ_v: int = 1,
+           test: dict | None = None, stress: dict | None = None, external: dict | None = None) -> dict:
+    comparison = None
+    if champion is not None:
+        comparison = {"test": test or interval(0.0), "stress": stress or interval(0.001)}
+        if external:
+            comparison["external"] = external
+    return {"n_test": 500, "n_stress": 200, "challenger": {"version": ch_v, "metrics": challenger},
+            "champion": None if champion is None else {"version": champ_v, "metrics": champion},
+            "comparison": comparison}
 
 
 @pytest.fixture
 def params():
-    return config.load_params()   # the real policy: auc primary, +0.002, floors auc .90 sens .90 spec .60
+    return config.load_params()   # the real policy: floors, worst-shift floors, margin 0.01
 
 
 def test_first_model_passing_floors_becomes_champion(params):
@@ -44,23 +56,52 @@ def test_floor_blocks_promotion_even_without_champion(params, metric, value):
     assert d["floors_failed"] and d["floors_failed"][0].startswith(metric)
 
 
-def test_floor_blocks_a_better_challenger(params):
-    d = decide(scores({**GOOD, "auc": 0.99, "sensitivity": 0.85}, {**GOOD, "auc": 0.91}), params)
-    assert d["promote"] is False and "sensitivity 0.8500 < floor 0.9000" in d["reason"]
+def test_worst_shift_floor_blocks_a_model_good_in_distribution(params):
+    d = decide(scores({**GOOD, "auc": 0.999, "stress_worst_sensitivity": 0.6}), params)
+    assert d["promote"] is False and "worst-shift sensitivity 0.6000 < floor 0.7500" in d["reason"]
 
 
-def test_min_improvement_boundary(params):
-    champ = {**GOOD, "auc": 0.930}
-    assert decide(scores({**GOOD, "auc": 0.932}, champ), params)["promote"] is True     # exactly +0.002
-    d = decide(scores({**GOOD, "auc": 0.9315}, champ), params)
-    assert d["promote"] is False and "min_improvement" in d["reason"]
-    assert d["champion_score"] == 0.930 and d["challenger_score"] == 0.9315
+def test_external_floors_apply_only_when_an_external_set_was_scored(params):
+    assert decide(scores(GOOD), params)["promote"] is True
+    d = decide(scores({**GOOD, "external_auc": 0.97, "external_sensitivity": 0.97, "external_specificity": 0.55}),
+               params)
+    assert d["promote"] is False and "external specificity 0.5500 < floor 0.6000" in d["reason"]
 
 
-def test_worse_challenger_rejected_with_both_scores_in_reason(params):
-    d = decide(scores({**GOOD, "auc": 0.91}, {**GOOD, "auc": 0.95}), params)
-    assert d["promote"] is False
-    assert "0.9100" in d["reason"] and "0.9500" in d["reason"] and "v1" in d["reason"] and "v2" in d["reason"]
+def test_better_in_distribution_but_worse_under_shift_is_rejected(params):
+    d = decide(scores(GOOD, GOOD, test=interval(0.006, 0.003), stress=interval(-0.02, 0.006)), params)
+    assert d["promote"] is False and "significantly worse under shift" in d["reason"]
+    assert "held-out +0.0060 [+0.0030, +0.0090]" in d["reason"] and "v1" in d["reason"] and "v2" in d["reason"]
+
+
+def test_not_shown_non_inferior_is_rejected(params):
+    # point estimate slightly positive but the interval reaches below -margin (0.01): too uncertain
+    d = decide(scores(GOOD, GOOD, test=interval(0.001, 0.015)), params)
+    assert d["promote"] is False and "not shown non-inferior" in d["reason"] and "held-out" in d["reason"]
+
+
+def test_margin_boundary(params):
+    ok = decide(scores(GOOD, GOOD, test={"delta": 0.0, "low": -0.0099, "high": 0.01}), params)
+    assert ok["promote"] is True and "non-inferior everywhere" in ok["reason"]
+    params["promotion"]["non_inferiority_margin"] = 0.005
+    assert decide(scores(GOOD, GOOD, test={"delta": 0.0, "low": -0.0099, "high": 0.01}), params)["promote"] is False
+
+
+def test_no_gain_under_shift_is_not_promoted(params):
+    d = decide(scores(GOOD, GOOD, stress=interval(-0.001, 0.003)), params)
+    assert d["promote"] is False and "no gain under shift" in d["reason"]
+
+
+def test_external_comparison_counts_when_present(params):
+    d = decide(scores(GOOD, GOOD, external=interval(-0.03, 0.01)), params)
+    assert d["promote"] is False and "significantly worse external" in d["reason"]
+
+
+def test_missing_comparison_never_promotes(params):
+    s = scores(GOOD, GOOD)
+    s["comparison"] = None
+    d = decide(s, params)
+    assert d["promote"] is False and "no paired comparison" in d["reason"]
 
 
 def test_champion_under_floor_on_todays_data_is_replaced(params):
@@ -68,12 +109,6 @@ def test_champion_under_floor_on_todays_data_is_replaced(params):
     # floors replaces it even though its AUC is not higher
     d = decide(scores({**GOOD, "auc": 0.94}, {**GOOD, "auc": 0.95, "specificity": 0.55}), params)
     assert d["promote"] is True and "under the floors" in d["reason"]
-
-
-def test_primary_metric_is_configurable(params):
-    params["promotion"]["primary_metric"] = "f1"
-    d = decide(scores({**GOOD, "auc": 0.90, "f1": 0.95}, {**GOOD, "auc": 0.99, "f1": 0.90}), params)
-    assert d["promote"] is True and d["primary_metric"] == "f1"
 
 
 def test_undefined_metric_counts_as_failing_floor(params):

@@ -33,7 +33,7 @@ def test_pyfunc_by_alias_predicts_like_predictor(mlflow_server, trained, reg_par
     expected = [reference.predict(b) for b in xray_bytes]
 
     out = model.predict(pd.DataFrame({"image": xray_bytes}))
-    assert list(out.columns) == ["probability", "label", "threshold", "error"]
+    assert list(out.columns) == ["probability", "label", "threshold", "error", "warning", "gate_score"]
     assert list(out["label"]) == [e.label for e in expected]
     assert [float(p) for p in out["probability"]] == pytest.approx([e.probability for e in expected], abs=1e-6)
     assert list(out["threshold"]) == pytest.approx([reference.threshold] * len(xray_bytes))
@@ -54,7 +54,8 @@ def test_pyfunc_by_alias_predicts_like_predictor(mlflow_server, trained, reg_par
     assert (local / "artifacts" / "model.pt").exists()
     info = mlflow.models.get_model_info(f"models:/{name}/{trained['version']}")
     assert info.signature.inputs.to_dict() == [{"type": "binary", "name": "image", "required": True}]
-    assert {c["name"] for c in info.signature.outputs.to_dict()} == {"probability", "label", "threshold", "error"}
+    assert {c["name"] for c in info.signature.outputs.to_dict()} == {"probability", "label", "threshold", "error",
+                                                                      "warning", "gate_score"}
     assert (local / "serving_input_example.json").exists()
 
 

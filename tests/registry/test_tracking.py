@@ -36,7 +36,7 @@ def test_run_is_logged_with_everything(mlflow_server, trained, reg_params, small
     flat = config.flatten(reg_params)
     assert set(flat) <= set(run.data.params)
     assert run.data.params["preprocess.image_size"] == "64" and run.data.params["train.epochs"] == "1"
-    assert run.data.params["promotion.primary_metric"] == "auc"
+    assert run.data.params["promotion.non_inferiority_margin"] == "0.01"
 
     # per-epoch curves and the final held-out metrics
     for key in ("train_loss", "val_loss", "val_auc", "lr", "images_per_s"):
@@ -75,7 +75,14 @@ def test_run_is_logged_with_everything(mlflow_server, trained, reg_params, small
     files = set(_artifacts(client, run.info.run_id))
     assert {"plots/roc.png", "plots/precision_recall.png", "plots/confusion_matrix.png",
             "plots/training_curves.png", "reports/validation_report.json", "reports/metrics.json",
-            "reports/history.json", "reports/split.json", "system.json", "params.yaml"} <= files
+            "reports/history.json", "reports/split.json", "system.json", "params.yaml",
+            "plots/reliability.png", "plots/stress.png", "plots/threshold_tradeoff.png",
+            "reports/operating_point.json", "stress/per_shift.json"} <= files
+    # the stress evaluation: per-shift figures and the worst case, as metrics
+    for key in ("stress_mean_auc", "stress_worst_auc", "stress_worst_sensitivity", "test_ece", "val_ece",
+                "stress.gamma.strong.auc", "stress.dicom.mild.sensitivity", "stress.png16.strong.specificity"):
+        assert key in run.data.metrics, key
+    assert run.data.metrics["stress_worst_auc"] <= run.data.metrics["stress_mean_auc"]
     local = Path(client.download_artifacts(run.info.run_id, "plots/roc.png"))
     assert local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -85,6 +92,10 @@ def test_run_is_logged_with_everything(mlflow_server, trained, reg_params, small
     assert mv.run_id == run.info.run_id and mv.status == "READY"
     assert client.get_model_version_by_alias(name, "challenger").version == str(trained["version"])
     assert mv.tags["data.version"] == "0123456789abcdef0123" and mv.tags["test.auc"]
+    # its model card: population, intended use, figures in distribution and under stress, threshold, limits
+    for words in ("paediatric", "Intended use", "| AUC |", "worst shift", "**Threshold.**", "**Calibration.**",
+                  "Known limits", f"version {trained['version']}"):
+        assert words in mv.description, words
     json.dumps(trained)   # XCom: plain JSON
 
 

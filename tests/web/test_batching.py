@@ -67,3 +67,65 @@ def test_a_closed_runner_still_answers_late_requests(predictor):
     before = runner.probability(image)
     runner.close()
     assert runner.probability(image, timeout=30) == pytest.approx(before, abs=1e-6)
+
+
+def test_a_request_racing_close_is_not_lost(predictor):
+    """Issue 11 item 11: a request that saw the runner open, then lost the CPU while close() and
+    the drain ran, used to be queued behind an exited thread and time out."""
+    import time
+
+    from diagnosis.batching import ModelRunner
+
+    class SlowSubmit(ModelRunner):  # the delay the issue injected, between "open?" and "queue it"
+        def _ensure_thread(self):
+            super()._ensure_thread()
+            if threading.current_thread().name == "late-request":
+                time.sleep(0.5)
+
+    runner = SlowSubmit(predictor)
+    image = _images(1, predictor.image_size)[0]
+    expected = runner.probability(image)            # the inference thread is running
+    answer = []
+    late = threading.Thread(target=lambda: answer.append(runner.probability(image, timeout=10)),
+                            name="late-request")
+    late.start()
+    time.sleep(0.1)
+    runner.close()                                  # the model is swapped out meanwhile
+    late.join(20)
+    assert answer and answer[0] == pytest.approx(expected, abs=1e-6)
+
+
+def test_drain_and_late_inline_callers_never_run_the_model_at_once(predictor):
+    """Issue 11 item 11: after close(), the draining thread and inline callers take turns."""
+    import time
+
+    from diagnosis.batching import ModelRunner
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner, self.active, self.most, self.lock = inner, 0, 0, threading.Lock()
+            self.model = inner.model   # the gate's feature hook sits on the network
+
+        def probabilities(self, arrays):
+            with self.lock:
+                self.active += 1
+                self.most = max(self.most, self.active)
+            time.sleep(0.02)
+            try:
+                return self.inner.probabilities(arrays)
+            finally:
+                with self.lock:
+                    self.active -= 1
+
+    counting = Counting(predictor)
+    runner = ModelRunner(counting, max_batch=1)
+    images = _images(12, predictor.image_size)
+    queued = [runner._submit(("prob", img)) for img in images]   # a backlog for the drain
+    runner.close()
+    late = [threading.Thread(target=runner.probability, args=(img,)) for img in images[:4]]
+    for t in late:
+        t.start()
+    for t in late:
+        t.join(30)
+    assert all(0 <= f.result(30)[0] <= 1 for f in queued)   # (probability, gate features)
+    assert counting.most == 1

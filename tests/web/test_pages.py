@@ -190,6 +190,8 @@ def test_history_is_own_newest_first_and_paginated(doctor_client, doctor, other_
 
     upload(doctor_client, xray_jpeg, "mine.jpeg")
     mine = Diagnosis.objects.get()
+    assert mine.original_name == "upload.jpg"   # file names are not kept (issue 11 item 15) ...
+    Diagnosis.objects.filter(pk=mine.pk).update(original_name="mine.jpeg")  # ... labels to check the order
     # more results than one page, with distinct times, by cloning the row (no need to run the model 14 times)
     now = timezone.now()
     for i in range(13):
@@ -548,10 +550,31 @@ def test_admin_for_staff_only(client, doctor_client, champion, xray_jpeg):
     admin.force_login(user)
     for path in ("/admin/", "/admin/diagnosis/diagnosis/", "/admin/diagnosis/apitoken/", "/admin/auth/user/"):
         assert admin.get(path).status_code == 200, path
-    assert b"chest.jpeg" in admin.get("/admin/diagnosis/diagnosis/").content
+    assert b"upload.jpg" in admin.get("/admin/diagnosis/diagnosis/").content  # no patient file names (issue 11)
     from diagnosis.models import Diagnosis
 
     d = Diagnosis.objects.get()
     page = admin.get(f"/admin/diagnosis/diagnosis/{d.pk}/change/")
     assert page.status_code == 200 and d.image.name.encode() in page.content
     assert admin.post(f"/admin/diagnosis/diagnosis/{d.pk}/change/", {"label": "NORMAL"}).status_code == 403
+
+
+def test_model_card_for_staff_from_the_result_page(client, doctor_client, champion, registry, xray_jpeg):
+    from django.test import Client
+    from mlflow import MlflowClient
+
+    MlflowClient(registry["uri"]).update_model_version(
+        registry["name"], registry["v1"], description="## Card v1\n\n| figure | held-out |\n|---|---|\n| AUC | 0.991 |\n\n<script>x</script>")
+    r = upload(doctor_client, xray_jpeg)
+    doctor_page = doctor_client.get(r["Location"]).content.decode()
+    assert "model-card-link" not in doctor_page                      # doctors: no link...
+    assert doctor_client.get(f"/models/{registry['v1']}/card").status_code == 404   # ...and no page
+    staff = Client()
+    staff.force_login(make_user("qa_lead", staff=True))
+    own = upload(staff, xray_jpeg)
+    assert f'href="/models/{registry["v1"]}/card"' in staff.get(own["Location"]).content.decode()
+    page = staff.get(f"/models/{registry['v1']}/card")
+    html = page.content.decode()
+    assert page.status_code == 200 and "<table>" in html and "<td>0.991</td>" in html
+    assert "<script>x</script>" not in html                           # Markdown rendered without raw HTML
+    assert staff.get("/models/999/card").status_code == 404

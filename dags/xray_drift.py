@@ -1,0 +1,91 @@
+"""The daily input-drift DAG: were yesterday's requests still like the champion's training X-rays?
+
+One task. It reads the site's records of the window (answers with their gate score, refusals with
+their reason; never an image) from the site's database (DATABASE_URL, as the site itself), the
+champion's reference from the registry (stored in its checkpoint by training, pipeline.gate),
+computes pipeline.drift's report, logs it to MLflow (experiment `<registry.experiment>-drift`)
+and notifies (dags/xray_notify.py) when a limit of params.yaml `drift:` is crossed.
+Nothing heavy is imported when this file is parsed.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, task
+
+DAG_ID = "xray_drift"
+REPO = Path(__file__).resolve().parent.parent
+for _path in (str(REPO), str(Path(__file__).resolve().parent)):
+    if _path not in sys.path:
+        sys.path.append(_path)
+
+from xray_notify import XrayNotifier  # noqa: E402
+
+
+def site_records(since, until) -> list[dict]:
+    """The site's records in [since, until), through its own models (django_app/diagnosis)."""
+    django_dir = str(REPO / "django_app")
+    if django_dir not in sys.path:
+        sys.path.insert(0, django_dir)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xray_site.settings")
+    import django
+
+    django.setup()
+    from diagnosis import monitoring
+
+    return monitoring.records(since, until)
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule="@daily",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["ml", "chest-xray", "monitoring"],
+    default_args={"owner": "ml-platform", "on_failure_callback": XrayNotifier("failure")},
+    params={"hours": Param(24, type="number", minimum=1, description="length of the window, ending now")},
+)
+def xray_drift():
+    @task(retries=2, retry_delay=timedelta(seconds=30))
+    def drift_report() -> dict:
+        import json
+
+        import mlflow
+
+        import xray_notify
+        from pipeline import config, drift, registry
+
+        params = config.load_params(os.environ.get("XRAY_PARAMS") or None)
+        until = pendulum.now("UTC")
+        since = until - timedelta(hours=float(get_current_context()["params"].get("hours", 24)))
+        records = site_records(since, until)
+        try:
+            predictor, mv = registry.load_champion(config.model_name(params))
+            reference, version = (predictor.gate.state or {}).get("reference"), str(mv.version)
+        except registry.NoChampion:
+            reference, version = None, "none"
+        rep = drift.report(records, reference, params.get("drift"))
+        mlflow.set_tracking_uri(config.tracking_uri())
+        run_id = drift.log_to_mlflow(rep, f"{params['registry']['experiment']}-drift",
+                                     run_name=f"drift-{until:%Y-%m-%d}",
+                                     tags={"champion_version": version, "window_start": since.isoformat(),
+                                           "window_end": until.isoformat()})
+        print(rep.summary())
+        out = {**rep.to_dict(), "run_id": run_id, "champion_version": version}
+        if rep.drifted:
+            out["notified"] = xray_notify.send(
+                f"[chest-xray] input drift: {len(rep.alerts)} alert(s) for champion v{version}",
+                rep.summary() + f"\nMLflow: {xray_notify.run_link(run_id)}",
+                {"event": "drift", **json.loads(json.dumps(out, default=str))})
+        return json.loads(json.dumps(out, default=str))
+
+    drift_report()
+
+
+xray_drift()

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Build the platform's three images (targets mlflow, airflow, web of the one Dockerfile) with
+# BuildKit, tagged as docker-compose.yaml names them. Layers are cached: after a code change only
+# the COPY of the code and what follows it are rebuilt.
+#   PYTHON_IMAGE     base image (default python:3.11-slim-bookworm; scripts/docker_bases.sh makes
+#                    xray-local/python:3.11-bookworm where no registry is reachable)
+#   TORCH_INDEX_URL  where torch comes from (default the official CPU index)
+#   XRAY_IMAGE_PREFIX (xray-platform)  XRAY_IMAGE_TAG (latest)
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$REPO/scripts/docker_lib.sh"
+prefix="${XRAY_IMAGE_PREFIX:-xray-platform}" tag="${XRAY_IMAGE_TAG:-latest}"
+args=(--build-arg "PYTHON_IMAGE=${PYTHON_IMAGE:-python:3.11-slim-bookworm}"
+      --build-arg "TORCH_INDEX_URL=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}")
+cert="$(pip_cert)"
+[[ -n "$cert" && -f "$cert" ]] && args+=(--secret "id=pip_cert,src=$cert")
+for target in mlflow airflow web; do
+    t0=$SECONDS
+    $DOCKER build --progress "${BUILD_PROGRESS:-plain}" "${args[@]}" --target "$target" \
+        -t "$prefix-$target:$tag" "$REPO"
+    echo "stack_images: $prefix-$target:$tag built in $(( SECONDS - t0 ))s"
+done

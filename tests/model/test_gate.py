@@ -1,0 +1,155 @@
+"""The input gate (pipeline.gate): foreign inputs refused, real X-rays answered, the gate stored in
+the checkpoint by training, old checkpoints on cheap checks only, drift seen on a shifted stream."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from foreign_inputs import foreign, grey_photos, misoriented, xray_dicom
+from PIL import Image, ImageFilter
+
+from pipeline import data, drift, gate, preprocess
+from pipeline.predict import Predictor
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_checkpoint) -> Predictor:
+    return Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def fullres(shared_datasets) -> list:
+    return sorted((shared_datasets / "fullres_samples").glob("*/*.jpeg"))
+
+
+def _refusal(predictor, blob: bytes) -> str | None:
+    try:
+        predictor.predict(blob)
+    except gate.NotAChestXray as exc:
+        assert exc.reason.startswith(gate.PREFIX)
+        return exc.reason
+    return None
+
+
+def test_file_checks_refuse_without_a_model():
+    for name, (_, blob) in foreign().items():
+        if name in ("text page", "drawing"):  # grey graphics: caught on the model input (grey levels)
+            continue
+        with pytest.raises(gate.NotAChestXray):
+            gate.check_file(blob)
+
+
+def test_file_checks_pass_every_real_upload(fullres):
+    """The 80 full-resolution X-rays, 10 of them RGB-encoded, one 3.2:1: no cheap-check refusal."""
+    rgb = 0
+    for path in fullres:
+        blob = path.read_bytes()
+        assert gate.check_file(blob) == [], path.name
+        rgb += Image.open(io.BytesIO(blob)).mode == "RGB"
+    assert rgb == 10
+
+
+def test_training_stores_a_fitted_gate(tiny_checkpoint, predictor):
+    ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    state = ckpt["gate"]
+    assert state["max_distance"] > 0 and 0 < state["min_upright"] <= 0.5
+    assert len(state["mean"]) == 512 and len(state["orient_coef"]) == len(gate.ORIENTATIONS)
+    assert predictor.gate.learned and "feature distance" in predictor.gate.description
+
+
+@pytest.mark.parametrize("kind", ["foreign", "grey", "misoriented"])
+def test_every_foreign_class_refused(predictor, fullres, kind, monkeypatch):
+    from conftest import TINY
+
+    # the distance limit as fitted (production's margin 1.0), without the widening the session's
+    # 30-image validation set needs for real films (TINY gate.distance_margin)
+    monkeypatch.setattr(predictor.gate, "max_distance", predictor.gate.max_distance / TINY["gate.distance_margin"])
+    xray = Image.open(fullres[0])
+    samples = {"foreign": foreign, "grey": grey_photos, "misoriented": lambda: misoriented(xray)}[kind]()
+    for name, (_, blob) in samples.items():
+        assert _refusal(predictor, blob), f"{name} was answered"
+
+
+def test_real_xrays_answered_and_lateral_view_warned(predictor, fullres):
+    xray = Image.open(fullres[0])
+    ok = predictor.predict(xray_dicom(xray, "PA"))
+    assert ok.warning == "" and ok.gate_score is not None
+    lateral = predictor.predict(xray_dicom(xray, "LL"))
+    assert "lateral view" in lateral.warning
+    refused = [p.name for p in fullres if _refusal(predictor, p.read_bytes())]
+    rate = len(refused) / len(fullres)
+    print(f"\ntiny model (64 px, 1 epoch): {len(refused)}/{len(fullres)} full-resolution X-rays refused "
+          f"({rate:.1%}): {refused}")
+    # thresholds set on 13 validation images of a 1-epoch 64 px model cannot promise 1 %: this bounds
+    # the tiny model only; the figure on a real model comes from benchmarks/bench_gate.py (README)
+    assert rate <= 0.10
+
+
+def test_old_checkpoint_gets_cheap_checks_only(tiny_checkpoint, tmp_path, fullres):
+    ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    del ckpt["gate"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    old = Predictor.from_checkpoint(tmp_path / "old.pt", device="cpu")
+    assert not old.gate.learned and "cheap checks only" in old.gate.description
+    assert _refusal(old, foreign()["colour photo (flower)"][1])
+    assert _refusal(old, foreign()["CT DICOM"][1])
+    answer = old.predict(fullres[0].read_bytes())
+    assert answer.gate_score is None and answer.label in ("NORMAL", "PNEUMONIA")
+
+
+def test_refit_adds_the_gate_to_an_old_checkpoint(tiny_checkpoint, small_dataset, tmp_path):
+    ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    del ckpt["gate"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    metrics = gate.refit(tmp_path / "old.pt", small_dataset, tmp_path / "new.pt")
+    assert metrics["gate_val_false_refusal_rate"] <= 0.01 + 1e-9
+    assert Predictor.from_checkpoint(tmp_path / "new.pt", device="cpu").gate.learned
+
+
+def _shift(arr: np.ndarray) -> np.ndarray:
+    """Another device: blurred, low contrast and brighter, on the model's input."""
+    img = Image.fromarray(arr).filter(ImageFilter.GaussianBlur(2))
+    return np.clip(np.asarray(img, np.float32) * 0.5 + 110, 0, 255).astype(np.uint8)
+
+
+def test_drift_report_on_a_shifted_stream(predictor, small_dataset, tiny_params):
+    """A seeded stream of the validation X-rays (the population the reference describes) as served,
+    then the same stream through another 'device': the first is quiet, the second raises the alert."""
+    splits, _, cache = data.load(small_dataset, tiny_params)
+    x = data.arrays(splits.val, cache)[0]
+    # every validation image 5 times, seeded order: a small reference (13 images at TINY size)
+    # makes random draws too lumpy for a PSI over its deciles
+    stream = np.random.default_rng(0).permutation(np.repeat(x, 5, axis=0))
+    reference = predictor.gate.state["reference"]
+
+    def served(arrays):
+        records = []
+        for arr in arrays:
+            try:
+                p = predictor.gated(arr)
+                records.append({"gate_score": p.gate_score, "label": p.label, "refused": False})
+            except gate.NotAChestXray as exc:
+                records.append({"gate_score": exc.score, "label": "", "refused": True})
+        return records
+
+    quiet = drift.report(served(stream), reference)
+    shifted = drift.report(served(np.stack([_shift(a) for a in stream])), reference)
+    print(f"\nunshifted: {quiet.summary()}\nshifted: {shifted.summary()}")
+    assert not quiet.drifted, quiet.alerts
+    assert shifted.drifted and shifted.psi > quiet.psi
+    assert shifted.metrics()["drift_alert"] == 1.0
+
+
+def test_psi_and_thin_streams():
+    q = np.linspace(0, 10, 11)
+    assert drift.psi(np.random.default_rng(0).uniform(0, 10, 5000), q) < 0.01
+    assert drift.psi(np.full(100, 50.0), q) > 1
+    few = drift.report([{"gate_score": 99.0, "label": "", "refused": True}] * 5, {"distance_quantiles": list(q)})
+    assert few.refusal_rate == 1.0 and not few.drifted  # under min_records: no alert from 5 requests
+
+
+def test_grey_levels_of_a_real_input(fullres):
+    arr = preprocess.load_array(fullres[0], 160)
+    assert gate.grey_entropy(arr) > 6
