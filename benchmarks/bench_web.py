@@ -12,11 +12,16 @@ What it does
    --env-manager local` on models:/<name>@champion with one uvicorn worker per core.
 3. Sends every full-resolution X-ray of fullres_samples to each, at concurrency 1 and 8 (after a
    warm-up), and prints p50/p95 latency, throughput and the ratios.
+4. Prints the site's fast path against the float32 reference (pipeline.fastpath) on the held-out
+   patients and the stress shifts of --data: label agreement, AUC of each, gate agreement. A
+   version registered here is checked (and tagged) first, as the DAG's evaluate task does, so
+   the site uses the fast path exactly when the DAG would let it.
 
 The Django request does more than the MLflow one: token authentication, storing the upload and
 a database row (the doctor's history), answering JSON. The MLflow request carries the image
 base64 in JSON ({"dataframe_split": ...}), the format its scoring server accepts.
-Targets (issue 5): p50 <= 60 ms at concurrency 1; throughput >= 2x mlflow serve.
+Targets (issue 14): p50 <= 25 ms at concurrency 1; throughput at 8 clients >= 2x mlflow serve;
+fast path labels agree >= 99.5 %, AUC within 0.002.
 """
 from __future__ import annotations
 
@@ -139,6 +144,9 @@ def main() -> int:
     ap.add_argument("--web-workers", default=os.environ.get("WEB_WORKERS", ""),
                     help="gunicorn workers (default: gunicorn.conf.py's, one per 4 cores)")
     ap.add_argument("--web-threads", default=os.environ.get("WEB_THREADS", "8"))
+    ap.add_argument("--data", type=Path, default=Path(os.environ.get("DATA", REPO.parent / "shared" / "datasets"
+                                                                     / "chest_xray")),
+                    help="dataset whose held-out patients (and their stress shifts) score the fast path")
     ap.add_argument("--json", type=Path, help="write the figures here too")
     args = ap.parse_args()
 
@@ -152,7 +160,7 @@ def main() -> int:
     env.setdefault("XRAY_MODEL_CACHE_DIR", str(tmp / "model-cache"))
     os.environ["XRAY_MODEL_CACHE_DIR"] = env["XRAY_MODEL_CACHE_DIR"]
     try:
-        from pipeline import config, registry
+        from pipeline import config, data, registry
 
         params = config.load_params()
         if args.tracking_uri:
@@ -170,7 +178,10 @@ def main() -> int:
             reg_params = config.apply_overrides(params, {"registry.model_name": name,
                                                          "registry.experiment": "bench-web"})
             env_name = os.environ.pop("XRAY_MODEL_NAME", None)
-            version = registry.register_checkpoint(ckpt, reg_params, tags={"trigger": "bench"})["version"]
+            version = registry.register_checkpoint(ckpt, reg_params, tags={"trigger": "bench"},
+                                                   data_root=args.data)["version"]
+            splits, _report, cache = data.load(args.data, params)
+            registry.check_fast_path(version, splits, params, cache, name)
             registry.promote(version, name=name, force=True)
             if env_name is not None:
                 os.environ["XRAY_MODEL_NAME"] = env_name
@@ -197,7 +208,7 @@ def main() -> int:
             r = requests.get(web + "/healthz", timeout=30)
             if r.status_code == 200 and r.headers.get("Content-Type", "").startswith("application/json") \
                     and r.json()["champion"]:
-                version = r.json()["champion"]["version"]
+                version, engine = r.json()["champion"]["version"], r.json()["champion"].get("engine")
                 if all(requests.get(web + "/healthz?ready=1", timeout=30).status_code == 200 for _ in range(4)):
                     break
             time.sleep(0.5)
@@ -233,6 +244,10 @@ def main() -> int:
             assert send(requests.Session(), images[0]), "a server did not answer correctly"
             measure(send, images, 16, 8)
 
+        if args.tracking_uri:
+            splits, _report, cache = data.load(args.data, params)
+        agreement = registry.fast_path_report(int(version), splits, params, cache, name)
+
         n1, n8 = args.requests, 2 * args.requests
         results = {"django": {}, "mlflow": {}}
         server_ms = {}
@@ -246,6 +261,7 @@ def main() -> int:
         figures = {
             "images": len(images), "image_bytes_mean": int(statistics.mean(len(i) for i in images)),
             "model": f"{name} v{version}", "image_size": int(params["preprocess"]["image_size"]),
+            "django_engine": engine, "fast_path": agreement,
             "workers": args.workers, "cpus": os.cpu_count(), "load_average_1m": round(load[0], 2),
             "results": results, "django_server_ms_median": server_ms,
             "ratios": {
@@ -255,14 +271,21 @@ def main() -> int:
             },
         }
         figures["targets"] = {
-            "p50_c1_le_60ms": results["django"]["c1"]["p50_ms"] <= 60,
+            "p50_c1_le_25ms": results["django"]["c1"]["p50_ms"] <= 25,
             "throughput_c8_ge_2x_mlflow": figures["ratios"]["throughput_c8_django_over_mlflow"] >= 2,
         }
         print(f"\n{len(images)} full-resolution X-rays (mean {figures['image_bytes_mean'] / 1024:.0f} kB), "
               f"model {figures['model']} at {figures['image_size']} px, {os.cpu_count()} CPUs "
               f"(load average {load[0]:.1f} at the end)")
-        print(f"Django: {web_env['WEB_WORKERS']} gunicorn worker(s) x {web_env['WEB_THREADS']} threads, batching; "
-              f"mlflow models serve: {args.workers} uvicorn worker(s)")
+        print(f"Django: {web_env['WEB_WORKERS']} gunicorn worker(s) x {web_env['WEB_THREADS']} threads, batching, "
+              f"engine {engine}; mlflow models serve: {args.workers} uvicorn worker(s), torch float32")
+        print(f"fast path ({agreement['precision'] or '-'}) vs float32 reference: "
+              f"{'USED' if agreement['ok'] else 'NOT USED'} ({agreement['reason']})")
+        for set_name, r in agreement["sets"].items():
+            print(f"  {set_name:<9} n={r['n']:<6} labels agree {r['label_agreement']:.2%}, gate agrees "
+                  f"{r.get('gate_agreement', float('nan')):.2%}, AUC {r.get('auc_reference', float('nan')):.4f} "
+                  f"-> {r.get('auc_fast', float('nan')):.4f} (delta {r.get('auc_delta', float('nan')):.4f}), "
+                  f"max |dP| {r['max_abs_probability_diff']:.4f}")
         print(f"{'server':<28}{'conc':>5}{'n':>6}{'err':>5}{'p50 ms':>9}{'p95 ms':>9}{'req/s':>8}")
         for label, title in (("django", "Django /api/predict"), ("mlflow", "mlflow models serve")):
             for c in ("c1", "c8"):

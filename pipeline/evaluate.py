@@ -117,20 +117,22 @@ def evaluate_predictor(predictor, samples, params: dict, cache=None) -> dict:
 
 def predict_samples(predictor, samples, params: dict, cache=None):
     """(labels, P(pneumonia)) of samples, read through the cache at the predictor's size."""
+    images, labels = sample_arrays(samples, predictor.image_size, params, cache)
+    return labels, predictor.probabilities(images, batch_size=int(params["evaluate"]["batch_size"]))
+
+
+def sample_arrays(samples, image_size: int, params: dict, cache=None):
+    """(uint8 [N, S, S] images, labels [N]) of validated samples, from the cache at `image_size`."""
     from pipeline import data, config
 
-    if cache is None or cache.image_size != predictor.image_size:
-        sized = config.apply_overrides(params, {"preprocess.image_size": predictor.image_size})
-        cache = data.open_cache(sized)
-        digests, index = cache.lookup(s.path for s in samples)
-        rows = [index[d] for d in digests]
-    else:
-        rows = [s.row for s in samples]
+    if cache is not None and cache.image_size == image_size:
+        return data.arrays(samples, cache)
+    cache = data.open_cache(config.apply_overrides(params, {"preprocess.image_size": image_size}))
+    digests, index = cache.lookup(s.path for s in samples)
+    rows = [index[d] for d in digests]
     if any(isinstance(r, str) for r in rows):
         raise ValueError("evaluation samples must be validated images")
-    images = cache.arrays(rows)
-    labels = np.array([s.label for s in samples], np.int64)
-    return labels, predictor.probabilities(images, batch_size=int(params["evaluate"]["batch_size"]))
+    return cache.arrays(rows), np.array([s.label for s in samples], np.int64)
 
 
 def save_metrics(metrics: dict, path: str | Path) -> None:

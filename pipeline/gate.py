@@ -196,6 +196,10 @@ class Gate:
         z = np.exp(z - z.max(axis=1, keepdims=True))
         return z / z.sum(axis=1, keepdims=True)
 
+    def refused(self, feats: np.ndarray) -> np.ndarray:
+        """[N] bool: the learned checks' verdict on each image's features (assess's rule)."""
+        return (self.orientation(feats)[:, 0] < self.min_upright) | (self.distance(feats) > self.max_distance)
+
     def assess(self, arr: np.ndarray, feats: np.ndarray | None, warnings=()) -> Verdict:
         """Raises NotAChestXray or returns the verdict for one accepted image."""
         check_array(arr)
@@ -222,9 +226,8 @@ def transforms(arr: np.ndarray) -> list[np.ndarray]:
 
 def features(predictor, arrays: np.ndarray, batch_size: int = 64, with_probs: bool = False):
     """Pooled features through the predictor's own inference path (and the probabilities)."""
-    with capture(predictor.model) as got:
-        probs = predictor.probabilities(np.ascontiguousarray(arrays), batch_size)
-    return (got(), probs) if with_probs else got()
+    logits, feats = predictor.forward(np.ascontiguousarray(arrays), batch_size)
+    return (feats, predictor.calibration.probability(logits)) if with_probs else feats
 
 
 def fit(predictor, x_train: np.ndarray, x_val: np.ndarray, target_false_refusal: float = 0.01,

@@ -47,6 +47,7 @@ class Predictor:
         self.intensity = intensity
         self.calibration = calibration or Calibration()
         self.gate = gate.Gate(self.metadata.get("gate"))  # old checkpoints: cheap checks only
+        self.engine = None  # pipeline.fastpath.FastEngine where the site switched it on; None: float32 torch
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = None) -> "Predictor":
@@ -56,6 +57,10 @@ class Predictor:
         meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
         return cls(model, ckpt["image_size"], ckpt["threshold"], meta, device,
                    intensity=ckpt.get("intensity", "none"), calibration=Calibration.from_dict(ckpt.get("calibration")))
+
+    @property
+    def engine_name(self) -> str:
+        return f"openvino-{self.engine.precision}" if self.engine is not None else "torch-fp32"
 
     def label_for(self, probability: float) -> Prediction:
         """The decision rule: PNEUMONIA when P(pneumonia) >= the stored threshold."""
@@ -78,9 +83,8 @@ class Predictor:
 
     def gated(self, arr: np.ndarray, warnings=()) -> Prediction:
         """One forward pass: the prediction, and the pooled features the gate judges."""
-        with gate.capture(self.model) as feats:
-            probability = self.probabilities(arr[None])[0]
-        return self.judged(self.label_for(probability), arr, feats(), warnings)
+        logits, feats = self.forward(arr[None])
+        return self.judged(self.label_for(self.calibration.probability(logits)[0]), arr, feats, warnings)
 
     def judged(self, prediction: Prediction, arr: np.ndarray, feats, warnings=()) -> Prediction:
         verdict = self.gate.assess(arr, feats, warnings)  # raises gate.NotAChestXray
@@ -91,15 +95,28 @@ class Predictor:
         """uint8 [N, S, S] -> calibrated P(pneumonia) [N]."""
         return self.calibration.probability(self.logits(arrays, batch_size))
 
-    @torch.inference_mode()
     def logits(self, arrays: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """uint8 [N, S, S] -> the network's raw logits [N] (before calibration)."""
+        return self.forward(arrays, batch_size)[0]
+
+    def forward(self, arrays: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 [N, S, S] -> (logits float64 [N], pooled features float32 [N, 512]): every
+        inference goes through here, by the fast engine when one is set, else float32 torch."""
+        if self.engine is not None:
+            return self.engine.forward(arrays, batch_size)
+        return self.reference_forward(arrays, batch_size)
+
+    @torch.inference_mode()
+    def reference_forward(self, arrays: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """forward() in float32 torch: what training and evaluation measured."""
         out = []
-        for i in range(0, len(arrays), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(arrays[i:i + batch_size])).to(self.device).unsqueeze(1)
-            x = preprocess.model_input(x, self.intensity).contiguous(memory_format=torch.channels_last)
-            out.append(self.model(x).float().squeeze(1).cpu())
-        return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0, np.float64)
+        with gate.capture(self.model) as feats:
+            for i in range(0, len(arrays), batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(arrays[i:i + batch_size])).to(self.device).unsqueeze(1)
+                x = preprocess.model_input(x, self.intensity).contiguous(memory_format=torch.channels_last)
+                out.append(self.model(x).float().squeeze(1).cpu())
+            logits = torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0, np.float64)
+            return logits, feats()
 
     def gradcam(self, img: Image.Image) -> tuple[Prediction, np.ndarray]:
         """Prediction and Grad-CAM heat map (float32 [S, S] in [0, 1]) of the last residual stage:

@@ -38,6 +38,7 @@ import pandas as pd
 INPUT_COLUMN = "image"
 OUTPUT_COLUMNS = ("probability", "label", "threshold", "error", "warning", "gate_score")
 CHECKPOINT_ARTIFACT = "checkpoint"      # key in `artifacts`; the file lands in <model>/artifacts/model.pt
+ONNX_ARTIFACT = "onnx"                  # <model>/artifacts/model.onnx: the network for other runtimes
 
 
 def _as_bytes(value) -> bytes:
@@ -134,9 +135,12 @@ def _pipeline_source(dest: Path) -> Path:
 
 
 def log_pyfunc(checkpoint: str | Path, input_example: bytes | None = None, name: str = "model",
-               **kwargs) -> "mlflow.models.model.ModelInfo":
-    """Log the checkpoint as a pyfunc model under the active run (kwargs go to log_model,
-    e.g. registered_model_name, tags, params)."""
+               onnx: str | Path | None = None, **kwargs) -> "mlflow.models.model.ModelInfo":
+    """Log the checkpoint (and its ONNX export, pipeline.onnx_export) as a pyfunc model under the
+    active run (kwargs go to log_model, e.g. registered_model_name, tags, params)."""
+    artifacts = {CHECKPOINT_ARTIFACT: str(checkpoint)}
+    if onnx is not None:
+        artifacts[ONNX_ARTIFACT] = str(onnx)
     with tempfile.TemporaryDirectory(prefix="xray-pyfunc-") as tmp:
         code = _pipeline_source(Path(tmp))
         example = pd.DataFrame({INPUT_COLUMN: [input_example]}) if input_example is not None else None
@@ -145,7 +149,7 @@ def log_pyfunc(checkpoint: str | Path, input_example: bytes | None = None, name:
             return mlflow.pyfunc.log_model(
                 name=name,
                 python_model=XrayModel(),
-                artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
+                artifacts=artifacts,
                 code_paths=[str(code)],
                 signature=signature(),
                 input_example=example,
@@ -160,3 +164,9 @@ def checkpoint_in(model_dir: str | Path) -> Path:
     if not found:
         raise FileNotFoundError(f"no checkpoint (artifacts/*.pt) in model directory {model_dir}")
     return found[0]
+
+
+def onnx_in(model_dir: str | Path) -> Path | None:
+    """Path of the ONNX export inside a downloaded pyfunc model directory (None: older versions)."""
+    found = sorted(Path(model_dir).glob("artifacts/*.onnx"))
+    return found[0] if found else None

@@ -24,6 +24,11 @@ def _stress_set(samples, params: dict, image_size: int, salt: int):
                         source_max_side=int(ep["stress_source_max_side"]))
 
 
+def stress_set(samples, params: dict, image_size: int):
+    """The held-out patients under every shift: what `score` and the fast-path check see."""
+    return _stress_set(samples, params, image_size, salt=2)
+
+
 def fit_operating_point(predictor, splits, params: dict, cache) -> dict:
     """Set predictor.calibration and predictor.threshold from the validation patients; returns
     what was fitted (for the run's log)."""
@@ -69,7 +74,7 @@ def score(predictor, splits, params: dict, cache) -> dict:
     y_test, p_test = evaluate.predict_samples(predictor, splits.test, params, cache)
     test = evaluate.compute_metrics(y_test, p_test, predictor.threshold)
     test.update(ece=calibration.ece(y_test, p_test), brier=calibration.brier(y_test, p_test))
-    held_stress = _stress_set(splits.test, params, predictor.image_size, salt=2)
+    held_stress = stress_set(splits.test, params, predictor.image_size)
     p_stress = {k: predictor.calibration.probability(v) for k, v in stress.logits(predictor, held_stress, bs).items()}
     out = {"test": test, "stress": stress.report(held_stress.labels, p_stress, predictor.threshold),
            "external": None,

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+FAST_PATH_TAG = "fast_path"  # version tag set by check_fast_path: "on" | "off"
 PREVIOUS = "previous_champion"
 LOCK_SUFFIX = ".promotion-lock"
 LOCK_STALE_S = float(os.environ.get("XRAY_PROMOTION_LOCK_STALE_S", 300))   # a holder never takes this long
@@ -217,9 +218,47 @@ def _dataset_input(data_root: Path, out_dir: Path, digest: str, name: str):
     return MetaDataset(source=source, name=name, digest=digest[:36])
 
 
+def _validation_arrays(data_root: Path | None, image_size: int, n: int = 32):
+    """(uint8 [n, S, S], where from): n real X-rays spread over the data, else a synthetic set."""
+    import numpy as np
+
+    from pipeline.preprocess import load_array
+
+    files = sorted(Path(data_root).rglob("*.jpeg")) if data_root else []
+    arrays = []
+    for path in files[::max(1, len(files) // n)]:
+        try:
+            arrays.append(load_array(path, image_size))
+        except Exception:  # noqa: BLE001 - an unusable file: the next one
+            continue
+        if len(arrays) == n:
+            break
+    if arrays:
+        return np.stack(arrays), f"{len(arrays)} real X-rays of {data_root}"
+    rng = np.random.default_rng(0)  # no data given (imports, benchmarks): textured grey images
+    ramp = np.linspace(0, 255, image_size)[None, :, None]
+    return np.clip(ramp + rng.normal(0, 40, (n, image_size, image_size)), 0, 255).astype(np.uint8), "synthetic"
+
+
+def _export_onnx(checkpoint: Path, out_dir: Path, data_root: Path | None) -> tuple[Path, dict[str, str]]:
+    """The checkpoint's ONNX export, validated by ONNX Runtime (raises onnx_export.OnnxMismatch)."""
+    import mlflow
+
+    from pipeline import onnx_export
+    from pipeline.predict import Predictor
+
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    path = onnx_export.export(predictor, out_dir / "model.onnx")
+    arrays, source = _validation_arrays(data_root, predictor.image_size)
+    report = onnx_export.validate(path, predictor, arrays)
+    mlflow.log_dict({**report, "images": source}, "onnx/validation.json")
+    return path, {"onnx.max_abs_logit_diff": f"{report['max_abs_logit_diff']:.1e}", "onnx.validated_on": source}
+
+
 def _register(client, name: str, checkpoint: Path, run_id: str, example: bytes | None,
-              version_tags: dict[str, str]) -> Any:
-    """Log the pyfunc under the active run, register it as a new version, alias it challenger."""
+              version_tags: dict[str, str], data_root: Path | None = None) -> Any:
+    """Log the pyfunc (with its validated ONNX export) under the active run, register it as a new
+    version, alias it challenger."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -233,8 +272,10 @@ def _register(client, name: str, checkpoint: Path, run_id: str, example: bytes |
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    info = log_pyfunc(checkpoint, input_example=example, name=MODEL_ARTIFACT)
-    tags = {"run_id": run_id, **version_tags}
+    with tempfile.TemporaryDirectory(prefix="xray-onnx-") as tmp:
+        onnx_file, onnx_tags = _export_onnx(checkpoint, Path(tmp), data_root)
+        info = log_pyfunc(checkpoint, input_example=example, name=MODEL_ARTIFACT, onnx=onnx_file)
+    tags = {"run_id": run_id, **onnx_tags, **version_tags}
     mv = mlflow.register_model(info.model_uri, name, tags=tags)
     client.set_registered_model_alias(name, CHALLENGER, mv.version)
     return mv
@@ -346,7 +387,7 @@ def tracked_train(params: dict, data_root, out_dir, run_name: str | None = None,
             "data.version": data_version or "none", "data.fingerprint": fingerprint or "none",
             "git_commit": commit, "trigger": trigger,
             **{f"test.{k}": _fmt(metrics[k]) for k in METRIC_KEYS if k in metrics},
-        })
+        }, data_root=data_root)
         mlflow.set_tags({"registered_model": name, "registered_version": str(mv.version)})
         from pipeline import model_card
 
@@ -385,7 +426,8 @@ def register_checkpoint(checkpoint, params: dict, run_name: str | None = None, t
         if metrics:
             mlflow.log_metrics({f"test_{k}": float(v) for k, v in metrics.items() if _finite(v)})
         example = _example_bytes(Path(data_root), int(params["preprocess"]["image_size"])) if data_root else None
-        mv = _register(client, name, Path(checkpoint), run.info.run_id, example, {"trigger": tags["trigger"]})
+        mv = _register(client, name, Path(checkpoint), run.info.run_id, example, {"trigger": tags["trigger"]},
+                       data_root=Path(data_root) if data_root else None)
     return {"run_id": run.info.run_id, "version": int(mv.version), "model_name": name,
             "model_uri": f"models:/{name}/{mv.version}"}
 
@@ -430,19 +472,67 @@ def download_version(version: int, name: str | None = None, client=None) -> Path
     return target
 
 
-def load_version(version: int, name: str | None = None, device=None, tracking_uri: str | None = None):
-    """(Predictor, ModelVersion) of one registered version."""
+def load_version(version: int, name: str | None = None, device=None, tracking_uri: str | None = None,
+                 fast: bool = False, threads: int = 0):
+    """(Predictor, ModelVersion) of one registered version. fast: run it on the fast path
+    (pipeline.fastpath) when the version passed its agreement check; else float32 torch."""
     from pipeline.predict import Predictor
-    from pipeline.pyfunc_model import checkpoint_in
+    from pipeline.pyfunc_model import checkpoint_in, onnx_in
 
     client = _client(tracking_uri)
     name = _name(name=name)
     mv = client.get_model_version(name, str(version))
-    predictor = Predictor.from_checkpoint(checkpoint_in(download_version(int(mv.version), name, client)), device=device)
+    local = download_version(int(mv.version), name, client)
+    predictor = Predictor.from_checkpoint(checkpoint_in(local), device=device)
+    tags = mv.tags or {}
+    if fast and tags.get(FAST_PATH_TAG) == "on" and onnx_in(local) is not None:
+        from pipeline.fastpath import FastEngine
+
+        predictor.engine = FastEngine(onnx_in(local), predictor.intensity,
+                                      precision=tags.get(f"{FAST_PATH_TAG}.precision"), threads=threads)
     return predictor, mv
 
 
-def load_champion(name: str | None = None, device=None, alias: str = CHAMPION, tracking_uri: str | None = None):
+def fast_path_report(version: int, splits, params: dict, cache, name: str | None = None) -> dict:
+    """The version's fast path against its float32 reference on the held-out patients and on the
+    same patients under every stress shift (pipeline.fastpath.check). Anything going wrong is a
+    failed check: the fast path is an optimisation, never a requirement."""
+    import numpy as np
+
+    from pipeline import evaluate, fastpath, quality
+    from pipeline.pyfunc_model import onnx_in
+
+    name = _name(name=name)
+    try:
+        predictor, _ = load_version(version, name)
+        onnx_file = onnx_in(download_version(version, name))
+        if onnx_file is None:
+            raise FileNotFoundError("the version has no ONNX export")
+        held = evaluate.sample_arrays(splits.test, predictor.image_size, params, cache)
+        shifted = quality.stress_set(splits.test, params, predictor.image_size)
+        stress = (np.concatenate(list(shifted.arrays.values())), np.tile(shifted.labels, len(shifted.arrays)))
+        return _jsonable(fastpath.check(predictor, onnx_file, {"held-out": held, "stress": stress}))
+    except Exception as exc:  # noqa: BLE001
+        return {"ok": False, "reason": f"check failed: {type(exc).__name__}: {exc}", "precision": "", "sets": {}}
+
+
+def check_fast_path(version: int, splits, params: dict, cache, name: str | None = None) -> dict:
+    """fast_path_report, recorded on the version: tag `fast_path=on|off` with the figures. The site
+    runs a version on the fast path only when it is `on` (load_version(fast=True))."""
+    name = _name(name=name)
+    result = fast_path_report(version, splits, params, cache, name)
+    sets = result["sets"].values()
+    tags = {FAST_PATH_TAG: "on" if result["ok"] else "off", f"{FAST_PATH_TAG}.reason": result["reason"][:500],
+            f"{FAST_PATH_TAG}.precision": result["precision"]}
+    if sets:
+        tags[f"{FAST_PATH_TAG}.label_agreement"] = f"{min(r['label_agreement'] for r in sets):.4f}"
+        tags[f"{FAST_PATH_TAG}.auc_delta"] = f"{max(r.get('auc_delta', 0.0) for r in sets):.4f}"
+    _tag_version(_client(), name, version, tags)
+    return result
+
+
+def load_champion(name: str | None = None, device=None, alias: str = CHAMPION, tracking_uri: str | None = None,
+                  fast: bool = False, threads: int = 0):
     """(Predictor, ModelVersion) of the version holding `alias` (default champion; raises NoChampion).
 
     The files are downloaded once per version into $XRAY_MODEL_CACHE_DIR; later calls only ask the
@@ -454,7 +544,7 @@ def load_champion(name: str | None = None, device=None, alias: str = CHAMPION, t
     if version is None:
         raise NoChampion(f"registered model '{name}' has no '{alias}' alias at {client.tracking_uri}; "
                          f"train one (`python -m pipeline train --mlflow`) and promote it")
-    return load_version(version, name, device=device, tracking_uri=client.tracking_uri)
+    return load_version(version, name, device=device, tracking_uri=client.tracking_uri, fast=fast, threads=threads)
 
 
 def champion_version(name: str | None = None, tracking_uri: str | None = None) -> int | None:
@@ -481,10 +571,12 @@ def evaluate_candidates(challenger_version: int, params: dict, data_root) -> dic
         return quality.score(predictor, splits, params, cache)
 
     ch = score(int(challenger_version))
+    fast = check_fast_path(int(challenger_version), splits, params, cache, name)
     out = {"model_name": name, "data_root": str(data_root), "n_test": len(splits.test),
            "n_stress": ch["stress"]["n"], "n_external": len(getattr(splits, "external", []) or []),
            "challenger": {"version": int(challenger_version), "metrics": quality.flat_metrics(ch)},
-           "champion": None, "comparison": None}
+           "champion": None, "comparison": None,
+           "fast_path": {k: fast[k] for k in ("ok", "reason", "precision")}}
     if champion is not None:
         cp = ch if champion == int(challenger_version) else score(champion)
         out["champion"] = {"version": champion, "metrics": quality.flat_metrics(cp)}

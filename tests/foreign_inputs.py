@@ -173,3 +173,10 @@ def misoriented(xray: Image.Image) -> dict[str, tuple[str, bytes]]:
         "flipped top to bottom": ("vflip.jpg", _encode(xray.transpose(Image.Transpose.FLIP_TOP_BOTTOM), "JPEG")),
         "inverted (MONOCHROME1 read as 2)": ("inverted.jpg", _encode(ImageOps.invert(xray), "JPEG")),
     }
+
+
+def at_production_margin(gate, params: dict, monkeypatch) -> None:
+    """The gate's distance limit as production fits it (margin 1.0), without the widening
+    (params gate.distance_margin) that the test session's 1-epoch model and ~30 validation films
+    need so that real films pass: the foreign-input tests judge the gate at production's rule."""
+    monkeypatch.setattr(gate, "max_distance", gate.max_distance / float(params["gate"]["distance_margin"]))

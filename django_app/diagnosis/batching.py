@@ -128,10 +128,10 @@ class ModelRunner:
 
         if probs:
             try:
-                with capture(self.predictor.model) as feats:
-                    out = self.predictor.probabilities(np.stack([job[1] for job, _ in probs]))
+                logits, feats = self.predictor.forward(np.stack([job[1] for job, _ in probs]))
+                out = self.predictor.calibration.probability(logits)
                 for i, ((_, fut), p) in enumerate(zip(probs, out)):
-                    fut.set_result((float(p), feats()[i:i + 1]))
+                    fut.set_result((float(p), feats[i:i + 1]))
                 self.batches += 1
                 self.images += len(probs)
             except BaseException as exc:  # every waiting request learns it, none hangs

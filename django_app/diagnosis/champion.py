@@ -89,6 +89,7 @@ class Champion:
             "version": self.version,
             "run_id": self.run_id,
             "threshold": self.threshold,
+            "engine": self.predictor.engine_name,
             "image_size": int(getattr(self.predictor, "image_size", 0) or 0),
             "loaded_at": self.loaded_at.isoformat(timespec="seconds"),
         }
@@ -98,12 +99,13 @@ class MlflowRegistry:
     """Asks the MLflow registry which version holds the alias, and loads it via pipeline.registry."""
 
     def __init__(self, tracking_uri: str, name: str, alias: str = "champion", torch_threads: int = 0,
-                 max_batch: int = 8):
+                 max_batch: int = 8, fast: bool = False):
         self.tracking_uri = tracking_uri
         self.name = name
         self.alias = alias
         self.torch_threads = torch_threads
         self.max_batch = max_batch
+        self.fast = fast
 
     def _client(self):
         from mlflow import MlflowClient
@@ -142,7 +144,7 @@ class MlflowRegistry:
             predictor, mv = self._load_pyfunc_checkpoint()
         else:
             kwargs = _accepted(registry.load_champion, name=self.name, alias=self.alias,
-                               tracking_uri=self.tracking_uri)
+                               tracking_uri=self.tracking_uri, fast=self.fast, threads=self.torch_threads)
             predictor, mv = registry.load_champion(**kwargs)
         _warm_up(predictor)
         return Champion(
@@ -417,7 +419,7 @@ def build_holder() -> ChampionHolder:
 
     name = settings.XRAY_MODEL_NAME or _params_model_name()
     registry = MlflowRegistry(settings.MLFLOW_TRACKING_URI, name, settings.XRAY_CHAMPION_ALIAS,
-                              settings.XRAY_TORCH_THREADS, settings.XRAY_MAX_BATCH)
+                              settings.XRAY_TORCH_THREADS, settings.XRAY_MAX_BATCH, settings.XRAY_FAST_PATH)
     return ChampionHolder(registry, settings.XRAY_CHAMPION_CHECK_SECONDS,
                           settings.XRAY_CHAMPION_RETRY_SECONDS, settings.XRAY_CHAMPION_LOAD_TIMEOUT)
 

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from foreign_inputs import foreign, grey_photos, misoriented, xray_dicom
+from foreign_inputs import at_production_margin, foreign, grey_photos, misoriented, xray_dicom
 from PIL import Image, ImageFilter
 
 from pipeline import data, drift, gate, preprocess
@@ -60,12 +60,8 @@ def test_training_stores_a_fitted_gate(tiny_checkpoint, predictor):
 
 
 @pytest.mark.parametrize("kind", ["foreign", "grey", "misoriented"])
-def test_every_foreign_class_refused(predictor, fullres, kind, monkeypatch):
-    from conftest import TINY
-
-    # the distance limit as fitted (production's margin 1.0), without the widening the session's
-    # 30-image validation set needs for real films (TINY gate.distance_margin)
-    monkeypatch.setattr(predictor.gate, "max_distance", predictor.gate.max_distance / TINY["gate.distance_margin"])
+def test_every_foreign_class_refused(predictor, fullres, kind, monkeypatch, tiny_params):
+    at_production_margin(predictor.gate, tiny_params, monkeypatch)
     xray = Image.open(fullres[0])
     samples = {"foreign": foreign, "grey": grey_photos, "misoriented": lambda: misoriented(xray)}[kind]()
     for name, (_, blob) in samples.items():

@@ -104,15 +104,15 @@ def test_drain_and_late_inline_callers_never_run_the_model_at_once(predictor):
     class Counting:
         def __init__(self, inner):
             self.inner, self.active, self.most, self.lock = inner, 0, 0, threading.Lock()
-            self.model = inner.model   # the gate's feature hook sits on the network
+            self.calibration = inner.calibration
 
-        def probabilities(self, arrays):
+        def forward(self, arrays):
             with self.lock:
                 self.active += 1
                 self.most = max(self.most, self.active)
             time.sleep(0.02)
             try:
-                return self.inner.probabilities(arrays)
+                return self.inner.forward(arrays)
             finally:
                 with self.lock:
                     self.active -= 1

@@ -1,0 +1,78 @@
+"""The ONNX export (pipeline.onnx_export) and the site's fast path (pipeline.fastpath) on real
+X-rays: ONNX Runtime matches PyTorch, the fast path agrees with the float32 reference or is not used."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from pipeline import fastpath, onnx_export, preprocess
+from pipeline.predict import Predictor
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_checkpoint) -> Predictor:
+    return Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def xrays(shared_datasets, predictor) -> tuple[np.ndarray, np.ndarray]:
+    """24 real X-rays (full-resolution samples and training films) at the model's size, with labels."""
+    files = sorted((shared_datasets / "fullres_samples").glob("*/*.jpeg"))
+    for cls in ("NORMAL", "PNEUMONIA"):
+        files += sorted((shared_datasets / "chest_xray" / "train" / cls).glob("*.jpeg"))[:8]
+    arrays = np.stack([preprocess.load_array(f, predictor.image_size) for f in files[:24]])
+    return arrays, np.array([int(f.parent.name == "PNEUMONIA") for f in files[:24]])
+
+
+@pytest.fixture(scope="module")
+def onnx_file(predictor, tmp_path_factory):
+    return onnx_export.export(predictor, tmp_path_factory.mktemp("onnx") / "model.onnx")
+
+
+def test_onnx_runtime_matches_pytorch_on_real_xrays(predictor, xrays, onnx_file):
+    report = onnx_export.validate(onnx_file, predictor, xrays[0])
+    assert report["n"] == 24 and report["max_abs_logit_diff"] <= onnx_export.LOGIT_TOLERANCE
+    assert report["label_agreement"] == 1.0
+    # any batch size (dynamic axis), and what a hospital computes from the file alone gives our answer
+    meta = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
+    assert int(meta["image_size"]) == predictor.image_size and meta["intensity"] == predictor.intensity
+    x = preprocess.model_input(torch.from_numpy(xrays[0][:5])[:, None], meta["intensity"]).numpy()
+    logit, feats = onnx_export.session(onnx_file).run(None, {"image": x})
+    assert logit.shape == (5,) and feats.shape == (5, 512)
+    p = 1 / (1 + np.exp(-(float(meta["calibration_a"]) * logit + float(meta["calibration_b"]))))
+    expected = predictor.probabilities(xrays[0][:5])
+    assert p == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_file_that_does_not_match_is_refused(predictor, xrays, onnx_file, tiny_checkpoint):
+    other = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    with torch.no_grad():
+        other.model.fc.bias += 0.5   # the file no longer computes what this network computes
+    with pytest.raises(onnx_export.OnnxMismatch, match="differ"):
+        onnx_export.validate(onnx_file, other, xrays[0])
+
+
+def test_fast_path_agrees_with_the_reference_or_is_refused(predictor, xrays, onnx_file):
+    result = fastpath.check(predictor, onnx_file, {"held-out": xrays})
+    report = result["sets"]["held-out"]
+    assert result["precision"] in ("bf16", "f32")
+    assert 0.0 <= report["label_agreement"] <= 1.0 and report["max_abs_probability_diff"] < 0.05
+    assert result["ok"] == fastpath.verdict(result["sets"])[0]
+    # the rule itself: one label in 200 flipped passes, two do not; an AUC move of 0.003 does not
+    ok = {"label_agreement": 0.995, "gate_agreement": 1.0, "auc_delta": 0.0}
+    assert fastpath.verdict({"a": ok})[0]
+    assert not fastpath.verdict({"a": {**ok, "label_agreement": 0.99}})[0]
+    assert not fastpath.verdict({"a": {**ok, "gate_agreement": 0.99}})[0]
+    assert "AUC" in fastpath.verdict({"a": ok, "b": {**ok, "auc_delta": 0.003}})[1]
+
+
+def test_predictor_on_the_fast_engine_answers_like_the_reference(predictor, xrays, onnx_file, tiny_checkpoint):
+    fast = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    fast.engine = fastpath.FastEngine(onnx_file, fast.intensity, precision="f32")
+    assert fast.engine_name == "openvino-f32" and predictor.engine_name == "torch-fp32"
+    logits, feats = fast.forward(xrays[0])
+    ref_logits, ref_feats = predictor.forward(xrays[0])
+    assert logits == pytest.approx(ref_logits, abs=1e-3)
+    assert np.abs(feats - ref_feats).max() < 1e-2

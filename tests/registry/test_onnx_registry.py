@@ -1,0 +1,51 @@
+"""Every registered version carries its ONNX export, validated at registration; the fast-path check
+tags the version, and only a version tagged `fast_path=on` is loaded on the fast engine."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime
+import pytest
+from mlflow import MlflowClient
+
+from pipeline import config, data, onnx_export, preprocess, registry
+from pipeline.pyfunc_model import onnx_in
+
+
+def test_registered_version_carries_a_validated_onnx_file(mlflow_server, trained, reg_params, small_dataset):
+    name = config.model_name(reg_params)
+    mv = MlflowClient().get_model_version(name, str(trained["version"]))
+    assert float(mv.tags["onnx.max_abs_logit_diff"]) <= onnx_export.LOGIT_TOLERANCE
+    assert mv.tags["onnx.validated_on"].startswith("32 real X-rays")
+    local = registry.download_version(trained["version"], name)
+    onnx_file = onnx_in(local)
+    assert onnx_file is not None and onnx_file.name == "model.onnx"
+    # run by ONNX Runtime straight from the registry's copy, it answers like the registered network
+    predictor, _ = registry.load_version(trained["version"], name)
+    arrays = np.stack([preprocess.load_array(p, predictor.image_size)
+                       for p in sorted(small_dataset.rglob("*.jpeg"))[:6]])
+    report = onnx_export.validate(onnx_file, predictor, arrays)
+    assert report["max_abs_logit_diff"] <= onnx_export.LOGIT_TOLERANCE
+    assert isinstance(onnx_export.session(onnx_file), onnxruntime.InferenceSession)
+
+
+def test_fast_path_check_tags_the_version_and_loading_follows_the_tag(mlflow_server, trained, reg_params,
+                                                                      small_dataset):
+    name = config.model_name(reg_params)
+    version = int(trained["version"])
+    splits, _report, cache = data.load(small_dataset, reg_params)
+    result = registry.check_fast_path(version, splits, reg_params, cache, name)
+    tags = MlflowClient().get_model_version(name, str(version)).tags
+    assert tags["fast_path"] == ("on" if result["ok"] else "off")
+    assert set(result["sets"]) == {"held-out", "stress"}
+    assert float(tags["fast_path.label_agreement"]) == pytest.approx(
+        min(r["label_agreement"] for r in result["sets"].values()), abs=1e-4)
+
+    client = MlflowClient()
+    client.set_model_version_tag(name, str(version), "fast_path", "on")
+    fast, _ = registry.load_version(version, name, fast=True)
+    assert fast.engine is not None and fast.engine_name.startswith("openvino-")
+    reference, _ = registry.load_version(version, name)  # fast=False: the reference, whatever the tag
+    assert reference.engine is None
+    client.set_model_version_tag(name, str(version), "fast_path", "off")
+    assert registry.load_version(version, name, fast=True)[0].engine is None
+    client.set_model_version_tag(name, str(version), "fast_path", tags["fast_path"])
