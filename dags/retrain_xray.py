@@ -126,7 +126,7 @@ def xray_retrain():
     @task.short_circuit(**RETRY)
     def detect() -> dict | bool:
         """Fetch the newest data version; continue only when it differs from the champion's (or forced)."""
-        from pipeline import registry, versioning
+        from pipeline import config, registry, versioning
 
         context = get_current_context()
         params = _context_params(context)
@@ -136,16 +136,19 @@ def xray_retrain():
             from airflow.sdk.exceptions import AirflowFailException
 
             raise AirflowFailException(str(exc)) from exc
-        champion = registry.champion_version()             # None: no model registered / no champion yet
-        champion_data = (registry.status(limit=1)["champion"] or {}).get("data_version") if champion else None
+        # the model of this run's params ($XRAY_PARAMS), passed to every registry call: the registry
+        # never guesses it from the default params.yaml
+        name = config.model_name(params)
+        champion = registry.champion_version(name)             # None: no model registered / no champion yet
+        champion_data = (registry.status(name, limit=1)["champion"] or {}).get("data_version") if champion else None
         forced = bool(context["params"].get("force")) or bool((params.get("dag") or {}).get("retrain_on_unchanged_data"))
         # Data already decided (a version trained on it was promoted or rejected) is not retrained:
         # after a rejection, daily runs would retrain on the same data, test on the same split, and
         # sooner or later promote a chance win. The decision is read from the registry's tags.
-        decided = registry.decided_for_data(info["hash"]) if info["hash"] != champion_data else None
+        decided = registry.decided_for_data(info["hash"], name) if info["hash"] != champion_data else None
         new_data = info["hash"] != champion_data and decided is None
-        info.update(champion=champion, champion_data_version=champion_data, new_data=new_data, forced=forced,
-                    decided=decided)
+        info.update(model_name=name, champion=champion, champion_data_version=champion_data, new_data=new_data,
+                    forced=forced, decided=decided)
         served = f"champion v{champion} was trained on {champion_data}" if champion else "no champion yet"
         state = ("NEW DATA" if new_data else f"already decided: v{decided['version']} {decided['decision']}"
                  if decided else "unchanged")
@@ -219,7 +222,7 @@ def xray_retrain():
         from pipeline import registry
 
         decision = get_current_context()["ti"].xcom_pull(task_ids="decide", key="decision")
-        result = registry.promote(trained["version"], decision)
+        result = registry.promote(trained["version"], decision, name=trained["model_name"])
         done = result.get("promoted") or result.get("already")   # already: a retry of a try that promoted
         if not done:   # e.g. someone promoted another version meanwhile: stale decision
             print(f"not promoted: {result.get('reason')}")
@@ -230,7 +233,7 @@ def xray_retrain():
         from pipeline import registry
 
         decision = get_current_context()["ti"].xcom_pull(task_ids="decide", key="decision")
-        return {"outcome": "rejected", **registry.reject(trained["version"], decision)}
+        return {"outcome": "rejected", **registry.reject(trained["version"], decision, name=trained["model_name"])}
 
     @task(trigger_rule="none_failed_min_one_success", **NO_RETRY)
     def notify(info: dict, trained: dict, scores: dict) -> dict:
@@ -246,7 +249,7 @@ def xray_retrain():
             "event": "decision", "dag_run_id": context["dag_run"].run_id, "decision": decision,
             "version": trained.get("version"), "data_version": info["hash"], "nfiles": info.get("nfiles"),
             "trigger": "forced" if info.get("forced") else "new data",
-            "champion_before": info.get("champion"), "champion_after": registry.champion_version(),
+            "champion_before": info.get("champion"), "champion_after": registry.champion_version(name),
             "scores": scores, "run_link": xray_notify.run_link(trained.get("run_id"), trained.get("experiment_id")),
             "model_link": xray_notify.model_link(name, trained.get("version")),
         }

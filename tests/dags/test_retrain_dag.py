@@ -12,6 +12,8 @@ import pytest
 from dagtest_utils import (TINY_OVERRIDES, airflow_env, alias, migrate, mlflow_client, policy_params, run_dag,
                            states, versions)
 
+from pipeline import config
+
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
 TRAINED_PATH = {"detect": "success", "validate": "success", "train": "success", "evaluate": "success",
@@ -117,13 +119,16 @@ def test_retraining_lifecycle(world, webhook, mlflow_server, tmp_path):
 
 
 def test_dag_on_postgresql(world, webhook, mlflow_server, tmp_path, postgres_url):
-    """The same DAG with PostgreSQL as Airflow's metadata database (as in production and CI)."""
+    """The same DAG with PostgreSQL as Airflow's metadata database (as in production and CI), and
+    the registered model named in the params file ($XRAY_PARAMS), not by $XRAY_MODEL_NAME: every
+    task, decision included, acts on that model (the registry once fell back to params.yaml's)."""
     import psycopg2
 
     name = f"dagtest-pg-{uuid.uuid4().hex[:8]}"
     env = airflow_env(tmp_path / "airflow-pg", sql_conn=postgres_url, XRAY_REPO=str(world.workspace),
-                      XRAY_MODEL_NAME=name, MLFLOW_TRACKING_URI=mlflow_server, XRAY_NOTIFY_WEBHOOK=webhook.url,
-                      XRAY_PARAMS=policy_params(tmp_path / "params.yaml"))
+                      MLFLOW_TRACKING_URI=mlflow_server, XRAY_NOTIFY_WEBHOOK=webhook.url,
+                      XRAY_PARAMS=policy_params(tmp_path / "params.yaml", f"registry.model_name={name}"))
+    env.pop("XRAY_MODEL_NAME", None)
     migrate(env)
     world.add_images(80, seed=2)
     world.publish()
@@ -136,6 +141,8 @@ def test_dag_on_postgresql(world, webhook, mlflow_server, tmp_path, postgres_url
     tags = versions(client, name)[version]
     assert tags["decision"] in ("promoted", "rejected")
     assert alias(client, name, "champion") == (version if tags["decision"] == "promoted" else None)
+    assert result["xcom"]["detect"]["model_name"] == name
+    assert not client.search_registered_models(f"name = '{config.model_name(config.load_params())}'")
 
     dsn = postgres_url.replace("postgresql+psycopg2://", "postgresql://")
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
