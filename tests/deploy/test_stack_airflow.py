@@ -183,3 +183,23 @@ def test_wrong_password_and_unreachable_server(fake):
     assert proc.returncode != 0
     proc = run(fake, "last", AIRFLOW_URL="http://127.0.0.1:9")
     assert proc.returncode == 1 and "unreachable" in proc.stderr
+
+
+def test_training_progress_from_the_train_task_log(tmp_path, monkeypatch):
+    """`make run` shows each epoch of the train task (read from its log) with an ETA."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stack_airflow", SCRIPT)
+    stack_airflow = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stack_airflow)
+
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    folder = tmp_path / "logs" / "dag_id=xray_retrain" / "run_id=r1" / "task_id=train"
+    assert stack_airflow.training_progress("r1") is None   # no log yet
+    folder.mkdir(parents=True)
+    line = '{"level":"info","event":"epoch %d/14: train_loss 0.1  val_loss 0.1  val_auc %s  95.0 img/s  40s"}\n'
+    (folder / "attempt=1.log").write_text('{"event":"preparing data"}\n')
+    assert stack_airflow.training_progress("r1") is None   # started, no epoch finished
+    (folder / "attempt=1.log").write_text(line % (1, "0.9712") + line % (5, "0.9948"))
+    assert stack_airflow.training_progress("r1") == (
+        "epoch 5/14, val AUC 0.9948, 40 s/epoch, about 6 min to go (at most; early stopping may end sooner)")
