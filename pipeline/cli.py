@@ -80,7 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    params = config.load_params(getattr(args, "params", None), getattr(args, "overrides", []))
+    try:
+        params = config.load_params(getattr(args, "params", None), getattr(args, "overrides", []))
+    except config.ParamsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     data_root = getattr(args, "data", None) or config.default_data_root()
     try:
         return COMMANDS[args.command](args, params, data_root) or 0
