@@ -69,15 +69,13 @@ def threshold_tradeoff(y, p_clean, stressed: dict[str, np.ndarray], points: int 
 
 
 def roc_auc(y_true, prob) -> float:
-    """Area under the ROC curve (Mann-Whitney form, ties counted half)."""
-    from scipy.stats import rankdata
+    """Area under the ROC curve (scikit-learn's); NaN when only one class is present."""
+    from sklearn.metrics import roc_auc_score
 
-    y_true, prob = np.asarray(y_true), np.asarray(prob, dtype=np.float64)
-    n_pos, n_neg = int((y_true == 1).sum()), int((y_true == 0).sum())
-    if n_pos == 0 or n_neg == 0:
+    y_true = np.asarray(y_true)
+    if len(np.unique(y_true)) < 2:
         return float("nan")
-    ranks = rankdata(prob)
-    return float((ranks[y_true == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(y_true, np.asarray(prob, dtype=np.float64)))
 
 
 def compute_metrics(y_true, prob, threshold: float) -> dict:

@@ -8,7 +8,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import login_not_required
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -63,12 +63,10 @@ def _no_champion_text(status: dict) -> str:
             f"'{reg['alias']}' version of '{reg['model_name']}'.")
 
 
-@login_required
 def index(request):
     return redirect("upload")
 
 
-@login_required
 @require_http_methods(["GET", "POST"])
 def upload(request):
     json = _wants_json(request)
@@ -121,14 +119,12 @@ def _upload_errors(request, json: bool, failed, champion=None):
         "file_errors": failed}, status=400)
 
 
-@login_required
 @require_GET
 def result(request, pk):
     diagnosis = get_object_or_404(Diagnosis, pk=pk, owner=request.user)  # 404, not 403: no probing
     return render(request, "diagnosis/result.html", {"d": diagnosis})
 
 
-@login_required
 @require_GET
 def card(request, version: str):
     """The model card of a registered version, for staff (doctors see the version on each result)."""
@@ -146,7 +142,6 @@ def card(request, version: str):
     return render(request, "diagnosis/model_card.html", {"version": version, "card": html})
 
 
-@login_required
 @require_GET
 def history(request):
     page = Paginator(Diagnosis.objects.filter(owner=request.user).order_by("-created"),
@@ -154,7 +149,6 @@ def history(request):
     return render(request, "diagnosis/history.html", {"page": page})
 
 
-@login_required
 @require_GET
 def image(request, pk, kind):
     if kind not in IMAGE_KINDS:
@@ -172,7 +166,6 @@ def image(request, pk, kind):
     return response
 
 
-@login_required
 @require_http_methods(["GET", "POST"])
 def api_token(request):
     new_key = None
@@ -189,6 +182,7 @@ def api_token(request):
     return response
 
 
+@login_not_required  # its own authentication (token or session): 401 JSON, never a redirect to a form
 @csrf_exempt  # token clients have no CSRF cookie; session clients are CSRF-checked in authenticate_api
 @never_cache
 def api_predict(request):
@@ -237,6 +231,7 @@ def _api_error(code: str, detail: str, status: int = 400):
     return JsonResponse({"error": code, "detail": detail}, status=status)
 
 
+@login_not_required  # load balancers and monitors
 @require_GET
 @never_cache
 def healthz(request):
