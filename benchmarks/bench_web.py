@@ -160,7 +160,7 @@ def main() -> int:
     env.setdefault("XRAY_MODEL_CACHE_DIR", str(tmp / "model-cache"))
     os.environ["XRAY_MODEL_CACHE_DIR"] = env["XRAY_MODEL_CACHE_DIR"]
     try:
-        from pipeline import config, data, registry
+        from pipeline import candidates, config, data, registry, tracking
 
         params = config.load_params()
         if args.tracking_uri:
@@ -178,10 +178,10 @@ def main() -> int:
             reg_params = config.apply_overrides(params, {"registry.model_name": name,
                                                          "registry.experiment": "bench-web"})
             env_name = os.environ.pop("XRAY_MODEL_NAME", None)
-            version = registry.register_checkpoint(ckpt, reg_params, tags={"trigger": "bench"},
+            version = tracking.register_checkpoint(ckpt, reg_params, tags={"trigger": "bench"},
                                                    data_root=args.data)["version"]
             splits, _report, cache = data.load(args.data, params)
-            registry.check_fast_path(version, splits, params, cache, name)
+            candidates.check_fast_path(version, splits, params, cache, name)
             registry.promote(version, name=name, force=True)
             if env_name is not None:
                 os.environ["XRAY_MODEL_NAME"] = env_name
@@ -246,7 +246,7 @@ def main() -> int:
 
         if args.tracking_uri:
             splits, _report, cache = data.load(args.data, params)
-        agreement = registry.fast_path_report(int(version), splits, params, cache, name)
+        agreement = candidates.fast_path_report(int(version), splits, params, cache, name)
 
         n1, n8 = args.requests, 2 * args.requests
         results = {"django": {}, "mlflow": {}}

@@ -180,14 +180,14 @@ def xray_retrain():
     @task(**NO_RETRY, execution_timeout=timedelta(minutes=float(SETTINGS["train_timeout_minutes"])),
           queue=os.environ.get("XRAY_TRAINING_QUEUE", "training"))
     def train(info: dict, report: dict) -> dict:
-        """Train the challenger; registry.tracked_train logs everything to MLflow and registers a version."""
-        from pipeline import config, registry
+        """Train the challenger; tracking.tracked_train logs everything to MLflow and registers a version."""
+        from pipeline import config, tracking
 
         context = get_current_context()
         params = _context_params(context)
         run_id = context["dag_run"].run_id
         trigger = "forced" if info["forced"] else "new-data"
-        result = registry.tracked_train(
+        result = tracking.tracked_train(
             params, Path(info["data_root"]), config.runs_dir() / f"airflow-{_short(run_id)}",
             run_name=f"airflow {context.get('ds') or pendulum.now('UTC').to_date_string()} "
                      f"data {info['hash'][:8]} {trigger}",
@@ -201,18 +201,18 @@ def xray_retrain():
     @task(**RETRY)
     def evaluate(info: dict, trained: dict) -> dict:
         """Score the challenger and the current champion on the same held-out split, now."""
-        from pipeline import registry
+        from pipeline import candidates
 
         params = _context_params(get_current_context())
-        return registry.evaluate_candidates(trained["version"], params, Path(info["data_root"]))
+        return candidates.evaluate_candidates(trained["version"], params, Path(info["data_root"]))
 
     @task.branch
     def decide(scores: dict) -> str:
         """The promotion policy (params.yaml `promotion:`) decides; the decision goes to XCom."""
-        from pipeline import registry
+        from pipeline import policy
 
         context = get_current_context()
-        decision = registry.decide(scores, _context_params(context))
+        decision = policy.decide(scores, _context_params(context))
         context["ti"].xcom_push(key="decision", value=decision)
         print(f"decision: {'PROMOTE' if decision['promote'] else 'REJECT'} -- {decision['reason']}")
         return "promote" if decision["promote"] else "reject"

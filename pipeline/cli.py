@@ -6,12 +6,13 @@ Endpoints come from the environment (MLFLOW_TRACKING_URI, XRAY_CACHE_DIR, ...; s
 from __future__ import annotations
 
 import argparse
+import getpass
 import datetime as dt
 import json
 import sys
 from pathlib import Path
 
-from pipeline import config, registry
+from pipeline import candidates, config, policy, registry
 
 EPILOG = """examples:
   python -m pipeline validate --data ../shared/datasets/chest_xray
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("version", type=int, nargs="?",
                            help="registered model version to promote (default: the current challenger)")
             p.add_argument("--reason", default="manual promotion", help="recorded on the version")
-        registry.add_arguments(name, p)
+        add_arguments(name, p)
     return parser
 
 
@@ -190,11 +191,100 @@ def cmd_predict(args, params, data_root) -> int:
     return 1 if failed else 0
 
 
-def _registry(name):
-    def run(args, params, data_root):
-        return getattr(registry, f"cli_{name}")(args, params)
-    return run
+# ----------------------------------------------------------------------------- registry commands
+def add_arguments(command: str, parser) -> None:
+    """Optional extra arguments of `python -m pipeline promote|rollback|status`."""
+    parser.add_argument("--model", default=None, help="registered model name (default: params / $XRAY_MODEL_NAME)")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    if command == "promote":
+        parser.add_argument("--evaluate", action="store_true",
+                            help="score the version and the champion now on the held-out split of --data and "
+                                 "apply the params.yaml promotion policy (default: a person promotes, no checks)")
+        parser.add_argument("--data", default=None, help="dataset for --evaluate (default: $XRAY_DATA/$DATA)")
+    if command == "rollback":
+        parser.add_argument("--reason", default="manual rollback", help="why (stored on the version)")
+
+
+def _print(obj: dict, as_json: bool, text: str) -> None:
+    print(json.dumps(obj, indent=2, default=str) if as_json else text)
+
+
+def cmd_promote(args, params: dict | None = None, data_root=None) -> int:
+    """Exit 0: promoted (or already champion); 2: the policy rejected it / the decision was stale /
+    the version failed the serving check.
+
+    Without --evaluate a person decides: the version becomes champion once it passes
+    serving_check (tag decision=promoted_manually, with --reason). With --evaluate the policy decides, as in the DAG.
+    """
+    params = params if params is not None else config.load_params(getattr(args, "params", None),
+                                                                 getattr(args, "overrides", None) or ())
+    name = getattr(args, "model", None) or registry._name(params)
+    client = registry._client(registry.check_server())
+    version = getattr(args, "version", None) or registry._alias_version(client, name, registry.CHALLENGER)
+    if version is None:
+        raise SystemExit(f"no version given and '{name}' has no '{registry.CHALLENGER}' alias")
+    as_json = getattr(args, "json", False)
+    reason = getattr(args, "reason", None)
+    if not getattr(args, "evaluate", False):
+        # A person may overrule the comparison with the champion, never the serving check: a model
+        # that does not load or answers NaN would only be refused by the web app (or worse, served).
+        problems = registry.serving_check(version, name)
+        if problems:
+            _print({"promoted": False, "version": int(version), "problems": problems}, as_json,
+                   f"v{version}: NOT promoted -- " + "; ".join(problems))
+            return 2
+        reason = reason if reason and reason != "manual promotion" else "manual promotion"
+        result = registry.promote(version, {"reason": f"{reason} (by {getpass.getuser()})", "decided_at": registry._now()},
+                         name=name, force=True)
+        _print(result, as_json, f"v{version}: {'now champion' if result['promoted'] else 'unchanged'} -- "
+                                f"{result['reason']}; previous_champion: v{result.get('previous_champion')}")
+        return 0
+    data = Path(getattr(args, "data", None) or config.default_data_root())
+    scores = candidates.evaluate_candidates(version, {**params, "registry": {**params["registry"], "model_name": name}}, data)
+    decision = policy.decide(scores, params)
+    if reason and reason != "manual promotion":
+        decision["reason"] = f"{decision['reason']} ({reason})"
+    result = registry.promote(version, decision, name=name) if decision["promote"] else registry.reject(version, decision, name=name)
+    verdict = "promoted" if result["promoted"] else ("stale" if result.get("stale") else "rejected")
+    _print({"decision": decision, "result": result}, as_json, f"v{version}: {verdict} -- {result['reason']}")
+    return 0 if result["promoted"] else 2
+
+
+def cmd_rollback(args, params: dict | None = None, data_root=None) -> int:
+    name = getattr(args, "model", None) or (registry._name(params) if params is not None else None)
+    try:
+        result = registry.rollback(name=name, reason=getattr(args, "reason", None) or "manual rollback")
+    except registry.PromotionError as exc:
+        print(f"rollback: {exc}")
+        return 2
+    _print(result, getattr(args, "json", False),
+           f"champion is now v{result['champion']} (rolled back from v{result['rolled_back_from']}); "
+           f"previous_champion: {'v' + str(result['previous_champion']) if result['previous_champion'] else 'none'}")
+    return 0
+
+
+def format_status(st: dict) -> str:
+    lines = [f"model {st['model_name']} at {st['tracking_uri']}"]
+    for role in ("champion", "previous_champion", "challenger"):
+        d = st[role]
+        if d is None:
+            lines.append(f"  {role:<18} none")
+            continue
+        auc = d["scores"].get("challenger.auc") or d["scores"].get("test.auc") or "?"
+        lines.append(f"  {role:<18} v{d['version']}  auc {auc}  data {d['data_version'] or '?'}  "
+                     f"{d['decision'] or 'undecided'}: {d['reason'] or ''}")
+    lines.append("  recent versions:")
+    for v in st["versions"]:
+        lines.append(f"    v{v['version']:<4} {','.join(v['aliases']) or '-':<28} {v['decision']}: {v['reason']}")
+    return "\n".join(lines)
+
+
+def cmd_status(args, params: dict | None = None, data_root=None) -> int:
+    name = getattr(args, "model", None) or (registry._name(params) if params is not None else None)
+    st = registry.status(name=name)
+    _print(st, getattr(args, "json", False), format_status(st))
+    return 0
 
 
 COMMANDS = {"validate": cmd_validate, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "promote": _registry("promote"), "rollback": _registry("rollback"), "status": _registry("status")}
+            "promote": cmd_promote, "rollback": cmd_rollback, "status": cmd_status}

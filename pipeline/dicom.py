@@ -20,7 +20,6 @@ the picture's own min and max, so the same film gives the same grey levels whate
 """
 from __future__ import annotations
 
-import io
 import zlib
 from dataclasses import dataclass
 

@@ -1,9 +1,10 @@
-"""MLflow tracking, the model registry, and champion/challenger promotion.
+"""The model registry: which version serves (aliases), loading a version, the promotion lock,
+alias moves (promote, reject, rollback) and status. MLflow server access lives here too.
 
 Who calls what
-- the DAG:      tracked_train -> evaluate_candidates -> decide -> promote | reject
+- the DAG:      tracking.tracked_train -> candidates.evaluate_candidates -> policy.decide -> promote | reject
 - Django:       load_champion() -> (Predictor, ModelVersion); champion_version() to notice a change
-- people:       python -m pipeline promote | rollback | status   (cli_promote, cli_rollback, cli_status)
+- people:       python -m pipeline promote | rollback | status   (pipeline/cli.py)
 
 Registry layout (one registered model, name = params registry.model_name or $XRAY_MODEL_NAME)
 - every training run registers a new version and moves the alias `challenger` onto it;
@@ -25,9 +26,7 @@ read back afterwards; readers never see `champion` on a half-registered version.
 from __future__ import annotations
 
 import datetime as _dt
-import getpass
 import hashlib
-import io
 import json
 import logging
 import math
@@ -35,16 +34,13 @@ import os
 import random
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from pipeline import config
 
@@ -57,10 +53,10 @@ PREVIOUS = "previous_champion"
 LOCK_SUFFIX = ".promotion-lock"
 LOCK_STALE_S = float(os.environ.get("XRAY_PROMOTION_LOCK_STALE_S", 300))   # a holder never takes this long
 LOCK_WAIT_S = float(os.environ.get("XRAY_PROMOTION_LOCK_WAIT_S", 120))
+# the figures copied onto a version's tags (test.<key> at registration; challenger./champion.<key> at decision)
 METRIC_KEYS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "threshold", "ece",
                "stress_mean_auc", "stress_worst_auc", "stress_worst_sensitivity", "stress_worst_specificity",
                "external_auc", "external_sensitivity", "external_specificity", "external_ece")
-MODEL_ARTIFACT = "model"
 
 
 class TrackingServerUnavailable(RuntimeError):
@@ -134,20 +130,6 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(config.REPO_ROOT), "rev-parse", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
-        commit = out.stdout.strip() if out.returncode == 0 else ""
-        if not commit:
-            return "none"
-        dirty = subprocess.run(["git", "-C", str(config.REPO_ROOT), "status", "--porcelain",
-                                "--untracked-files=no"], capture_output=True, text=True, timeout=10)
-        return commit + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -162,274 +144,6 @@ def _fmt(value) -> str:
 
 
 # ----------------------------------------------------------------------------- tracking
-def _run_name(data_version: str | None, trigger: str) -> str:
-    stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M")
-    data = f"data-{data_version[:8]}" if data_version else "data-local"
-    return f"{stamp}_{data}_{trigger}"
-
-
-def _example_bytes(data_root: Path, image_size: int) -> bytes | None:
-    """A small real X-ray from the data (re-encoded PNG at model size) as the input example."""
-    from PIL import Image
-
-    from pipeline.preprocess import load_image, to_array
-
-    for pattern in ("*.jpeg", "*.jpg", "*.png"):
-        for path in sorted(Path(data_root).rglob(pattern))[:5]:
-            try:
-                arr = to_array(load_image(path), image_size)
-            except Exception:  # noqa: BLE001 - any unusable file: try the next one
-                continue
-            buf = io.BytesIO()
-            Image.fromarray(arr).save(buf, format="PNG")
-            return buf.getvalue()
-    return None
-
-
-def _dataset_input(data_root: Path, out_dir: Path, digest: str, name: str):
-    """An MLflow dataset describing the images used (one row per image: path, label, split)."""
-    import mlflow.data
-    import pandas as pd
-
-    from pipeline.data import patient_id
-
-    rows = []
-    split_file = Path(out_dir) / "split.json"
-    if split_file.exists():
-        try:
-            split = json.loads(split_file.read_text())
-        except ValueError:
-            split = {}
-        for split_name in ("train", "val", "test"):
-            for item in split.get(split_name) or []:
-                path = Path(str(item))
-                label = path.parent.name.upper() if path.parent.name.upper() in config.CLASSES else None
-                rows.append({"path": str(path), "label": label, "patient": patient_id(path.name),
-                             "split": split_name})
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-
-    with warnings.catch_warnings():   # "source can be interpreted in multiple ways": it is a local folder
-        warnings.simplefilter("ignore", UserWarning)
-        source = resolve_dataset_source(str(data_root))
-    if rows:
-        return mlflow.data.from_pandas(pd.DataFrame(rows), source=source, targets="label", name=name,
-                                       digest=digest[:36])
-    return MetaDataset(source=source, name=name, digest=digest[:36])
-
-
-def _validation_arrays(data_root: Path | None, image_size: int, n: int = 32):
-    """(uint8 [n, S, S], where from): n real X-rays spread over the data, else a synthetic set."""
-    import numpy as np
-
-    from pipeline.preprocess import load_array
-
-    files = sorted(Path(data_root).rglob("*.jpeg")) if data_root else []
-    arrays = []
-    for path in files[::max(1, len(files) // n)]:
-        try:
-            arrays.append(load_array(path, image_size))
-        except Exception:  # noqa: BLE001 - an unusable file: the next one
-            continue
-        if len(arrays) == n:
-            break
-    if arrays:
-        return np.stack(arrays), f"{len(arrays)} real X-rays of {data_root}"
-    rng = np.random.default_rng(0)  # no data given (imports, benchmarks): textured grey images
-    ramp = np.linspace(0, 255, image_size)[None, :, None]
-    return np.clip(ramp + rng.normal(0, 40, (n, image_size, image_size)), 0, 255).astype(np.uint8), "synthetic"
-
-
-def _export_onnx(checkpoint: Path, out_dir: Path, data_root: Path | None) -> tuple[Path, dict[str, str]]:
-    """The checkpoint's ONNX export, validated by ONNX Runtime (raises onnx_export.OnnxMismatch)."""
-    import mlflow
-
-    from pipeline import onnx_export
-    from pipeline.predict import Predictor
-
-    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
-    path = onnx_export.export(predictor, out_dir / "model.onnx")
-    arrays, source = _validation_arrays(data_root, predictor.image_size)
-    report = onnx_export.validate(path, predictor, arrays)
-    mlflow.log_dict({**report, "images": source}, "onnx/validation.json")
-    return path, {"onnx.max_abs_logit_diff": f"{report['max_abs_logit_diff']:.1e}", "onnx.validated_on": source}
-
-
-def _register(client, name: str, checkpoint: Path, run_id: str, example: bytes | None,
-              version_tags: dict[str, str], data_root: Path | None = None) -> Any:
-    """Log the pyfunc (with its validated ONNX export) under the active run, register it as a new
-    version, alias it challenger."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from pipeline.pyfunc_model import log_pyfunc
-
-    try:
-        client.create_registered_model(name, description=(
-            "ResNet18 chest X-ray pneumonia classifier (pyfunc: raw image bytes -> probability, "
-            "label, threshold). Alias `champion` serves doctors; `challenger` is the newest "
-            "candidate; `previous_champion` is what a rollback restores."))
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    with tempfile.TemporaryDirectory(prefix="xray-onnx-") as tmp:
-        onnx_file, onnx_tags = _export_onnx(checkpoint, Path(tmp), data_root)
-        info = log_pyfunc(checkpoint, input_example=example, name=MODEL_ARTIFACT, onnx=onnx_file)
-    tags = {"run_id": run_id, **onnx_tags, **version_tags}
-    mv = mlflow.register_model(info.model_uri, name, tags=tags)
-    client.set_registered_model_alias(name, CHALLENGER, mv.version)
-    return mv
-
-
-def tracked_train(params: dict, data_root, out_dir, run_name: str | None = None,
-                  tags: dict | None = None, data_version: str | None = None) -> dict:
-    """Train with everything logged to MLflow, register the model, alias it `challenger`.
-
-    Fails before training (TrackingServerUnavailable, naming the URI) when the server is down.
-    A crash inside the run marks it FAILED (KeyboardInterrupt: KILLED); the exception propagates.
-    Returns a small JSON-serialisable dict (the DAG passes it through XCom).
-    """
-    import mlflow
-
-    from pipeline.train import train
-
-    t_start = time.perf_counter()
-    uri = check_server()
-    client = _client(uri)
-    name = _name(params)
-    tags = {str(k): str(v) for k, v in (tags or {}).items()}
-    trigger = tags.get("trigger", "manual")
-    run_name = run_name or _run_name(data_version, trigger)
-    data_root, out_dir = Path(data_root), Path(out_dir)
-    experiment = mlflow.set_experiment(params["registry"]["experiment"])
-    commit = _git_commit()
-
-    run_tags = {
-        **tags, "trigger": trigger, "git_commit": commit, "mlflow.source.git.commit": commit,
-        "data.version": data_version or "none", "data.root": str(data_root),
-        "mlflow.user": tags.get("mlflow.user", getpass.getuser()), "host": socket.gethostname(),
-    }
-    with mlflow.start_run(run_name=run_name, tags=run_tags) as run:
-        run_id = run.info.run_id
-        mlflow.log_params({k: ("" if v is None else str(v)[:6000]) for k, v in config.flatten(params).items()})
-        mlflow.log_dict(params, "params.yaml")
-
-        def on_epoch_end(row: dict) -> None:
-            step = int(row.get("epoch", 0))
-            mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch" and _finite(v)}, step=step)
-
-        t_train = time.perf_counter()
-        result = train(params, data_root, out_dir, on_epoch_end=on_epoch_end, progress=False)
-        t_train = time.perf_counter() - t_train
-
-        # parameters in effect (defaults filled by train) that were not in params.yaml
-        effective = {k: str(v)[:6000] for k, v in (result.params or {}).items()
-                     if k not in config.flatten(params)}
-        if effective:
-            mlflow.log_params(effective)
-
-        metrics = dict(result.metrics or {})
-        final = {(k if k.startswith(("stress_", "external_", "val_")) else f"test_{k}"): float(v)
-                 for k, v in metrics.items() if _finite(v) and k not in ("val_auc", "best_epoch")}
-        per_shift = metrics.get("stress_per_shift") or {}
-        for shift_name, figures in per_shift.items():  # MLflow metric names: no ':'
-            final.update({f"stress.{shift_name.replace(':', '.')}.{k}": float(v)
-                          for k, v in figures.items() if _finite(v)})
-        if per_shift:
-            mlflow.log_table({"shift": list(per_shift), **{k: [per_shift[x][k] for x in per_shift]
-                                                         for k in next(iter(per_shift.values()))}},
-                             artifact_file="stress/per_shift.json")
-        final.update({k if k != "val_auc" else "best_val_auc": float(metrics[k])
-                      for k in ("val_auc", "best_epoch") if _finite(metrics.get(k))})
-        cm = metrics.get("confusion_matrix")
-        if isinstance(cm, (list, tuple)) and len(cm) == 2 and all(len(r) == 2 for r in cm):
-            (tn, fp), (fn, tp) = cm
-            final.update(test_tn=float(tn), test_fp=float(fp), test_fn=float(fn), test_tp=float(tp))
-        mlflow.log_metrics(final)
-        if result.gate_metrics:  # the input gate's fitted thresholds (pipeline.gate)
-            mlflow.log_metrics(result.gate_metrics)
-            mlflow.log_params({"gate.fitted_max_distance": f"{result.gate_metrics['gate_max_distance']:.4f}",
-                               "gate.fitted_min_upright": f"{result.gate_metrics['gate_min_upright']:.4f}"})
-
-        dataset = result.dataset or {}
-        fingerprint = str(dataset.get("fingerprint", ""))
-        data_tags = {"data.fingerprint": fingerprint or "none",
-                     "data.dvc_hash": data_version or "none",
-                     "data.rejected": str(dataset.get("rejected", 0)),
-                     "data.duplicates_dropped": str(dataset.get("duplicates", 0))}
-        for split_name, per_class in (dataset.get("counts") or {}).items():
-            if isinstance(per_class, dict):
-                for cls, n in per_class.items():
-                    data_tags[f"data.count.{split_name}.{cls}"] = str(n)
-                data_tags[f"data.count.{split_name}"] = str(sum(int(n) for n in per_class.values()))
-            else:
-                data_tags[f"data.count.{split_name}"] = str(per_class)
-        mlflow.set_tags(data_tags)
-        digest = (data_version or fingerprint or "unknown")
-        ds_name = f"chest_xray@{digest[:8]}"
-        mlflow.log_input(_dataset_input(data_root, out_dir, digest, ds_name), context="training",
-                         tags={"dvc_hash": data_version or "none", "fingerprint": fingerprint or "none"})
-
-        system = dict(result.system or {})
-        mlflow.set_tags({f"system.{k}": str(v) for k, v in system.items()})
-        if _finite(system.get("wall_time_s")):
-            mlflow.log_metric("train_wall_time_s", float(system["wall_time_s"]))
-        mlflow.log_dict(_jsonable(system), "system.json")
-
-        for fname in ("metrics.json", "history.json", "validation_report.json", "split.json", "operating_point.json"):
-            if (out_dir / fname).exists():
-                mlflow.log_artifact(str(out_dir / fname), artifact_path="reports")
-        for plot in result.plots or []:
-            mlflow.log_artifact(str(plot), artifact_path="plots")
-
-        image_size = int(params["preprocess"]["image_size"])
-        mv = _register(client, name, Path(result.checkpoint), run_id, _example_bytes(data_root, image_size), {
-            "data.version": data_version or "none", "data.fingerprint": fingerprint or "none",
-            "git_commit": commit, "trigger": trigger,
-            **{f"test.{k}": _fmt(metrics[k]) for k in METRIC_KEYS if k in metrics},
-        }, data_root=data_root)
-        mlflow.set_tags({"registered_model": name, "registered_version": str(mv.version)})
-        from pipeline import model_card
-
-        client.update_model_version(name, str(mv.version), description=model_card.render(
-            mv.version, metrics, params, data_version or fingerprint or "unknown", dataset.get("counts") or {}))
-        t_total = time.perf_counter() - t_start
-        mlflow.log_metric("tracking_overhead_s", t_total - t_train)
-
-    return _jsonable({
-        "run_id": run_id, "run_name": run_name, "experiment_id": experiment.experiment_id,
-        "tracking_uri": uri, "model_name": name, "version": int(mv.version),
-        "model_uri": f"models:/{name}/{mv.version}", "metrics": metrics,
-        "checkpoint": str(result.checkpoint), "out_dir": str(out_dir),
-        "data_version": data_version, "fingerprint": fingerprint,
-        "wall_time_s": round(t_total, 2),
-        "seconds": {"train": round(t_train, 2), "tracking": round(t_total - t_train, 2)},
-    })
-
-
-def register_checkpoint(checkpoint, params: dict, run_name: str | None = None, tags: dict | None = None,
-                        metrics: dict | None = None, data_root=None) -> dict:
-    """Log an existing model.pt as a run + new registered version (alias `challenger`).
-
-    For models trained elsewhere (and for tests/benchmarks: degraded models). No training.
-    """
-    import mlflow
-
-    uri = check_server()
-    client = _client(uri)
-    name = _name(params)
-    mlflow.set_experiment(params["registry"]["experiment"])
-    tags = {str(k): str(v) for k, v in (tags or {}).items()}
-    tags.setdefault("trigger", "import")
-    with mlflow.start_run(run_name=run_name or _run_name(None, tags["trigger"]), tags=tags) as run:
-        mlflow.log_params({k: ("" if v is None else str(v)[:6000]) for k, v in config.flatten(params).items()})
-        if metrics:
-            mlflow.log_metrics({f"test_{k}": float(v) for k, v in metrics.items() if _finite(v)})
-        example = _example_bytes(Path(data_root), int(params["preprocess"]["image_size"])) if data_root else None
-        mv = _register(client, name, Path(checkpoint), run.info.run_id, example, {"trigger": tags["trigger"]},
-                       data_root=Path(data_root) if data_root else None)
-    return {"run_id": run.info.run_id, "version": int(mv.version), "model_name": name,
-            "model_uri": f"models:/{name}/{mv.version}"}
 
 
 # ----------------------------------------------------------------------------- loading models
@@ -493,44 +207,6 @@ def load_version(version: int, name: str | None = None, device=None, tracking_ur
     return predictor, mv
 
 
-def fast_path_report(version: int, splits, params: dict, cache, name: str | None = None) -> dict:
-    """The version's fast path against its float32 reference on the held-out patients and on the
-    same patients under every stress shift (pipeline.fastpath.check). Anything going wrong is a
-    failed check: the fast path is an optimisation, never a requirement."""
-    import numpy as np
-
-    from pipeline import evaluate, fastpath, quality
-    from pipeline.pyfunc_model import onnx_in
-
-    name = _name(name=name)
-    try:
-        predictor, _ = load_version(version, name)
-        onnx_file = onnx_in(download_version(version, name))
-        if onnx_file is None:
-            raise FileNotFoundError("the version has no ONNX export")
-        held = evaluate.sample_arrays(splits.test, predictor.image_size, params, cache)
-        shifted = quality.stress_set(splits.test, params, predictor.image_size)
-        stress = (np.concatenate(list(shifted.arrays.values())), np.tile(shifted.labels, len(shifted.arrays)))
-        return _jsonable(fastpath.check(predictor, onnx_file, {"held-out": held, "stress": stress}))
-    except Exception as exc:  # noqa: BLE001
-        return {"ok": False, "reason": f"check failed: {type(exc).__name__}: {exc}", "precision": "", "sets": {}}
-
-
-def check_fast_path(version: int, splits, params: dict, cache, name: str | None = None) -> dict:
-    """fast_path_report, recorded on the version: tag `fast_path=on|off` with the figures. The site
-    runs a version on the fast path only when it is `on` (load_version(fast=True))."""
-    name = _name(name=name)
-    result = fast_path_report(version, splits, params, cache, name)
-    sets = result["sets"].values()
-    tags = {FAST_PATH_TAG: "on" if result["ok"] else "off", f"{FAST_PATH_TAG}.reason": result["reason"][:500],
-            f"{FAST_PATH_TAG}.precision": result["precision"]}
-    if sets:
-        tags[f"{FAST_PATH_TAG}.label_agreement"] = f"{min(r['label_agreement'] for r in sets):.4f}"
-        tags[f"{FAST_PATH_TAG}.auc_delta"] = f"{max(r.get('auc_delta', 0.0) for r in sets):.4f}"
-    _tag_version(_client(), name, version, tags)
-    return result
-
-
 def load_champion(name: str | None = None, device=None, alias: str = CHAMPION, tracking_uri: str | None = None,
                   fast: bool = False, threads: int = 0):
     """(Predictor, ModelVersion) of the version holding `alias` (default champion; raises NoChampion).
@@ -553,141 +229,6 @@ def champion_version(name: str | None = None, tracking_uri: str | None = None) -
 
 
 # ----------------------------------------------------------------------------- evaluation + policy
-def evaluate_candidates(challenger_version: int, params: dict, data_root) -> dict:
-    """Score the challenger and the current champion now, on the same held-out patients, the same
-    patients under every stress shift and any external set, each at its own stored threshold; and
-    compare them paired on those same images (DeLong for held-out and external, a patient bootstrap
-    for the mean AUC under shift). Returns plain JSON (the DAG passes it through XCom)."""
-    from pipeline import compare, data, quality
-
-    client = _client(check_server())
-    name = _name(params)
-    splits, _report, cache = data.load(Path(data_root), params)
-    champion = _alias_version(client, name, CHAMPION)
-    level = float(params["promotion"]["confidence"])
-
-    def score(version: int) -> dict:
-        predictor, _ = load_version(version, name)
-        return quality.score(predictor, splits, params, cache)
-
-    ch = score(int(challenger_version))
-    fast = check_fast_path(int(challenger_version), splits, params, cache, name)
-    out = {"model_name": name, "data_root": str(data_root), "n_test": len(splits.test),
-           "n_stress": ch["stress"]["n"], "n_external": len(getattr(splits, "external", []) or []),
-           "challenger": {"version": int(challenger_version), "metrics": quality.flat_metrics(ch)},
-           "champion": None, "comparison": None,
-           "fast_path": {k: fast[k] for k in ("ok", "reason", "precision")}}
-    if champion is not None:
-        cp = ch if champion == int(challenger_version) else score(champion)
-        out["champion"] = {"version": champion, "metrics": quality.flat_metrics(cp)}
-        a, b = ch["probs"], cp["probs"]
-        comparison = {"test": compare.delong(a["test"]["y"], a["test"]["p"], b["test"]["p"], level).to_dict(),
-                      "stress": compare.paired_bootstrap(
-                          a["stress"]["y"], a["stress"]["p"], b["stress"]["p"],
-                          int(params["promotion"]["bootstrap_samples"]), int(params["data"]["seed"]), level).to_dict()}
-        if "external" in a:
-            comparison["external"] = compare.delong(a["external"]["y"], a["external"]["p"], b["external"]["p"],
-                                                    level).to_dict()
-        out["comparison"] = comparison
-    return _jsonable(out)
-
-
-def _floor_failures(metrics: dict, floors: dict, prefix: str = "", label: str = "") -> list[str]:
-    failed = []
-    for key, floor in (floors or {}).items():
-        value = metrics.get(prefix + key)
-        name = f"{label}{key}"
-        if not _finite(value):
-            failed.append(f"{name} unavailable (floor {floor})")
-        elif value < float(floor):
-            failed.append(f"{name} {value:.4f} < floor {float(floor):.4f}")
-    return failed
-
-
-def _all_floor_failures(metrics: dict, policy: dict) -> list[str]:
-    """Held-out floors, worst-shift floors, and external floors when an external set was scored."""
-    failed = _floor_failures(metrics, policy.get("floors"))
-    failed += _floor_failures(metrics, policy.get("stress_floors"), "stress_worst_", "worst-shift ")
-    if "external_auc" in metrics:
-        failed += _floor_failures(metrics, policy.get("external_floors"), "external_", "external ")
-    return failed
-
-
-COMPARISON_LABELS = {"test": "held-out", "stress": "under shift (mean AUC)", "external": "external"}
-
-
-def decide(scores: dict, params: dict) -> dict:
-    """Apply the params.yaml `promotion` policy to evaluate_candidates()'s scores.
-
-    1. the challenger must pass every floor: held-out, worst stress shift, external (if any);
-    2. no champion: promote when first_champion == "promote_if_floors" (else leave it to a person);
-    3. a champion that is itself under a floor on today's data is replaced by a challenger passing them;
-    4. otherwise, paired on the same images (held-out, stress, external): reject when the challenger
-       is significantly worse anywhere (the interval of AUC(challenger) - AUC(champion) lies below 0)
-       or not shown non-inferior (its lower bound under -non_inferiority_margin); promote when it is
-       non-inferior everywhere and its mean AUC under shift does not go down. A challenger better in
-       distribution but worse under shift is therefore rejected: the shifted figure is the one that
-       predicts what doctors will see on films of other machines.
-    """
-    policy = params["promotion"]
-    margin = float(policy["non_inferiority_margin"])
-    first = policy.get("first_champion", "promote_if_floors")
-    ch, champ = scores["challenger"], scores.get("champion")
-    ch_m = ch["metrics"]
-    n = scores.get("n_test")
-    base = {"challenger_version": ch["version"], "champion_version": champ["version"] if champ else None,
-            "challenger_score": ch_m.get("stress_mean_auc"),
-            "champion_score": champ["metrics"].get("stress_mean_auc") if champ else None,
-            "non_inferiority_margin": margin, "n_test": n, "n_stress": scores.get("n_stress"),
-            "challenger_metrics": ch_m, "champion_metrics": champ["metrics"] if champ else None,
-            "comparison": scores.get("comparison"), "decided_at": _now()}
-    on = f" on {n} held-out images" if n else ""
-
-    failed = _all_floor_failures(ch_m, policy)
-    base["floors_failed"] = failed
-    if failed:
-        return _jsonable({**base, "promote": False,
-                          "reason": f"challenger v{ch['version']} is under the floors{on}: " + "; ".join(failed)})
-    if champ is None:
-        if first == "promote_if_floors":
-            return _jsonable({**base, "promote": True, "reason":
-                              f"no champion yet; challenger v{ch['version']} passes every floor (held-out AUC "
-                              f"{_fmt(ch_m.get('auc'))}, worst-shift AUC {_fmt(ch_m.get('stress_worst_auc'))}{on})"})
-        return _jsonable({**base, "promote": False, "reason":
-                          f"no champion yet and promotion.first_champion={first!r}: promote by hand "
-                          f"(python -m pipeline promote --version {ch['version']} --force)"})
-    if champ["version"] == ch["version"]:
-        return _jsonable({**base, "promote": False, "reason": f"v{ch['version']} is already the champion"})
-    champ_failed = _all_floor_failures(champ["metrics"], policy)
-    base["champion_floors_failed"] = champ_failed
-    if champ_failed:
-        return _jsonable({**base, "promote": True, "reason":
-                          f"champion v{champ['version']} is now under the floors{on} ({'; '.join(champ_failed)}); "
-                          f"challenger v{ch['version']} passes them"})
-    comparison = scores.get("comparison") or {}
-    if not comparison.get("test") or not comparison.get("stress"):
-        return _jsonable({**base, "promote": False, "reason": "no paired comparison with the champion was made"})
-    parts, worse, unproven = [], [], []
-    for key in ("test", "stress", "external"):
-        c = comparison.get(key)
-        if not c:
-            continue
-        text = f"{COMPARISON_LABELS[key]} {c['delta']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]"
-        parts.append(text)
-        if c["high"] < 0:
-            worse.append(COMPARISON_LABELS[key])
-        elif c["low"] < -margin:
-            unproven.append(COMPARISON_LABELS[key])
-    verdict = (f"challenger v{ch['version']} vs champion v{champ['version']}, AUC difference "
-               f"[{int(100 * float(policy['confidence']))} % interval]: " + "; ".join(parts))
-    if worse:
-        return _jsonable({**base, "promote": False, "reason": f"{verdict}: significantly worse {', '.join(worse)}"})
-    if unproven:
-        return _jsonable({**base, "promote": False, "reason":
-                          f"{verdict}: not shown non-inferior (margin {margin}) {', '.join(unproven)}"})
-    if comparison["stress"]["delta"] < 0:
-        return _jsonable({**base, "promote": False, "reason": f"{verdict}: no gain under shift"})
-    return _jsonable({**base, "promote": True, "reason": f"{verdict}: non-inferior everywhere, not worse under shift"})
 
 
 # ----------------------------------------------------------------------------- alias changes
@@ -977,97 +518,5 @@ def status(name: str | None = None, limit: int = 10) -> dict:
 
 
 # ----------------------------------------------------------------------------- CLI
-# pipeline/cli.py (lead) calls cli_<command>(args, params). Arguments are read with getattr so the
-# functions work with the lead's parser as is; add_arguments() lists everything they understand.
-def add_arguments(command: str, parser) -> None:
-    """Optional extra arguments of `python -m pipeline promote|rollback|status`."""
-    parser.add_argument("--model", default=None, help="registered model name (default: params / $XRAY_MODEL_NAME)")
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    if command == "promote":
-        parser.add_argument("--evaluate", action="store_true",
-                            help="score the version and the champion now on the held-out split of --data and "
-                                 "apply the params.yaml promotion policy (default: a person promotes, no checks)")
-        parser.add_argument("--data", default=None, help="dataset for --evaluate (default: $XRAY_DATA/$DATA)")
-    if command == "rollback":
-        parser.add_argument("--reason", default="manual rollback", help="why (stored on the version)")
 
 
-def _print(obj: dict, as_json: bool, text: str) -> None:
-    print(json.dumps(obj, indent=2, default=str) if as_json else text)
-
-
-def cli_promote(args, params: dict | None = None) -> int:
-    """Exit 0: promoted (or already champion); 2: the policy rejected it / the decision was stale /
-    the version failed the serving check.
-
-    Without --evaluate a person decides: the version becomes champion once it passes
-    serving_check (tag decision=promoted_manually, with --reason). With --evaluate the policy decides, as in the DAG.
-    """
-    params = params if params is not None else config.load_params(getattr(args, "params", None),
-                                                                 getattr(args, "overrides", None) or ())
-    name = getattr(args, "model", None) or _name(params)
-    client = _client(check_server())
-    version = getattr(args, "version", None) or _alias_version(client, name, CHALLENGER)
-    if version is None:
-        raise SystemExit(f"no version given and '{name}' has no '{CHALLENGER}' alias")
-    as_json = getattr(args, "json", False)
-    reason = getattr(args, "reason", None)
-    if not getattr(args, "evaluate", False):
-        # A person may overrule the comparison with the champion, never the serving check: a model
-        # that does not load or answers NaN would only be refused by the web app (or worse, served).
-        problems = serving_check(version, name)
-        if problems:
-            _print({"promoted": False, "version": int(version), "problems": problems}, as_json,
-                   f"v{version}: NOT promoted -- " + "; ".join(problems))
-            return 2
-        reason = reason if reason and reason != "manual promotion" else "manual promotion"
-        result = promote(version, {"reason": f"{reason} (by {getpass.getuser()})", "decided_at": _now()},
-                         name=name, force=True)
-        _print(result, as_json, f"v{version}: {'now champion' if result['promoted'] else 'unchanged'} -- "
-                                f"{result['reason']}; previous_champion: v{result.get('previous_champion')}")
-        return 0
-    data = Path(getattr(args, "data", None) or config.default_data_root())
-    scores = evaluate_candidates(version, {**params, "registry": {**params["registry"], "model_name": name}}, data)
-    decision = decide(scores, params)
-    if reason and reason != "manual promotion":
-        decision["reason"] = f"{decision['reason']} ({reason})"
-    result = promote(version, decision, name=name) if decision["promote"] else reject(version, decision, name=name)
-    verdict = "promoted" if result["promoted"] else ("stale" if result.get("stale") else "rejected")
-    _print({"decision": decision, "result": result}, as_json, f"v{version}: {verdict} -- {result['reason']}")
-    return 0 if result["promoted"] else 2
-
-
-def cli_rollback(args, params: dict | None = None) -> int:
-    name = getattr(args, "model", None) or (_name(params) if params is not None else None)
-    try:
-        result = rollback(name=name, reason=getattr(args, "reason", None) or "manual rollback")
-    except PromotionError as exc:
-        print(f"rollback: {exc}")
-        return 2
-    _print(result, getattr(args, "json", False),
-           f"champion is now v{result['champion']} (rolled back from v{result['rolled_back_from']}); "
-           f"previous_champion: {'v' + str(result['previous_champion']) if result['previous_champion'] else 'none'}")
-    return 0
-
-
-def format_status(st: dict) -> str:
-    lines = [f"model {st['model_name']} at {st['tracking_uri']}"]
-    for role in ("champion", "previous_champion", "challenger"):
-        d = st[role]
-        if d is None:
-            lines.append(f"  {role:<18} none")
-            continue
-        auc = d["scores"].get("challenger.auc") or d["scores"].get("test.auc") or "?"
-        lines.append(f"  {role:<18} v{d['version']}  auc {auc}  data {d['data_version'] or '?'}  "
-                     f"{d['decision'] or 'undecided'}: {d['reason'] or ''}")
-    lines.append("  recent versions:")
-    for v in st["versions"]:
-        lines.append(f"    v{v['version']:<4} {','.join(v['aliases']) or '-':<28} {v['decision']}: {v['reason']}")
-    return "\n".join(lines)
-
-
-def cli_status(args, params: dict | None = None) -> int:
-    name = getattr(args, "model", None) or (_name(params) if params is not None else None)
-    st = status(name=name)
-    _print(st, getattr(args, "json", False), format_status(st))
-    return 0

@@ -17,15 +17,13 @@ torch and mlflow are imported only when a model is first needed, never at settin
 """
 from __future__ import annotations
 
-import importlib
-import inspect
 import logging
 import os
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 from .batching import ModelRunner
 
@@ -134,51 +132,22 @@ class MlflowRegistry:
             import torch
 
             torch.set_num_threads(self.torch_threads)
+        from pipeline import registry
+
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
-        try:
-            registry = importlib.import_module("pipeline.registry")
-        except ModuleNotFoundError as exc:  # no pipeline/registry.py: same model layout, loaded here
-            if exc.name != "pipeline.registry":
-                raise
-            predictor, mv = self._load_pyfunc_checkpoint()
-        else:
-            kwargs = _accepted(registry.load_champion, name=self.name, alias=self.alias,
-                               tracking_uri=self.tracking_uri, fast=self.fast, threads=self.torch_threads)
-            predictor, mv = registry.load_champion(**kwargs)
+        predictor, mv = registry.load_champion(self.name, alias=self.alias, tracking_uri=self.tracking_uri,
+                                               fast=self.fast, threads=self.torch_threads)
         _warm_up(predictor)
         return Champion(
             predictor=predictor,
-            name=getattr(mv, "name", self.name),
-            version=str(getattr(mv, "version", "?")),
-            run_id=getattr(mv, "run_id", None),
+            name=mv.name,
+            version=str(mv.version),
+            run_id=mv.run_id,
             load_seconds=time.perf_counter() - started,
             max_batch=self.max_batch,
             torch_threads=self.torch_threads,
         )
-
-    def _load_pyfunc_checkpoint(self):
-        """models:/<name>/<version> is a pipeline.pyfunc_model directory with artifacts/model.pt."""
-        import tempfile
-
-        from mlflow.artifacts import download_artifacts
-
-        from pipeline.predict import Predictor
-        from pipeline.pyfunc_model import checkpoint_in
-
-        mv = self._client().get_model_version_by_alias(self.name, self.alias)
-        with tempfile.TemporaryDirectory(prefix="xray-champion-") as tmp:
-            local = download_artifacts(f"models:/{self.name}/{mv.version}", dst_path=tmp,
-                                       tracking_uri=self.tracking_uri)
-            return Predictor.from_checkpoint(checkpoint_in(local), device="cpu"), mv
-
-
-def _accepted(func: Callable, **kwargs) -> dict:
-    """The subset of kwargs that func accepts (pipeline.registry's signature may grow)."""
-    params = inspect.signature(func).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return kwargs
-    return {k: v for k, v in kwargs.items() if k in params}
 
 
 class WarmUpFailed(RuntimeError):

@@ -149,9 +149,9 @@ def loose_params(tiny_params) -> dict:
 @pytest.fixture(scope="session")
 def trained(mlflow_server, small_dataset, reg_params, tmp_path_factory) -> dict:
     """One real tracked training run (1 epoch, 64 px, ~120 images) per server."""
-    from pipeline import registry
+    from pipeline import tracking
 
-    result = registry.tracked_train(reg_params, small_dataset, tmp_path_factory.mktemp("tracked_run"),
+    result = tracking.tracked_train(reg_params, small_dataset, tmp_path_factory.mktemp("tracked_run"),
                                     tags={"trigger": "test"}, data_version="0123456789abcdef0123")
     assert result["metrics"]["auc"] > 0.6, f"tiny model failed to learn: {result['metrics']}"
     return result
@@ -184,14 +184,14 @@ def logged_models(mlflow_server, trained, constant_checkpoint, loose_params) -> 
     """Logged-model URIs (models:/m-...) of the trained and the zeroed model, each uploaded once."""
     from mlflow import MlflowClient
 
-    from pipeline import config, registry
+    from pipeline import config, tracking
 
     client = MlflowClient(mlflow_server)
     good = client.get_model_version(config.model_name(loose_params), str(trained["version"])).source
     params = config.apply_overrides(loose_params, {"registry.model_name": "xray-test-degraded"})
     saved = os.environ.pop("XRAY_MODEL_NAME", None)
     try:
-        zeroed = registry.register_checkpoint(constant_checkpoint, params, run_name="zeroed-weights",
+        zeroed = tracking.register_checkpoint(constant_checkpoint, params, run_name="zeroed-weights",
                                               tags={"trigger": "test", "degraded": "weights zeroed"})
     finally:
         if saved is not None:

@@ -7,7 +7,7 @@ import onnxruntime
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import config, data, onnx_export, preprocess, registry
+from pipeline import candidates, config, data, onnx_export, preprocess, registry
 from pipeline.pyfunc_model import onnx_in
 
 
@@ -33,7 +33,7 @@ def test_fast_path_check_tags_the_version_and_loading_follows_the_tag(mlflow_ser
     name = config.model_name(reg_params)
     version = int(trained["version"])
     splits, _report, cache = data.load(small_dataset, reg_params)
-    result = registry.check_fast_path(version, splits, reg_params, cache, name)
+    result = candidates.check_fast_path(version, splits, reg_params, cache, name)
     tags = MlflowClient().get_model_version(name, str(version)).tags
     assert tags["fast_path"] == ("on" if result["ok"] else "off")
     assert set(result["sets"]) == {"held-out", "stress"}

@@ -9,7 +9,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import cli, registry
+from pipeline import candidates, cli, policy, registry
 
 
 def aliases(client, name) -> dict:
@@ -21,8 +21,8 @@ def tags(client, name, version) -> dict:
 
 
 def evaluate_and_apply(version, params, data):
-    scores = registry.evaluate_candidates(version, params, data)
-    decision = registry.decide(scores, params)
+    scores = candidates.evaluate_candidates(version, params, data)
+    decision = policy.decide(scores, params)
     result = (registry.promote(version, decision) if decision["promote"] else registry.reject(version, decision))
     return scores, decision, result
 

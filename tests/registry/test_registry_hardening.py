@@ -10,7 +10,7 @@ import types
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import cli, registry
+from pipeline import cli, registry, tracking
 
 
 def tags(client, name, version) -> dict:
@@ -61,7 +61,7 @@ def test_manual_promote_refuses_a_model_that_cannot_serve(mlflow_server, model_n
     ckpt["state_dict"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
                           for k, v in ckpt["state_dict"].items()}
     torch.save(ckpt, tmp_path / "model.pt")
-    nan_version = registry.register_checkpoint(tmp_path / "model.pt", _params(),   # into $XRAY_MODEL_NAME
+    nan_version = tracking.register_checkpoint(tmp_path / "model.pt", _params(),   # into $XRAY_MODEL_NAME
                                                run_name="nan-weights")["version"]
     good = int(mlflow.register_model(logged_models["good"], model_name).version)
 

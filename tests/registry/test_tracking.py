@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import config, registry
+from pipeline import config, registry, tracking
 
 
 def _artifacts(client, run_id, path=None):
@@ -107,7 +107,7 @@ def test_unreachable_server_fails_fast_naming_the_uri(mlflow_server, reg_params,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
     start = time.monotonic()
     with pytest.raises(registry.TrackingServerUnavailable, match=dead.replace(".", r"\.")):
-        registry.tracked_train(reg_params, small_dataset, tmp_path / "out")
+        tracking.tracked_train(reg_params, small_dataset, tmp_path / "out")
     assert time.monotonic() - start < 10
     assert not (tmp_path / "out").exists()          # failed before training started
     # and nothing was started on the real server
@@ -123,7 +123,7 @@ def test_crash_marks_run_failed_and_leaves_nothing_running(mlflow_server, reg_pa
     broken = tmp_path / "dataset"
     (broken / "train" / "NORMAL").mkdir(parents=True)           # no PNEUMONIA, no images at all
     with pytest.raises(Exception, match="no images|dataset"):
-        registry.tracked_train(reg_params, broken, tmp_path / "out", run_name="crash-on-purpose")
+        tracking.tracked_train(reg_params, broken, tmp_path / "out", run_name="crash-on-purpose")
     exp = client.get_experiment_by_name(reg_params["registry"]["experiment"])
     runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'crash-on-purpose'")
     assert [r.info.status for r in runs] == ["FAILED"]

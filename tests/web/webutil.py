@@ -51,12 +51,12 @@ def register_version(uri: str, name: str, checkpoint: Path) -> str:
     """Register the checkpoint as a new version, the way the platform does (pipeline.registry)."""
     import os
 
-    from pipeline import config, registry
+    from pipeline import config, tracking
 
     assert os.environ.get("MLFLOW_TRACKING_URI") == uri
     params = config.apply_overrides(config.load_params(), {"registry.model_name": name,
                                                            "registry.experiment": "web-tests"})
-    return str(registry.register_checkpoint(checkpoint, params, tags={"trigger": "web-tests"})["version"])
+    return str(tracking.register_checkpoint(checkpoint, params, tags={"trigger": "web-tests"})["version"])
 
 
 def set_champion(uri: str, name: str, version: str | None) -> None:

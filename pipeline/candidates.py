@@ -1,0 +1,87 @@
+"""Scoring the candidates: the challenger and the current champion on the same held-out patients,
+the same patients under every stress shift and any external set (evaluate_candidates), and the
+challenger's fast path against its float32 reference (check_fast_path). What the policy decides on.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.registry import (CHAMPION, FAST_PATH_TAG, _alias_version, _client, _jsonable, _name, _tag_version,
+                               check_server, download_version, load_version)
+
+
+def fast_path_report(version: int, splits, params: dict, cache, name: str | None = None) -> dict:
+    """The version's fast path against its float32 reference on the held-out patients and on the
+    same patients under every stress shift (pipeline.fastpath.check). Anything going wrong is a
+    failed check: the fast path is an optimisation, never a requirement."""
+    import numpy as np
+
+    from pipeline import evaluate, fastpath, quality
+    from pipeline.pyfunc_model import onnx_in
+
+    name = _name(name=name)
+    try:
+        predictor, _ = load_version(version, name)
+        onnx_file = onnx_in(download_version(version, name))
+        if onnx_file is None:
+            raise FileNotFoundError("the version has no ONNX export")
+        held = evaluate.sample_arrays(splits.test, predictor.image_size, params, cache)
+        shifted = quality.stress_set(splits.test, params, predictor.image_size)
+        stress = (np.concatenate(list(shifted.arrays.values())), np.tile(shifted.labels, len(shifted.arrays)))
+        return _jsonable(fastpath.check(predictor, onnx_file, {"held-out": held, "stress": stress}))
+    except Exception as exc:  # noqa: BLE001
+        return {"ok": False, "reason": f"check failed: {type(exc).__name__}: {exc}", "precision": "", "sets": {}}
+
+
+def check_fast_path(version: int, splits, params: dict, cache, name: str | None = None) -> dict:
+    """fast_path_report, recorded on the version: tag `fast_path=on|off` with the figures. The site
+    runs a version on the fast path only when it is `on` (load_version(fast=True))."""
+    name = _name(name=name)
+    result = fast_path_report(version, splits, params, cache, name)
+    sets = result["sets"].values()
+    tags = {FAST_PATH_TAG: "on" if result["ok"] else "off", f"{FAST_PATH_TAG}.reason": result["reason"][:500],
+            f"{FAST_PATH_TAG}.precision": result["precision"]}
+    if sets:
+        tags[f"{FAST_PATH_TAG}.label_agreement"] = f"{min(r['label_agreement'] for r in sets):.4f}"
+        tags[f"{FAST_PATH_TAG}.auc_delta"] = f"{max(r.get('auc_delta', 0.0) for r in sets):.4f}"
+    _tag_version(_client(), name, version, tags)
+    return result
+
+
+def evaluate_candidates(challenger_version: int, params: dict, data_root) -> dict:
+    """Score the challenger and the current champion now, on the same held-out patients, the same
+    patients under every stress shift and any external set, each at its own stored threshold; and
+    compare them paired on those same images (DeLong for held-out and external, a patient bootstrap
+    for the mean AUC under shift). Returns plain JSON (the DAG passes it through XCom)."""
+    from pipeline import compare, data, quality
+
+    client = _client(check_server())
+    name = _name(params)
+    splits, _report, cache = data.load(Path(data_root), params)
+    champion = _alias_version(client, name, CHAMPION)
+    level = float(params["promotion"]["confidence"])
+
+    def score(version: int) -> dict:
+        predictor, _ = load_version(version, name)
+        return quality.score(predictor, splits, params, cache)
+
+    ch = score(int(challenger_version))
+    fast = check_fast_path(int(challenger_version), splits, params, cache, name)
+    out = {"model_name": name, "data_root": str(data_root), "n_test": len(splits.test),
+           "n_stress": ch["stress"]["n"], "n_external": len(getattr(splits, "external", []) or []),
+           "challenger": {"version": int(challenger_version), "metrics": quality.flat_metrics(ch)},
+           "champion": None, "comparison": None,
+           "fast_path": {k: fast[k] for k in ("ok", "reason", "precision")}}
+    if champion is not None:
+        cp = ch if champion == int(challenger_version) else score(champion)
+        out["champion"] = {"version": champion, "metrics": quality.flat_metrics(cp)}
+        a, b = ch["probs"], cp["probs"]
+        comparison = {"test": compare.delong(a["test"]["y"], a["test"]["p"], b["test"]["p"], level).to_dict(),
+                      "stress": compare.paired_bootstrap(
+                          a["stress"]["y"], a["stress"]["p"], b["stress"]["p"],
+                          int(params["promotion"]["bootstrap_samples"]), int(params["data"]["seed"]), level).to_dict()}
+        if "external" in a:
+            comparison["external"] = compare.delong(a["external"]["y"], a["external"]["p"], b["external"]["p"],
+                                                    level).to_dict()
+        out["comparison"] = comparison
+    return _jsonable(out)

@@ -1,0 +1,312 @@
+"""Run logging and lineage in MLflow: a training run with its parameters, metrics, plots, data
+version and system facts, and the new registered version (pyfunc + validated ONNX export) that
+it produces, aliased `challenger`.
+
+Who calls it: the DAG's train task and `python -m pipeline train --mlflow` (tracked_train);
+imports of models trained elsewhere, tests and benchmarks (register_checkpoint).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import getpass
+import io
+import json
+import socket
+import subprocess
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from pipeline import config
+from pipeline.registry import CHALLENGER, METRIC_KEYS, _client, _finite, _fmt, _jsonable, _name, check_server
+
+
+
+
+MODEL_ARTIFACT = "model"
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(config.REPO_ROOT), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+        commit = out.stdout.strip() if out.returncode == 0 else ""
+        if not commit:
+            return "none"
+        dirty = subprocess.run(["git", "-C", str(config.REPO_ROOT), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+        return commit + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _run_name(data_version: str | None, trigger: str) -> str:
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M")
+    data = f"data-{data_version[:8]}" if data_version else "data-local"
+    return f"{stamp}_{data}_{trigger}"
+
+
+def _example_bytes(data_root: Path, image_size: int) -> bytes | None:
+    """A small real X-ray from the data (re-encoded PNG at model size) as the input example."""
+    from PIL import Image
+
+    from pipeline.preprocess import load_image, to_array
+
+    for pattern in ("*.jpeg", "*.jpg", "*.png"):
+        for path in sorted(Path(data_root).rglob(pattern))[:5]:
+            try:
+                arr = to_array(load_image(path), image_size)
+            except Exception:  # noqa: BLE001 - any unusable file: try the next one
+                continue
+            buf = io.BytesIO()
+            Image.fromarray(arr).save(buf, format="PNG")
+            return buf.getvalue()
+    return None
+
+
+def _dataset_input(data_root: Path, out_dir: Path, digest: str, name: str):
+    """An MLflow dataset describing the images used (one row per image: path, label, split)."""
+    import mlflow.data
+    import pandas as pd
+
+    from pipeline.data import patient_id
+
+    rows = []
+    split_file = Path(out_dir) / "split.json"
+    if split_file.exists():
+        try:
+            split = json.loads(split_file.read_text())
+        except ValueError:
+            split = {}
+        for split_name in ("train", "val", "test"):
+            for item in split.get(split_name) or []:
+                path = Path(str(item))
+                label = path.parent.name.upper() if path.parent.name.upper() in config.CLASSES else None
+                rows.append({"path": str(path), "label": label, "patient": patient_id(path.name),
+                             "split": split_name})
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():   # "source can be interpreted in multiple ways": it is a local folder
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(data_root))
+    if rows:
+        return mlflow.data.from_pandas(pd.DataFrame(rows), source=source, targets="label", name=name,
+                                       digest=digest[:36])
+    return MetaDataset(source=source, name=name, digest=digest[:36])
+
+
+def _validation_arrays(data_root: Path | None, image_size: int, n: int = 32):
+    """(uint8 [n, S, S], where from): n real X-rays spread over the data, else a synthetic set."""
+    import numpy as np
+
+    from pipeline.preprocess import load_array
+
+    files = sorted(Path(data_root).rglob("*.jpeg")) if data_root else []
+    arrays = []
+    for path in files[::max(1, len(files) // n)]:
+        try:
+            arrays.append(load_array(path, image_size))
+        except Exception:  # noqa: BLE001 - an unusable file: the next one
+            continue
+        if len(arrays) == n:
+            break
+    if arrays:
+        return np.stack(arrays), f"{len(arrays)} real X-rays of {data_root}"
+    rng = np.random.default_rng(0)  # no data given (imports, benchmarks): textured grey images
+    ramp = np.linspace(0, 255, image_size)[None, :, None]
+    return np.clip(ramp + rng.normal(0, 40, (n, image_size, image_size)), 0, 255).astype(np.uint8), "synthetic"
+
+
+def _export_onnx(checkpoint: Path, out_dir: Path, data_root: Path | None) -> tuple[Path, dict[str, str]]:
+    """The checkpoint's ONNX export, validated by ONNX Runtime (raises onnx_export.OnnxMismatch)."""
+    import mlflow
+
+    from pipeline import onnx_export
+    from pipeline.predict import Predictor
+
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    path = onnx_export.export(predictor, out_dir / "model.onnx")
+    arrays, source = _validation_arrays(data_root, predictor.image_size)
+    report = onnx_export.validate(path, predictor, arrays)
+    mlflow.log_dict({**report, "images": source}, "onnx/validation.json")
+    return path, {"onnx.max_abs_logit_diff": f"{report['max_abs_logit_diff']:.1e}", "onnx.validated_on": source}
+
+
+def _register(client, name: str, checkpoint: Path, run_id: str, example: bytes | None,
+              version_tags: dict[str, str], data_root: Path | None = None) -> Any:
+    """Log the pyfunc (with its validated ONNX export) under the active run, register it as a new
+    version, alias it challenger."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.pyfunc_model import log_pyfunc
+
+    try:
+        client.create_registered_model(name, description=(
+            "ResNet18 chest X-ray pneumonia classifier (pyfunc: raw image bytes -> probability, "
+            "label, threshold). Alias `champion` serves doctors; `challenger` is the newest "
+            "candidate; `previous_champion` is what a rollback restores."))
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    with tempfile.TemporaryDirectory(prefix="xray-onnx-") as tmp:
+        onnx_file, onnx_tags = _export_onnx(checkpoint, Path(tmp), data_root)
+        info = log_pyfunc(checkpoint, input_example=example, name=MODEL_ARTIFACT, onnx=onnx_file)
+    tags = {"run_id": run_id, **onnx_tags, **version_tags}
+    mv = mlflow.register_model(info.model_uri, name, tags=tags)
+    client.set_registered_model_alias(name, CHALLENGER, mv.version)
+    return mv
+
+
+def tracked_train(params: dict, data_root, out_dir, run_name: str | None = None,
+                  tags: dict | None = None, data_version: str | None = None) -> dict:
+    """Train with everything logged to MLflow, register the model, alias it `challenger`.
+
+    Fails before training (TrackingServerUnavailable, naming the URI) when the server is down.
+    A crash inside the run marks it FAILED (KeyboardInterrupt: KILLED); the exception propagates.
+    Returns a small JSON-serialisable dict (the DAG passes it through XCom).
+    """
+    import mlflow
+
+    from pipeline.train import train
+
+    t_start = time.perf_counter()
+    uri = check_server()
+    client = _client(uri)
+    name = _name(params)
+    tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    trigger = tags.get("trigger", "manual")
+    run_name = run_name or _run_name(data_version, trigger)
+    data_root, out_dir = Path(data_root), Path(out_dir)
+    experiment = mlflow.set_experiment(params["registry"]["experiment"])
+    commit = _git_commit()
+
+    run_tags = {
+        **tags, "trigger": trigger, "git_commit": commit, "mlflow.source.git.commit": commit,
+        "data.version": data_version or "none", "data.root": str(data_root),
+        "mlflow.user": tags.get("mlflow.user", getpass.getuser()), "host": socket.gethostname(),
+    }
+    with mlflow.start_run(run_name=run_name, tags=run_tags) as run:
+        run_id = run.info.run_id
+        mlflow.log_params({k: ("" if v is None else str(v)[:6000]) for k, v in config.flatten(params).items()})
+        mlflow.log_dict(params, "params.yaml")
+
+        def on_epoch_end(row: dict) -> None:
+            step = int(row.get("epoch", 0))
+            mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch" and _finite(v)}, step=step)
+
+        t_train = time.perf_counter()
+        result = train(params, data_root, out_dir, on_epoch_end=on_epoch_end, progress=False)
+        t_train = time.perf_counter() - t_train
+
+        # parameters in effect (defaults filled by train) that were not in params.yaml
+        effective = {k: str(v)[:6000] for k, v in (result.params or {}).items()
+                     if k not in config.flatten(params)}
+        if effective:
+            mlflow.log_params(effective)
+
+        metrics = dict(result.metrics or {})
+        final = {(k if k.startswith(("stress_", "external_", "val_")) else f"test_{k}"): float(v)
+                 for k, v in metrics.items() if _finite(v) and k not in ("val_auc", "best_epoch")}
+        per_shift = metrics.get("stress_per_shift") or {}
+        for shift_name, figures in per_shift.items():  # MLflow metric names: no ':'
+            final.update({f"stress.{shift_name.replace(':', '.')}.{k}": float(v)
+                          for k, v in figures.items() if _finite(v)})
+        if per_shift:
+            mlflow.log_table({"shift": list(per_shift), **{k: [per_shift[x][k] for x in per_shift]
+                                                         for k in next(iter(per_shift.values()))}},
+                             artifact_file="stress/per_shift.json")
+        final.update({k if k != "val_auc" else "best_val_auc": float(metrics[k])
+                      for k in ("val_auc", "best_epoch") if _finite(metrics.get(k))})
+        cm = metrics.get("confusion_matrix")
+        if isinstance(cm, (list, tuple)) and len(cm) == 2 and all(len(r) == 2 for r in cm):
+            (tn, fp), (fn, tp) = cm
+            final.update(test_tn=float(tn), test_fp=float(fp), test_fn=float(fn), test_tp=float(tp))
+        mlflow.log_metrics(final)
+        if result.gate_metrics:  # the input gate's fitted thresholds (pipeline.gate)
+            mlflow.log_metrics(result.gate_metrics)
+            mlflow.log_params({"gate.fitted_max_distance": f"{result.gate_metrics['gate_max_distance']:.4f}",
+                               "gate.fitted_min_upright": f"{result.gate_metrics['gate_min_upright']:.4f}"})
+
+        dataset = result.dataset or {}
+        fingerprint = str(dataset.get("fingerprint", ""))
+        data_tags = {"data.fingerprint": fingerprint or "none",
+                     "data.dvc_hash": data_version or "none",
+                     "data.rejected": str(dataset.get("rejected", 0)),
+                     "data.duplicates_dropped": str(dataset.get("duplicates", 0))}
+        for split_name, per_class in (dataset.get("counts") or {}).items():
+            if isinstance(per_class, dict):
+                for cls, n in per_class.items():
+                    data_tags[f"data.count.{split_name}.{cls}"] = str(n)
+                data_tags[f"data.count.{split_name}"] = str(sum(int(n) for n in per_class.values()))
+            else:
+                data_tags[f"data.count.{split_name}"] = str(per_class)
+        mlflow.set_tags(data_tags)
+        digest = (data_version or fingerprint or "unknown")
+        ds_name = f"chest_xray@{digest[:8]}"
+        mlflow.log_input(_dataset_input(data_root, out_dir, digest, ds_name), context="training",
+                         tags={"dvc_hash": data_version or "none", "fingerprint": fingerprint or "none"})
+
+        system = dict(result.system or {})
+        mlflow.set_tags({f"system.{k}": str(v) for k, v in system.items()})
+        if _finite(system.get("wall_time_s")):
+            mlflow.log_metric("train_wall_time_s", float(system["wall_time_s"]))
+        mlflow.log_dict(_jsonable(system), "system.json")
+
+        for fname in ("metrics.json", "history.json", "validation_report.json", "split.json", "operating_point.json"):
+            if (out_dir / fname).exists():
+                mlflow.log_artifact(str(out_dir / fname), artifact_path="reports")
+        for plot in result.plots or []:
+            mlflow.log_artifact(str(plot), artifact_path="plots")
+
+        image_size = int(params["preprocess"]["image_size"])
+        mv = _register(client, name, Path(result.checkpoint), run_id, _example_bytes(data_root, image_size), {
+            "data.version": data_version or "none", "data.fingerprint": fingerprint or "none",
+            "git_commit": commit, "trigger": trigger,
+            **{f"test.{k}": _fmt(metrics[k]) for k in METRIC_KEYS if k in metrics},
+        }, data_root=data_root)
+        mlflow.set_tags({"registered_model": name, "registered_version": str(mv.version)})
+        from pipeline import model_card
+
+        client.update_model_version(name, str(mv.version), description=model_card.render(
+            mv.version, metrics, params, data_version or fingerprint or "unknown", dataset.get("counts") or {}))
+        t_total = time.perf_counter() - t_start
+        mlflow.log_metric("tracking_overhead_s", t_total - t_train)
+
+    return _jsonable({
+        "run_id": run_id, "run_name": run_name, "experiment_id": experiment.experiment_id,
+        "tracking_uri": uri, "model_name": name, "version": int(mv.version),
+        "model_uri": f"models:/{name}/{mv.version}", "metrics": metrics,
+        "checkpoint": str(result.checkpoint), "out_dir": str(out_dir),
+        "data_version": data_version, "fingerprint": fingerprint,
+        "wall_time_s": round(t_total, 2),
+        "seconds": {"train": round(t_train, 2), "tracking": round(t_total - t_train, 2)},
+    })
+
+
+def register_checkpoint(checkpoint, params: dict, run_name: str | None = None, tags: dict | None = None,
+                        metrics: dict | None = None, data_root=None) -> dict:
+    """Log an existing model.pt as a run + new registered version (alias `challenger`).
+
+    For models trained elsewhere (and for tests/benchmarks: degraded models). No training.
+    """
+    import mlflow
+
+    uri = check_server()
+    client = _client(uri)
+    name = _name(params)
+    mlflow.set_experiment(params["registry"]["experiment"])
+    tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    tags.setdefault("trigger", "import")
+    with mlflow.start_run(run_name=run_name or _run_name(None, tags["trigger"]), tags=tags) as run:
+        mlflow.log_params({k: ("" if v is None else str(v)[:6000]) for k, v in config.flatten(params).items()})
+        if metrics:
+            mlflow.log_metrics({f"test_{k}": float(v) for k, v in metrics.items() if _finite(v)})
+        example = _example_bytes(Path(data_root), int(params["preprocess"]["image_size"])) if data_root else None
+        mv = _register(client, name, Path(checkpoint), run.info.run_id, example, {"trigger": tags["trigger"]},
+                       data_root=Path(data_root) if data_root else None)
+    return {"run_id": run.info.run_id, "version": int(mv.version), "model_name": name,
+            "model_uri": f"models:/{name}/{mv.version}"}
