@@ -71,7 +71,7 @@ status: setup  ## which model version serves doctors, and why; what the local st
 web: setup  ## the web site under gunicorn in the foreground
 	scripts/web_server.sh
 
-bench: setup  ## every benchmark (long: see README "Measured figures")
+bench: setup  ## every benchmark (long: see docs/benchmarks.md)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
 clean-cache:  ## drop the preprocessing cache (it rebuilds itself)

@@ -1,11 +1,11 @@
-"""gunicorn settings for the doctors' site, from the environment (see README_web).
+"""gunicorn settings for the doctors' site, from the environment (docs/configuration.md, "The web site").
 
 Layout: few processes, several threads each. Each worker holds one copy of the model and one
 inference thread that batches the requests its threads bring (diagnosis.batching), running torch
 on cores/workers threads, so concurrent requests share forward passes instead of fighting over
 the cores. Default: one worker per 4 cores (1 on a 2-core box, with 2 torch threads), 8 request
-threads each. Measured on 2 cores (README): this layout gave 43 req/s at concurrency 8 against
-30 req/s for 2 workers x 1 torch thread, at the same p50 (~45 ms) at concurrency 1.
+threads each. Measured on 2 cores (docs/benchmarks.md): this layout gave 43 req/s at concurrency 8
+against 30 req/s for 2 workers x 1 torch thread, at the same p50 (~45 ms) at concurrency 1.
 """
 import os
 

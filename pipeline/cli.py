@@ -1,7 +1,7 @@
 """`python -m pipeline <command>`: the platform's operations from a shell.
 
 Every ML setting comes from params.yaml; `--set section.key=value` overrides it for one run.
-Endpoints come from the environment (MLFLOW_TRACKING_URI, XRAY_CACHE_DIR, ...; see the README).
+Endpoints come from the environment (MLFLOW_TRACKING_URI, XRAY_CACHE_DIR, ...; see docs/configuration.md).
 """
 from __future__ import annotations
 

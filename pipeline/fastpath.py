@@ -2,8 +2,9 @@
 
 The fast path runs the version's own ONNX file (`pipeline.onnx_export`, the file hospitals get)
 compiled by OpenVINO, in bfloat16 where the CPU has it (AVX-512 BF16 / AMX), float32 otherwise.
-Measured on 2 cores (docs in README "Serving speed"): a 160 px ResNet18 forward pass of one image
-takes ~2 ms in OpenVINO bf16 against ~10 ms in PyTorch eager float32, ~15 vs ~35 ms for eight.
+Measured on 2 cores (docs/web.md "Which model answers"; docs/benchmarks.md): a 160 px ResNet18
+forward pass of one image takes ~2 ms in OpenVINO bf16 against ~10 ms in PyTorch eager float32,
+~15 vs ~35 ms for eight.
 
 Decision: the float32 PyTorch network stays the reference (training, evaluation, the pyfunc,
 Grad-CAM). When the DAG evaluates a new version, `check` scores the fast path against that

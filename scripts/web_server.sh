@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The doctors' site: apply migrations, collect static files, then run gunicorn in the foreground.
 # Used by `make web` / `make run` and by the web container. Configuration is the environment
-# (README, "Doctors' web application"); with none, it serves http://127.0.0.1:8000 from
+# (docs/configuration.md, "The web site"); with none, it serves http://127.0.0.1:8000 from
 # <repo>/.local/web (SQLite, uploads) using the champion of the MLflow server at 127.0.0.1:5000.
 #
 #   XRAY_DOCTOR_USERNAME + XRAY_DOCTOR_PASSWORD  create/update that doctor account at start

@@ -4,7 +4,7 @@
 #  - buckets: MLflow artifacts and the DVC remote
 #  - one service user per bucket, each with a policy scoped to its own bucket (issue 11, item 10):
 #    MLflow's keys cannot touch the data, DVC's keys cannot touch the models, the web app has none
-#    (MLflow proxies artifacts). On AWS S3 the same two IAM policies apply (README).
+#    (MLflow proxies artifacts). On AWS S3 the same two IAM policies apply (docs/operations.md, "Production stack").
 set -eu
 
 : "${MINIO_ROOT_USER:?MINIO_ROOT_USER is not set (see .env.example)}"

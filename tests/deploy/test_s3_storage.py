@@ -1,7 +1,7 @@
 """The S3 path of the stack's storage, against an S3-compatible server that installs from PyPI:
 moto's server (`moto`, ThreadedMotoServer; MinIO has no package here). The compose stack uses
 named volumes by default and this path when MLFLOW_ARTIFACTS_DESTINATION / XRAY_DVC_REMOTE are
-s3:// URLs (README "Production stack").
+s3:// URLs (docs/operations.md "Production stack").
 
 - DVC: pipeline.versioning publishes a dataset to s3://dvc/chest-xray through XRAY_DVC_REMOTE +
   XRAY_DVC_S3_ENDPOINT and pulls it back into an empty workspace;

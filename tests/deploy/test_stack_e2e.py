@@ -29,7 +29,7 @@ import requests
 REPO = Path(__file__).resolve().parents[2]
 PER_CLASS = int(os.environ.get("STACK_TEST_PER_CLASS", "100"))
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # CI budget: < 8 min (measured: see README)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # CI budget: < 8 min (measured: see docs/benchmarks.md)
 
 NEEDED = ["scripts/stack.sh", "scripts/mlflow_server.sh", "scripts/import_data.sh", "scripts/web_server.sh",
           "dags/retrain_xray.py", "django_app/manage.py", "pipeline/registry.py"]

@@ -79,7 +79,7 @@ def test_real_xrays_answered_and_lateral_view_warned(predictor, fullres):
     print(f"\ntiny model (64 px, 1 epoch): {len(refused)}/{len(fullres)} full-resolution X-rays refused "
           f"({rate:.1%}): {refused}")
     # thresholds set on 13 validation images of a 1-epoch 64 px model cannot promise 1 %: this bounds
-    # the tiny model only; the figure on a real model comes from benchmarks/bench_gate.py (README)
+    # the tiny model only; the figure on a real model comes from benchmarks/bench_gate.py (docs/benchmarks.md)
     assert rate <= 0.10
 
 
