@@ -60,7 +60,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     VIRTUAL_ENV=/opt/venv \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONPATH=/opt/xray \
     APP_HOME=/opt/xray \
     DJANGO_STATIC_ROOT=/opt/xray/staticfiles \
     XRAY_WEB_DATA_DIR=/opt/xray/.local/web \
@@ -71,6 +70,9 @@ WORKDIR /opt/xray
 # The code last, so editing it never re-installs dependencies. .dockerignore keeps the venv,
 # data, caches, runs and secrets out.
 COPY --chown=xray:0 . /opt/xray
+# the project itself, editable (the dependencies are the venv's, from the lock): `pipeline`,
+# `diagnosis` and `xray_site` importable from anywhere, no PYTHONPATH
+RUN pip install --no-deps --no-build-isolation --no-cache-dir -e /opt/xray
 # Mount points of the named volumes, owned by the app user so new volumes inherit it.
 RUN set -eux; \
     mkdir -p /opt/xray/runs /opt/xray/.cache /opt/xray/.mlflow /opt/xray/media /opt/xray/staticfiles \

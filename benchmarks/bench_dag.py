@@ -30,7 +30,7 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests" / "dags")]
+sys.path.insert(0, str(REPO / "tests" / "dags"))  # the DAG tests' helpers
 
 from dagtest_utils import (TINY_OVERRIDES, DataWorld, airflow_env, migrate, run_dag,  # noqa: E402
                            shared_root, states)

@@ -7,11 +7,9 @@ resize. Images: ../shared/datasets/fullres_samples (80 originals, ~400-2900 px a
 """
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline import config, preprocess  # noqa: E402
 
 

@@ -20,11 +20,9 @@ import argparse
 import json
 import os
 import tempfile
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline import config, stress  # noqa: E402
 from pipeline.train import train  # noqa: E402
 

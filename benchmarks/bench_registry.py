@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 COLD_LOAD = r"""
 import json, os, sys, time
@@ -126,7 +125,7 @@ def main() -> int:
 
         loads = []
         for i in range(args.repeats):
-            env = {**os.environ, "XRAY_MODEL_CACHE_DIR": str(tmp / f"cold-cache-{i}"), "PYTHONPATH": str(REPO)}
+            env = {**os.environ, "XRAY_MODEL_CACHE_DIR": str(tmp / f"cold-cache-{i}")}
             out = subprocess.run([sys.executable, "-c", COLD_LOAD, str(plain.checkpoint)], env=env,
                                  capture_output=True, text=True, check=True)
             loads.append(json.loads(out.stdout.strip().splitlines()[-1]))

@@ -19,14 +19,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline import config, data, evaluate, preprocess  # noqa: E402
 from pipeline.model import build_model  # noqa: E402
 from pipeline.train import StopTraining, train  # noqa: E402

@@ -45,7 +45,6 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 PY = sys.executable
 MODEL_NAME = "bench-web-xray"
 

@@ -6,7 +6,6 @@ file is parsed: every such import is inside a task body.
 from __future__ import annotations
 
 import os
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,13 +13,9 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
 DAG_ID = "xray_retrain"
-REPO = Path(__file__).resolve().parent.parent          # the project (pipeline package, params.yaml)
-# Workers and the DAG processor may start anywhere: make `pipeline` and the sibling helper importable.
-for _path in (str(REPO), str(Path(__file__).resolve().parent)):
-    if _path not in sys.path:
-        sys.path.append(_path)
+REPO = Path(__file__).resolve().parent.parent          # the project (params.yaml)
 
-from xray_notify import XrayNotifier  # noqa: E402
+from pipeline.notify import XrayNotifier  # noqa: E402  (`pipeline` is installed: pip install -e .)
 
 
 def _dag_settings() -> dict:
@@ -240,7 +235,7 @@ def xray_retrain():
         """Tell someone what was decided and why, with the metrics and links to MLflow."""
         from pipeline import registry
 
-        import xray_notify
+        from pipeline import notify
 
         context = get_current_context()
         decision = context["ti"].xcom_pull(task_ids="decide", key="decision") or {}
@@ -250,11 +245,11 @@ def xray_retrain():
             "version": trained.get("version"), "data_version": info["hash"], "nfiles": info.get("nfiles"),
             "trigger": "forced" if info.get("forced") else "new data",
             "champion_before": info.get("champion"), "champion_after": registry.champion_version(name),
-            "scores": scores, "run_link": xray_notify.run_link(trained.get("run_id"), trained.get("experiment_id")),
-            "model_link": xray_notify.model_link(name, trained.get("version")),
+            "scores": scores, "run_link": notify.run_link(trained.get("run_id"), trained.get("experiment_id")),
+            "model_link": notify.model_link(name, trained.get("version")),
         }
-        subject, text = xray_notify.decision_message(summary)
-        summary["delivered"] = xray_notify.send(subject, text, summary)
+        subject, text = notify.decision_message(summary)
+        summary["delivered"] = notify.send(subject, text, summary)
         return summary
 
     info = detect()

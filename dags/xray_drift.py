@@ -4,13 +4,12 @@ One task. It reads the site's records of the window (answers with their gate sco
 their reason; never an image) from the site's database (DATABASE_URL, as the site itself), the
 champion's reference from the registry (stored in its checkpoint by training, pipeline.gate),
 computes pipeline.drift's report, logs it to MLflow (experiment `<registry.experiment>-drift`)
-and notifies (dags/xray_notify.py) when a limit of params.yaml `drift:` is crossed.
+and notifies (pipeline/notify.py) when a limit of params.yaml `drift:` is crossed.
 Nothing heavy is imported when this file is parsed.
 """
 from __future__ import annotations
 
 import os
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,18 +18,12 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 DAG_ID = "xray_drift"
 REPO = Path(__file__).resolve().parent.parent
-for _path in (str(REPO), str(Path(__file__).resolve().parent)):
-    if _path not in sys.path:
-        sys.path.append(_path)
 
-from xray_notify import XrayNotifier  # noqa: E402
+from pipeline.notify import XrayNotifier  # noqa: E402
 
 
 def site_records(since, until) -> list[dict]:
     """The site's records in [since, until), through its own models (django_app/diagnosis)."""
-    django_dir = str(REPO / "django_app")
-    if django_dir not in sys.path:
-        sys.path.insert(0, django_dir)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xray_site.settings")
     import django
 
@@ -58,7 +51,7 @@ def xray_drift():
 
         import mlflow
 
-        import xray_notify
+        from pipeline import notify
         from pipeline import config, drift, registry
 
         params = config.load_params(os.environ.get("XRAY_PARAMS") or None)
@@ -79,9 +72,9 @@ def xray_drift():
         print(rep.summary())
         out = {**rep.to_dict(), "run_id": run_id, "champion_version": version}
         if rep.drifted:
-            out["notified"] = xray_notify.send(
+            out["notified"] = notify.send(
                 f"[chest-xray] input drift: {len(rep.alerts)} alert(s) for champion v{version}",
-                rep.summary() + f"\nMLflow: {xray_notify.run_link(run_id)}",
+                rep.summary() + f"\nMLflow: {notify.run_link(run_id)}",
                 {"event": "drift", **json.loads(json.dumps(out, default=str))})
         return json.loads(json.dumps(out, default=str))
 

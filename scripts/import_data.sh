@@ -50,5 +50,5 @@ mkdir -p "$DEST"
 rsync -rLc "${delete[@]}" --exclude '.*' --info=stats1 "$SRC"/ "$DEST"/
 
 cd "$PROJECT"
-exec env PYTHONPATH="$PROJECT${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m pipeline.versioning --repo "$REPO" publish \
+exec "$PY" -m pipeline.versioning --repo "$REPO" publish \
   -m "data: import $(basename "$SRC") ($n_images images, $MODE) on $(date -u +%Y-%m-%dT%H:%MZ)"

@@ -62,7 +62,6 @@ QUICK_POLICY='promotion.floors.auc=0.5 promotion.floors.sensitivity=0.5 promotio
 export AIRFLOW_HOME="${AIRFLOW_HOME:-$REPO/.airflow}"
 export MLFLOW_TRACKING_URI="http://$HOST:$MLFLOW_PORT"
 export MLFLOW_HOST="$HOST" MLFLOW_PORT
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$VENV_BIN:$PATH"
 
 log()  { printf '\033[1m[stack %s]\033[0m %s\n' "$(date +%H:%M:%S)" "$*"; }

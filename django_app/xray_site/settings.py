@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 
 import dj_database_url
@@ -21,8 +20,6 @@ from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent  # django_app/
 REPO_ROOT = BASE_DIR.parent
-if str(REPO_ROOT) not in sys.path:  # `pipeline` lives at the repo root
-    sys.path.insert(0, str(REPO_ROOT))
 
 
 def env_bool(name: str, default: bool) -> bool:

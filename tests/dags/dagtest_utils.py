@@ -15,8 +15,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 VENV_BIN = Path(sys.executable).parent
 IMPORT_SCRIPT = REPO / "scripts" / "import_data.sh"
 RUN_DAG = REPO / "tests" / "dags" / "run_dag.py"
@@ -134,7 +132,7 @@ def airflow_env(home: Path, sql_conn: str | None = None, **extra: str) -> dict:
     """Environment of an isolated Airflow: its own home and metadata DB, the repo's dags folder."""
     env = base_env(AIRFLOW_HOME=str(home), AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
                    AIRFLOW__CORE__LOAD_EXAMPLES="False", AIRFLOW__LOGGING__LOGGING_LEVEL="INFO",
-                   PYTHONPATH=str(REPO), **extra)
+                   **extra)
     if sql_conn:
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = sql_conn
     else:

@@ -14,10 +14,12 @@ DOWNSTREAM = ("validate", "train", "evaluate", "decide", "promote", "reject", "n
 
 
 def test_only_training_side_keys_are_overridable():
-    import sys
+    import importlib.util
 
-    sys.path.insert(0, str(REPO / "dags"))
-    from retrain_xray import check_overrides
+    spec = importlib.util.spec_from_file_location("retrain_xray", REPO / "dags" / "retrain_xray.py")
+    module = importlib.util.module_from_spec(spec)   # a DAG file is a script, not a package module
+    spec.loader.exec_module(module)
+    check_overrides = module.check_overrides
 
     assert check_overrides(TINY_OVERRIDES + ["model.init=imagenet", "evaluate.target_sensitivity=0.9"]) == []
     bad = ["promotion.floors.auc=0", "promotion.min_improvement=-1", "data.seed=7", "data.subset_per_class=5",

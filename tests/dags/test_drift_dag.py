@@ -13,7 +13,6 @@ from dagtest_utils import REPO, airflow_env, base_env, migrate, mlflow_client, r
 
 SEED_SITE = r"""
 import json, os, sys
-sys.path.insert(0, os.path.join(sys.argv[1], "django_app"))
 os.environ["DJANGO_SETTINGS_MODULE"] = "xray_site.settings"
 import django; django.setup()
 from django.core.management import call_command

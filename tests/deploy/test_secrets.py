@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -15,8 +16,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "docker"))
-import check_secrets  # noqa: E402
+_spec = importlib.util.spec_from_file_location("check_secrets", REPO / "docker" / "check_secrets.py")
+check_secrets = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(check_secrets)
 
 
 def env_file(path: Path) -> dict[str, str]:
@@ -89,7 +91,7 @@ def test_checker_exits_78_and_entrypoints_run_it():
                                     ("k3Y-" + "abcdefghij" * 6, True)])
 def test_django_production_refuses_weak_secret_key(key, ok):
     env = {**os.environ, "DJANGO_ENV": "production", "DJANGO_SECRET_KEY": key, "DJANGO_ALLOWED_HOSTS": "localhost",
-           "DJANGO_SETTINGS_MODULE": "xray_site.settings", "PYTHONPATH": f"{REPO / 'django_app'}:{REPO}"}
+           "DJANGO_SETTINGS_MODULE": "xray_site.settings"}
     proc = subprocess.run([sys.executable, "-c", "import django; django.setup()"], env=env,
                           capture_output=True, text=True, cwd=REPO)
     assert (proc.returncode == 0) is ok, proc.stderr[-500:]

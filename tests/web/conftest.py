@@ -7,7 +7,6 @@ transaction that is rolled back (as django.test.TestCase does).
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -26,11 +25,8 @@ os.environ["XRAY_MAX_UPLOAD_MB"] = "4"  # small, so that "too large" is cheap to
 os.environ.pop("DATABASE_URL", None)
 os.environ.pop("XRAY_MODEL_NAME", None)  # tests name their model explicitly
 os.environ.setdefault("XRAY_MODEL_CACHE_DIR", str(WEB_TMP / "model-cache"))  # not the repo's .cache
-for path in (str(Path(__file__).parent), str(DJANGO_DIR), str(REPO)):
-    if path not in sys.path:
-        sys.path.insert(0, path)
 
-from webutil import (MODEL_NAME, PASSWORD, ensure_champion, make_holder, make_user, register_version,  # noqa: E402
+from webutil import (MODEL_NAME, ensure_champion, make_holder, make_user, register_version,  # noqa: E402
                      set_champion, threshold_variant)
 
 
