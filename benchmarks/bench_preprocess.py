@@ -10,7 +10,7 @@ import statistics
 import time
 from pathlib import Path
 
-from pipeline import config, preprocess  # noqa: E402
+from pipeline import config, preprocess
 
 
 def per_image_ms(files, size: int, draft: bool, repeat: int) -> list[float]:

@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline import config, stress  # noqa: E402
-from pipeline.train import train  # noqa: E402
+from pipeline import config, stress
+from pipeline.train import train
 
 COLUMNS = ("auc", "sensitivity", "specificity", "ece", "stress_mean_auc", "stress_worst_auc",
            "stress_worst_sensitivity", "stress_worst_specificity", "stress_mean_ece")

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline import config, data, evaluate, preprocess  # noqa: E402
-from pipeline.model import build_model  # noqa: E402
-from pipeline.train import StopTraining, train  # noqa: E402
+from pipeline import config, data, evaluate, preprocess
+from pipeline.model import build_model
+from pipeline.train import StopTraining, train
 
 TARGET_AUC = 0.95
 BF16_LIMIT = 2.5

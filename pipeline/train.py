@@ -149,6 +149,91 @@ class WeightAverage:
                 avg.copy_(cur)
 
 
+@dataclass
+class Loop:
+    """What every step of training shares (the torchvision reference passes these one by one)."""
+    model: torch.nn.Module
+    ema: WeightAverage | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: torch.nn.Module
+    device: torch.device
+    bf16: bool
+    mode: str                 # preprocess.intensity
+    tp: dict                  # params["train"]
+    gen: torch.Generator
+    step: int = 0
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        """The weights validation judges and training keeps: the EMA when there is one."""
+        return self.ema.model if self.ema is not None else self.model
+
+
+def train_one_epoch(loop: Loop, x_train: np.ndarray, y_train: np.ndarray, epoch: int, epochs: int,
+                    progress: bool = True, on_step=None) -> tuple[dict, bool]:
+    """One pass over the training images in a seeded order. Returns ({train_loss, seen, seconds},
+    stopped: on_step raised StopTraining)."""
+    tp, model = loop.tp, loop.model
+    batch_size, smoothing = int(tp["batch_size"]), float(tp["label_smoothing"])
+    model.train()
+    t_epoch, seen, loss_sum, stopped = time.time(), 0, 0.0, False
+    perm = torch.randperm(len(x_train), generator=loop.gen)
+    bar = tqdm(_batches(len(x_train), batch_size, perm), total=math.ceil(len(x_train) / batch_size),
+               disable=not progress, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False)
+    for idx in bar:
+        x = augment(torch.from_numpy(x_train[idx]).unsqueeze(1), tp["augment"], loop.gen)
+        x = preprocess.model_input(x, loop.mode).to(loop.device).contiguous(memory_format=torch.channels_last)
+        y = torch.from_numpy(y_train[idx]).float().to(loop.device)
+        y = y * (1 - smoothing) + 0.5 * smoothing
+        with torch.autocast(loop.device.type, dtype=torch.bfloat16, enabled=loop.bf16):
+            logits = model(x)
+        loss = loop.loss_fn(logits.float().squeeze(1), y)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        loop.optimizer.step()
+        loop.scheduler.step()
+        if loop.ema is not None:
+            loop.ema.update(model)
+        seen += len(idx)
+        loss_sum += loss.item() * len(idx)
+        _check_memory(float(tp["memory_limit_gb"]))
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / (time.time() - t_epoch):.1f}")
+        loop.step += 1
+        if on_step:
+            try:
+                on_step(loop.step, model)
+            except StopTraining:
+                stopped = True
+                break
+            model.train()
+    return {"train_loss": loss_sum / seen, "seen": seen, "seconds": time.time() - t_epoch}, stopped
+
+
+def validate(loop: Loop, x_val: np.ndarray, y_val: np.ndarray, batch_size: int) -> tuple[float, float]:
+    """(loss, AUC) of the kept weights on the validation images."""
+    val_logits = _scores(loop.scored, x_val, loop.device, loop.bf16, batch_size, loop.mode)
+    val_loss = float(F.binary_cross_entropy_with_logits(torch.from_numpy(val_logits), torch.from_numpy(y_val).float()))
+    return val_loss, evaluate.roc_auc(y_val, val_logits)
+
+
+def make_loop(params: dict, y_train: np.ndarray, device: torch.device, gen: torch.Generator) -> Loop:
+    """Model (params model.init), EMA, AdamW with warm-up + cosine, class-balanced loss."""
+    tp = params["train"]
+    model = build_model(str(params["model"]["init"])).to(device, memory_format=torch.channels_last)
+    decay = float(tp["ema_decay"])
+    steps_per_epoch = math.ceil(len(y_train) / int(tp["batch_size"]))
+    epochs = int(tp["epochs"])
+    optimizer = make_optimizer(model, float(tp["lr"]), float(tp["weight_decay"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
+        int(float(tp["warmup_epochs"]) * steps_per_epoch), max(1, epochs * steps_per_epoch)))
+    n_pos = int(y_train.sum())
+    pos_weight = (len(y_train) - n_pos) / max(1, n_pos) if tp["class_weighting"] == "balanced" else 1.0
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
+    return Loop(model, WeightAverage(model, decay) if decay > 0 else None, optimizer, scheduler, loss_fn, device,
+                use_bf16(tp["bf16"], device), str(params["preprocess"]["intensity"]), tp, gen)
+
+
 def train(params: dict, data_root: str | Path, out_dir: str | Path,
           on_epoch_end: Callable[[dict], None] | None = None, progress: bool = True,
           on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
@@ -165,7 +250,6 @@ def train(params: dict, data_root: str | Path, out_dir: str | Path,
     torch.set_num_threads(int(tp["threads"]) or os.cpu_count() or 1)
     gen = seed_everything(int(params["data"]["seed"]))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    bf16 = use_bf16(tp["bf16"], device)
 
     splits, report, cache = data.load(data_root, params)
     report.save(out_dir / "validation_report.json")
@@ -173,113 +257,32 @@ def train(params: dict, data_root: str | Path, out_dir: str | Path,
     x_train, y_train = data.arrays(splits.train, cache)
     x_val, y_val = data.arrays(splits.val, cache)
 
-    model = build_model(str(params["model"]["init"])).to(device, memory_format=torch.channels_last)
-    mode = str(params["preprocess"]["intensity"])
-    preprocess.intensity(torch.zeros(1, 1, 2, 2), mode)  # an unknown mode fails now, not after an epoch
-    decay = float(tp["ema_decay"])
-    ema = WeightAverage(model, decay) if decay > 0 else None
-    batch_size, epochs = int(tp["batch_size"]), int(tp["epochs"])
-    steps_per_epoch = math.ceil(len(x_train) / batch_size)
-    optimizer = make_optimizer(model, float(tp["lr"]), float(tp["weight_decay"]))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
-        int(float(tp["warmup_epochs"]) * steps_per_epoch), max(1, epochs * steps_per_epoch)))
-    n_pos = int(y_train.sum())
-    pos_weight = (len(y_train) - n_pos) / max(1, n_pos) if tp["class_weighting"] == "balanced" else 1.0
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
-    smoothing = float(tp["label_smoothing"])
-
-    history: list[dict] = []
-    best_auc, best_state, stale, step = -1.0, copy.deepcopy(model.state_dict()), 0, 0
-    stopped = False
-    for epoch in range(1, epochs + 1):
-        model.train()
-        t_epoch, seen, loss_sum = time.time(), 0, 0.0
-        perm = torch.randperm(len(x_train), generator=gen)
-        bar = tqdm(_batches(len(x_train), batch_size, perm), total=steps_per_epoch, disable=not progress,
-                   desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False)
-        for idx in bar:
-            x = augment(torch.from_numpy(x_train[idx]).unsqueeze(1), tp["augment"], gen)
-            x = preprocess.model_input(x, mode).to(device).contiguous(memory_format=torch.channels_last)
-            y = torch.from_numpy(y_train[idx]).float().to(device)
-            y = y * (1 - smoothing) + 0.5 * smoothing
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(x)
-            loss = loss_fn(logits.float().squeeze(1), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update(model)
-            seen += len(idx)
-            loss_sum += loss.item() * len(idx)
-            _check_memory(float(tp["memory_limit_gb"]))
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / (time.time() - t_epoch):.1f}")
-            step += 1
-            if on_step:
-                try:
-                    on_step(step, model)
-                except StopTraining:
-                    stopped = True
-                    break
-                model.train()
-        train_seconds = time.time() - t_epoch
-        scored = ema.model if ema is not None else model
-        val_logits = _scores(scored, x_val, device, bf16, int(params["evaluate"]["batch_size"]), mode)
-        val_loss = float(F.binary_cross_entropy_with_logits(
-            torch.from_numpy(val_logits), torch.from_numpy(y_val).float()))
-        val_auc = evaluate.roc_auc(y_val, val_logits)
-        record = {"epoch": epoch, "train_loss": loss_sum / seen, "val_loss": val_loss, "val_auc": val_auc,
-                  "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - t_epoch,
-                  "images_per_s": seen / train_seconds}
-        history.append(record)
-        tqdm.write(  # one line per epoch, also in non-interactive logs (Airflow, CI)
-            f"epoch {epoch}/{epochs}: train_loss {record['train_loss']:.4f}  val_loss {val_loss:.4f}"
-            f"  val_auc {val_auc:.4f}  {record['images_per_s']:.1f} img/s  {record['seconds']:.0f}s")
-        if on_epoch_end:
-            on_epoch_end(record)
-        if val_auc > best_auc:
-            best_auc, best_state, stale = val_auc, copy.deepcopy(scored.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= int(tp["patience"]):
-                tqdm.write(f"early stop: no validation AUC gain for {stale} epochs")
-                break
-        if stopped:
-            break
-    model.load_state_dict(best_state)
+    loop = make_loop(params, y_train, device, gen)
+    history = fit(loop, x_train, y_train, x_val, y_val, params, progress, on_epoch_end, on_step)
     del x_train
+    model = loop.model
 
     # Calibration, threshold and held-out scores come from the float32 Predictor: the numbers serving reproduces.
-    ep = params["evaluate"]
-    predictor = Predictor(model, params["preprocess"]["image_size"], 0.5, device=str(device), intensity=mode)
+    predictor = Predictor(model, params["preprocess"]["image_size"], 0.5, device=str(device), intensity=loop.mode)
     quality = fit_and_score(predictor, splits, params, cache, out_dir)
     metrics = quality["metrics"]
-    metrics["val_auc"] = float(best_auc)
+    metrics["val_auc"] = float(max((h["val_auc"] for h in history), default=-1.0))
     metrics["best_epoch"] = max(history, key=lambda h: h["val_auc"])["epoch"] if history else 0
     # input gate: fitted on training X-rays, thresholds on validation ones (pipeline.gate)
-    gp = params.get("gate", {})
+    gp = params["gate"]
     gate_state, gate_metrics = None, {}
-    if gp.get("enabled", True):
+    if gp["enabled"]:
         gate_state, gate_metrics = gate.fit(predictor, data.arrays(splits.train, cache)[0], x_val,
-                                            float(gp.get("target_false_refusal", 0.01)),
-                                            int(gp.get("max_fit_images", 1500)), int(params["data"]["seed"]),
-                                            float(gp.get("distance_margin", 1.0)))
+                                            float(gp["target_false_refusal"]), int(gp["max_fit_images"]),
+                                            int(params["data"]["seed"]), float(gp["distance_margin"]))
 
     dataset = {"root": str(data_root), "fingerprint": data.dataset_fingerprint(
         splits.train + splits.val + splits.test), "counts": splits.counts(),
         "rejected": len(report.rejected), "duplicates": len(report.duplicates)}
     system = {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
-              "bf16": bf16, "channels_last": True, "cpu": platform.processor() or platform.machine(),
+              "bf16": loop.bf16, "channels_last": True, "cpu": platform.processor() or platform.machine(),
               "python": platform.python_version(), "wall_time_s": round(time.time() - start, 1)}
-    checkpoint = out_dir / "model.pt"
-    torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "arch": ARCH,
-                "in_channels": 1, "image_size": int(params["preprocess"]["image_size"]),
-                "threshold": predictor.threshold, "classes": list(config.CLASSES), "params": params,
-                "intensity": mode, "calibration": predictor.calibration.to_dict(),
-                "threshold_rule": str(ep["threshold_rule"]),
-                "metrics": metrics, "dataset_fingerprint": dataset["fingerprint"],
-                "created": dt.datetime.now(dt.timezone.utc).isoformat(), "gate": gate_state}, checkpoint)
+    checkpoint = save_checkpoint(out_dir / "model.pt", predictor, params, metrics, dataset["fingerprint"], gate_state)
     plots = evaluate.save_plots(quality["y_test"], quality["p_test"], predictor.threshold, history, out_dir / "plots")
     plots += quality["plots"]
     evaluate.save_metrics(metrics, out_dir / "metrics.json")
@@ -287,3 +290,51 @@ def train(params: dict, data_root: str | Path, out_dir: str | Path,
     system["wall_time_s"] = round(time.time() - start, 1)
     return TrainResult(checkpoint, out_dir, metrics, history, config.flatten(params), dataset, system,
                        plots, out_dir / "validation_report.json", gate_metrics)
+
+
+def fit(loop: Loop, x_train, y_train, x_val, y_val, params: dict, progress: bool = True,
+        on_epoch_end=None, on_step=None) -> list[dict]:
+    """Epochs with validation and early stopping on validation AUC; leaves the best weights (the
+    EMA's when there is one) in loop.model. Returns one record per epoch."""
+    tp = loop.tp
+    epochs = int(tp["epochs"])
+    history: list[dict] = []
+    best_auc, best_state, stale = -1.0, copy.deepcopy(loop.model.state_dict()), 0
+    for epoch in range(1, epochs + 1):
+        t_epoch = time.time()
+        trained, stopped = train_one_epoch(loop, x_train, y_train, epoch, epochs, progress, on_step)
+        val_loss, val_auc = validate(loop, x_val, y_val, int(params["evaluate"]["batch_size"]))
+        record = {"epoch": epoch, "train_loss": trained["train_loss"], "val_loss": val_loss, "val_auc": val_auc,
+                  "lr": loop.optimizer.param_groups[0]["lr"], "seconds": time.time() - t_epoch,
+                  "images_per_s": trained["seen"] / trained["seconds"]}
+        history.append(record)
+        tqdm.write(  # one line per epoch, also in non-interactive logs (Airflow, CI)
+            f"epoch {epoch}/{epochs}: train_loss {record['train_loss']:.4f}  val_loss {val_loss:.4f}"
+            f"  val_auc {val_auc:.4f}  {record['images_per_s']:.1f} img/s  {record['seconds']:.0f}s")
+        if on_epoch_end:
+            on_epoch_end(record)
+        if val_auc > best_auc:
+            best_auc, best_state, stale = val_auc, copy.deepcopy(loop.scored.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= int(tp["patience"]):
+                tqdm.write(f"early stop: no validation AUC gain for {stale} epochs")
+                break
+        if stopped:
+            break
+    loop.model.load_state_dict(best_state)
+    return history
+
+
+def save_checkpoint(path: Path, predictor: Predictor, params: dict, metrics: dict, fingerprint: str,
+                    gate_state: dict | None) -> Path:
+    """model.pt: the weights and everything an answer depends on (size, intensity, calibration,
+    threshold, gate), with the params and metrics it came from."""
+    torch.save({"state_dict": {k: v.cpu() for k, v in predictor.model.state_dict().items()}, "arch": ARCH,
+                "in_channels": 1, "image_size": int(params["preprocess"]["image_size"]),
+                "threshold": predictor.threshold, "classes": list(config.CLASSES), "params": params,
+                "intensity": predictor.intensity, "calibration": predictor.calibration.to_dict(),
+                "threshold_rule": str(params["evaluate"]["threshold_rule"]),
+                "metrics": metrics, "dataset_fingerprint": fingerprint,
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(), "gate": gate_state}, path)
+    return path
