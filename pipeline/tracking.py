@@ -161,6 +161,39 @@ def _register(client, name: str, checkpoint: Path, run_id: str, example: bytes |
     return mv
 
 
+def _run_metrics(metrics: dict) -> dict[str, float]:
+    """train()'s metrics as flat MLflow metric names: test_* (held-out), stress_*, external_*,
+    stress.<family>.<strength>.<metric> per shift, best_val_auc, best_epoch, the confusion counts."""
+    final = {(k if k.startswith(("stress_", "external_", "val_")) else f"test_{k}"): float(v)
+             for k, v in metrics.items() if _finite(v) and k not in ("val_auc", "best_epoch")}
+    for shift_name, figures in (metrics.get("stress_per_shift") or {}).items():  # MLflow metric names: no ':'
+        final.update({f"stress.{shift_name.replace(':', '.')}.{k}": float(v)
+                      for k, v in figures.items() if _finite(v)})
+    final.update({k if k != "val_auc" else "best_val_auc": float(metrics[k])
+                  for k in ("val_auc", "best_epoch") if _finite(metrics.get(k))})
+    cm = metrics.get("confusion_matrix")
+    if isinstance(cm, (list, tuple)) and len(cm) == 2 and all(len(r) == 2 for r in cm):
+        (tn, fp), (fn, tp) = cm
+        final.update(test_tn=float(tn), test_fp=float(fp), test_fn=float(fn), test_tp=float(tp))
+    return final
+
+
+def _data_tags(dataset: dict, data_version: str | None) -> dict[str, str]:
+    """The run's data lineage as tags: DVC hash, content fingerprint, rejected, counts per split/class."""
+    tags = {"data.fingerprint": str(dataset.get("fingerprint", "")) or "none",
+            "data.dvc_hash": data_version or "none",
+            "data.rejected": str(dataset.get("rejected", 0)),
+            "data.duplicates_dropped": str(dataset.get("duplicates", 0))}
+    for split_name, per_class in (dataset.get("counts") or {}).items():
+        if isinstance(per_class, dict):
+            for cls, n in per_class.items():
+                tags[f"data.count.{split_name}.{cls}"] = str(n)
+            tags[f"data.count.{split_name}"] = str(sum(int(n) for n in per_class.values()))
+        else:
+            tags[f"data.count.{split_name}"] = str(per_class)
+    return tags
+
+
 def tracked_train(params: dict, data_root, out_dir, run_name: str | None = None,
                   tags: dict | None = None, data_version: str | None = None) -> dict:
     """Train with everything logged to MLflow, register the model, alias it `challenger`.
@@ -202,30 +235,13 @@ def tracked_train(params: dict, data_root, out_dir, run_name: str | None = None,
         result = train(params, data_root, out_dir, on_epoch_end=on_epoch_end, progress=False)
         t_train = time.perf_counter() - t_train
 
-        # parameters in effect (defaults filled by train) that were not in params.yaml
-        effective = {k: str(v)[:6000] for k, v in (result.params or {}).items()
-                     if k not in config.flatten(params)}
-        if effective:
-            mlflow.log_params(effective)
-
         metrics = dict(result.metrics or {})
-        final = {(k if k.startswith(("stress_", "external_", "val_")) else f"test_{k}"): float(v)
-                 for k, v in metrics.items() if _finite(v) and k not in ("val_auc", "best_epoch")}
+        mlflow.log_metrics(_run_metrics(metrics))
         per_shift = metrics.get("stress_per_shift") or {}
-        for shift_name, figures in per_shift.items():  # MLflow metric names: no ':'
-            final.update({f"stress.{shift_name.replace(':', '.')}.{k}": float(v)
-                          for k, v in figures.items() if _finite(v)})
         if per_shift:
             mlflow.log_table({"shift": list(per_shift), **{k: [per_shift[x][k] for x in per_shift]
                                                          for k in next(iter(per_shift.values()))}},
                              artifact_file="stress/per_shift.json")
-        final.update({k if k != "val_auc" else "best_val_auc": float(metrics[k])
-                      for k in ("val_auc", "best_epoch") if _finite(metrics.get(k))})
-        cm = metrics.get("confusion_matrix")
-        if isinstance(cm, (list, tuple)) and len(cm) == 2 and all(len(r) == 2 for r in cm):
-            (tn, fp), (fn, tp) = cm
-            final.update(test_tn=float(tn), test_fp=float(fp), test_fn=float(fn), test_tp=float(tp))
-        mlflow.log_metrics(final)
         if result.gate_metrics:  # the input gate's fitted thresholds (pipeline.gate)
             mlflow.log_metrics(result.gate_metrics)
             mlflow.log_params({"gate.fitted_max_distance": f"{result.gate_metrics['gate_max_distance']:.4f}",
@@ -233,18 +249,7 @@ def tracked_train(params: dict, data_root, out_dir, run_name: str | None = None,
 
         dataset = result.dataset or {}
         fingerprint = str(dataset.get("fingerprint", ""))
-        data_tags = {"data.fingerprint": fingerprint or "none",
-                     "data.dvc_hash": data_version or "none",
-                     "data.rejected": str(dataset.get("rejected", 0)),
-                     "data.duplicates_dropped": str(dataset.get("duplicates", 0))}
-        for split_name, per_class in (dataset.get("counts") or {}).items():
-            if isinstance(per_class, dict):
-                for cls, n in per_class.items():
-                    data_tags[f"data.count.{split_name}.{cls}"] = str(n)
-                data_tags[f"data.count.{split_name}"] = str(sum(int(n) for n in per_class.values()))
-            else:
-                data_tags[f"data.count.{split_name}"] = str(per_class)
-        mlflow.set_tags(data_tags)
+        mlflow.set_tags(_data_tags(dataset, data_version))
         digest = (data_version or fingerprint or "unknown")
         ds_name = f"chest_xray@{digest[:8]}"
         mlflow.log_input(_dataset_input(data_root, out_dir, digest, ds_name), context="training",
