@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as _dt
 import getpass
 import io
-import json
 import socket
 import subprocess
 import tempfile
@@ -66,36 +65,20 @@ def _example_bytes(data_root: Path, image_size: int) -> bytes | None:
     return None
 
 
-def _dataset_input(data_root: Path, out_dir: Path, digest: str, name: str):
-    """An MLflow dataset describing the images used (one row per image: path, label, split)."""
+def _dataset_input(splits, data_root: Path, digest: str, name: str):
+    """An MLflow dataset describing the images used, from train()'s own splits (one row per image:
+    path, label, patient, split, content hash)."""
     import mlflow.data
     import pandas as pd
-
-    from pipeline.data import patient_id
-
-    rows = []
-    split_file = Path(out_dir) / "split.json"
-    if split_file.exists():
-        try:
-            split = json.loads(split_file.read_text())
-        except ValueError:
-            split = {}
-        for split_name in ("train", "val", "test"):
-            for item in split.get(split_name) or []:
-                path = Path(str(item))
-                label = path.parent.name.upper() if path.parent.name.upper() in config.CLASSES else None
-                rows.append({"path": str(path), "label": label, "patient": patient_id(path.name),
-                             "split": split_name})
     from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
 
+    rows = [{"path": str(s.path), "label": config.CLASSES[s.label], "patient": s.patient, "split": split_name,
+             "digest": s.digest} for split_name, part in splits.items() for s in part]
     with warnings.catch_warnings():   # "source can be interpreted in multiple ways": it is a local folder
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(str(data_root))
-    if rows:
-        return mlflow.data.from_pandas(pd.DataFrame(rows), source=source, targets="label", name=name,
-                                       digest=digest[:36])
-    return MetaDataset(source=source, name=name, digest=digest[:36])
+    return mlflow.data.from_pandas(pd.DataFrame(rows, columns=["path", "label", "patient", "split", "digest"]),
+                                   source=source, targets="label", name=name, digest=digest[:36])
 
 
 def _validation_arrays(data_root: Path | None, image_size: int, n: int = 32):
@@ -252,7 +235,7 @@ def tracked_train(params: dict, data_root, out_dir, run_name: str | None = None,
         mlflow.set_tags(_data_tags(dataset, data_version))
         digest = (data_version or fingerprint or "unknown")
         ds_name = f"chest_xray@{digest[:8]}"
-        mlflow.log_input(_dataset_input(data_root, out_dir, digest, ds_name), context="training",
+        mlflow.log_input(_dataset_input(result.splits, data_root, digest, ds_name), context="training",
                          tags={"dvc_hash": data_version or "none", "fingerprint": fingerprint or "none"})
 
         system = dict(result.system or {})

@@ -44,6 +44,7 @@ class TrainResult:
     plots: list[Path] = field(default_factory=list)
     validation_report: Path | None = None
     gate_metrics: dict = field(default_factory=dict)  # pipeline.gate.fit: thresholds and val rates
+    splits: data.Splits | None = None                  # the patients of each split (MLflow's dataset input)
 
 
 class MemoryCeilingExceeded(MemoryError):
@@ -289,7 +290,7 @@ def train(params: dict, data_root: str | Path, out_dir: str | Path,
     (out_dir / "history.json").write_text(json.dumps(history, indent=1))
     system["wall_time_s"] = round(time.time() - start, 1)
     return TrainResult(checkpoint, out_dir, metrics, history, config.flatten(params), dataset, system,
-                       plots, out_dir / "validation_report.json", gate_metrics)
+                       plots, out_dir / "validation_report.json", gate_metrics, splits)
 
 
 def fit(loop: Loop, x_train, y_train, x_val, y_val, params: dict, progress: bool = True,
