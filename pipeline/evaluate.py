@@ -168,6 +168,11 @@ def save_plots(y_true, prob, threshold: float, history: list[dict], out_dir: str
     ax.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall (held-out)")
     ax.legend(loc="lower left")
     paths.append(save_figure(fig, out / "precision_recall.png"))
+    # the same curves as data, so that `dvc plots diff` overlays two versions' curves
+    (out.parent / "roc.json").write_text(json.dumps(
+        [{"fpr": float(a), "tpr": float(b)} for a, b in zip(fpr, tpr)]))
+    (out.parent / "precision_recall.json").write_text(json.dumps(
+        [{"recall": float(a), "precision": float(b)} for a, b in zip(recall, precision)]))
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
     cm = np.array(m["confusion_matrix"])

@@ -128,6 +128,9 @@ def test_cli_help_and_train(small_dataset, tmp_path):
                         capture_output=True, text=True)
     assert ev.returncode == 0, ev.stderr[-2000:]
     trained = json.loads((out / "metrics.json").read_text())
+    roc = json.loads((out / "roc.json").read_text())   # curves as data for `dvc plots diff`
+    assert roc[0] == {"fpr": 0.0, "tpr": 0.0} and roc[-1] == {"fpr": 1.0, "tpr": 1.0}
+    assert {"recall", "precision"} == set(json.loads((out / "precision_recall.json").read_text())[0])
     evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert evaluated["auc"] == pytest.approx(trained["auc"], abs=1e-6)
     # the same stress set (cached, seeded) scores the same: held-out and every shift, printed as a table
