@@ -270,8 +270,9 @@ def format_status(st: dict) -> str:
         if d is None:
             lines.append(f"  {role:<18} none")
             continue
-        auc = d["scores"].get("challenger.auc") or d["scores"].get("test.auc") or "?"
-        lines.append(f"  {role:<18} v{d['version']}  auc {auc}  data {d['data_version'] or '?'}  "
+        auc = d["scores"].get("challenger.auc", d["scores"].get("test.auc"))
+        lines.append(f"  {role:<18} v{d['version']}  auc {'?' if auc is None else f'{auc:.4f}'}  "
+                     f"data {d['data_version'] or '?'}  "
                      f"{d['decision'] or 'undecided'}: {d['reason'] or ''}")
     lines.append("  recent versions:")
     for v in st["versions"]:

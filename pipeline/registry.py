@@ -10,8 +10,9 @@ Registry layout (one registered model, name = params registry.model_name or $XRA
 - every training run registers a new version and moves the alias `challenger` onto it;
 - alias `champion` = the version that serves doctors; `previous_champion` = the one it replaced;
 - each decided version carries tags: decision (promoted | rejected | stale | rolled_back),
-  decision_reason (words), compared_with (champion version or "none"), challenger.<metric> and
-  champion.<metric> (both scored now, on the same held-out images), eval_n, decided_at.
+  decision_reason (words), compared_with (champion version or "none"), eval_n, decided_at; the
+  figures are metrics of its logged model: test.<metric> (registration), challenger.<metric> and
+  champion.<metric> (both scored now, on the same held-out images; log_version_scores).
 
 Concurrency. Two promotions may race (a manual `promote` while the DAG promotes). Every alias
 change (promote, rollback) runs under a registry-wide mutex: a registered model named
@@ -53,7 +54,7 @@ PREVIOUS = "previous_champion"
 LOCK_SUFFIX = ".promotion-lock"
 LOCK_STALE_S = float(os.environ.get("XRAY_PROMOTION_LOCK_STALE_S", 300))   # a holder never takes this long
 LOCK_WAIT_S = float(os.environ.get("XRAY_PROMOTION_LOCK_WAIT_S", 120))
-# the figures copied onto a version's tags (test.<key> at registration; challenger./champion.<key> at decision)
+# the figures logged on a version's model (test.<key> at registration; challenger./champion.<key> at decision)
 METRIC_KEYS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "threshold", "ece",
                "stress_mean_auc", "stress_worst_auc", "stress_worst_sensitivity", "stress_worst_specificity",
                "external_auc", "external_sensitivity", "external_specificity", "external_ece")
@@ -377,16 +378,50 @@ def _decision_tags(decision: dict, verdict: str) -> dict[str, str]:
         if c:
             tags[f"compare.{key}.auc_delta"] = _fmt(c["delta"])
             tags[f"compare.{key}.interval"] = f"[{_fmt(c['low'])}, {_fmt(c['high'])}]"
-    for role in ("challenger", "champion"):
-        for key, value in (decision.get(f"{role}_metrics") or {}).items():
-            if key in METRIC_KEYS:
-                tags[f"{role}.{key}"] = _fmt(value)
     return tags
 
 
 def _tag_version(client, name: str, version: int, tags: dict[str, str]) -> None:
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, value)
+
+
+def _model_id(mv) -> str | None:
+    """The logged model behind a version (registry versions name it in `source`: models:/m-...)."""
+    source = str(mv.source or "")
+    return mv.model_id or (source.removeprefix("models:/") if source.startswith("models:/m-") else None)
+
+
+def log_version_scores(client, name: str, version: int, scores: dict) -> None:
+    """Numbers about a version go on its logged model as metrics (MLflow 3: the model page shows
+    them, search_logged_models filters on them), in its training run, never as string tags."""
+    from mlflow.entities import Metric
+
+    mv = client.get_model_version(name, str(version))
+    now = int(time.time() * 1000)
+    model_id = _model_id(mv)
+    metrics = [Metric(k, float(v), now, 0, model_id=model_id) for k, v in scores.items() if _finite(v)]
+    if model_id and mv.run_id and metrics:
+        client.log_batch(mv.run_id, metrics=metrics)
+
+
+def version_scores(client, name: str, version: int) -> dict[str, float]:
+    """The metrics on a version's logged model (test.<key> from registration, challenger.<key> and
+    champion.<key> from its decision); the newest value of each."""
+    model_id = _model_id(client.get_model_version(name, str(version)))
+    if not model_id:
+        return {}
+    newest = {}
+    for m in sorted(client.get_logged_model(model_id).metrics or [], key=lambda m: m.timestamp):
+        newest[m.key] = m.value
+    return newest
+
+
+def _log_decision_scores(client, name: str, version: int, decision: dict) -> None:
+    """The figures the decision compared: challenger.<key> and champion.<key> on the challenger."""
+    log_version_scores(client, name, version, {f"{role}.{key}": value for role in ("challenger", "champion")
+                                               for key, value in (decision.get(f"{role}_metrics") or {}).items()
+                                               if key in METRIC_KEYS})
 
 
 DECISION_HEADING = "**Promotion decision.**"
@@ -419,6 +454,7 @@ def promote(version: int, decision: dict | None = None, *, name: str | None = No
             if not str(client.get_model_version(name, str(version)).tags.get("decision", "")).startswith("promoted"):
                 _tag_version(client, name, version, _decision_tags(decision, "promoted" if not force
                                                                  else "promoted_manually"))
+                _log_decision_scores(client, name, version, decision)
             return {"promoted": False, "already": True, "stale": False, "version": version,
                     "champion": current, "reason": f"v{version} is already the champion"}
         expected = decision.get("champion_version")
@@ -427,6 +463,7 @@ def promote(version: int, decision: dict | None = None, *, name: str | None = No
                       f"{'v' + str(expected) if expected else 'none'}, but the champion is now "
                       f"{'v' + str(current) if current else 'none'}; evaluate again")
             _tag_version(client, name, version, {**_decision_tags(decision, "stale"), "decision_reason": reason})
+            _log_decision_scores(client, name, version, decision)
             return {"promoted": False, "stale": True, "version": version, "champion": current, "reason": reason}
         if current is not None:
             client.set_registered_model_alias(name, PREVIOUS, str(current))
@@ -434,6 +471,7 @@ def promote(version: int, decision: dict | None = None, *, name: str | None = No
         tags = _decision_tags(decision, "promoted" if not force else "promoted_manually")
         tags["promoted_over"] = str(current) if current is not None else "none"
         _tag_version(client, name, version, tags)
+        _log_decision_scores(client, name, version, decision)
         _card_decision(client, name, version, tags["decision"], str(decision.get("reason", "")))
         if current is not None:
             _tag_version(client, name, current, {"replaced_by": str(version), "replaced_at": _now()})
@@ -449,6 +487,7 @@ def reject(version: int, decision: dict, *, name: str | None = None) -> dict:
     client = _client(check_server())
     name = _name(name=name)
     _tag_version(client, name, int(version), _decision_tags(decision, "rejected"))
+    _log_decision_scores(client, name, int(version), decision)
     _card_decision(client, name, int(version), "rejected", str(decision.get("reason", "")))
     return {"promoted": False, "version": int(version), "champion": _alias_version(client, name, CHAMPION),
             "reason": decision.get("reason", "")}
@@ -494,7 +533,7 @@ def _describe(client, name: str, version: int | None) -> dict | None:
             "aliases": list(getattr(mv, "aliases", []) or []),
             "decision": t.get("decision"), "reason": t.get("decision_reason"),
             "data_version": t.get("data.version"),
-            "scores": {k: v for k, v in t.items() if k.startswith(("challenger.", "champion.", "test."))}}
+            "scores": version_scores(client, name, int(mv.version))}
 
 
 def status(name: str | None = None, limit: int = 10) -> dict:

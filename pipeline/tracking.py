@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import config
-from pipeline.registry import CHALLENGER, METRIC_KEYS, _client, _finite, _fmt, _jsonable, _name, check_server
+from pipeline.registry import (CHALLENGER, METRIC_KEYS, _client, _finite, _jsonable, _name, check_server,
+                               log_version_scores)
 
 
 
@@ -254,8 +255,9 @@ def tracked_train(params: dict, data_root, out_dir, run_name: str | None = None,
         mv = _register(client, name, Path(result.checkpoint), run_id, _example_bytes(data_root, image_size), {
             "data.version": data_version or "none", "data.fingerprint": fingerprint or "none",
             "git_commit": commit, "trigger": trigger,
-            **{f"test.{k}": _fmt(metrics[k]) for k in METRIC_KEYS if k in metrics},
         }, data_root=data_root)
+        log_version_scores(client, name, int(mv.version), {f"test.{k}": metrics[k] for k in METRIC_KEYS
+                                                          if k in metrics})
         mlflow.set_tags({"registered_model": name, "registered_version": str(mv.version)})
         from pipeline import model_card
 

@@ -47,8 +47,10 @@ def test_better_challenger_promoted_worse_rejected(mlflow_server, model_name, re
     assert aliases(client, model_name) == {"champion": v2, "previous_champion": v1, "challenger": v2}
     t2 = tags(client, model_name, v2)
     assert t2["decision"] == "promoted" and t2["compared_with"] == str(v1) and t2["promoted_over"] == str(v1)
-    assert float(t2["challenger.auc"]) == pytest.approx(trained["metrics"]["auc"], abs=1e-4)
-    assert float(t2["champion.auc"]) == pytest.approx(0.5) and t2["eval_n"] == str(scores["n_test"])
+    s2 = registry.version_scores(client, model_name, v2)   # figures: metrics of the logged model, not tags
+    assert s2["challenger.auc"] == pytest.approx(trained["metrics"]["auc"], abs=1e-9)
+    assert s2["champion.auc"] == pytest.approx(0.5) and t2["eval_n"] == str(scores["n_test"])
+    assert not any(k.startswith(("challenger.", "champion.")) for k in t2)
     assert tags(client, model_name, v1)["replaced_by"] == str(v2)
 
     # v3: the degraded model again -> rejected with the reason in words; keeps `challenger` only
@@ -62,7 +64,8 @@ def test_better_challenger_promoted_worse_rejected(mlflow_server, model_name, re
     assert "compare.test.auc_delta" in t3 and float(t3["compare.test.auc_delta"]) < 0
     card = client.get_model_version(model_name, str(v3)).description
     assert "**Promotion decision.** rejected: challenger v" in card   # the card (description) says why
-    assert float(t3["challenger.auc"]) == pytest.approx(0.5) and float(t3["champion.auc"]) > 0.6
+    s3 = registry.version_scores(client, model_name, v3)
+    assert s3["challenger.auc"] == pytest.approx(0.5) and s3["champion.auc"] > 0.6
     assert aliases(client, model_name) == {"champion": v2, "previous_champion": v1, "challenger": v3}
 
     # serving follows the alias: load_champion gives the trained model

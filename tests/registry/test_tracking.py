@@ -91,7 +91,10 @@ def test_run_is_logged_with_everything(mlflow_server, trained, reg_params, small
     mv = client.get_model_version(name, str(trained["version"]))
     assert mv.run_id == run.info.run_id and mv.status == "READY"
     assert client.get_model_version_by_alias(name, "challenger").version == str(trained["version"])
-    assert mv.tags["data.version"] == "0123456789abcdef0123" and mv.tags["test.auc"]
+    assert mv.tags["data.version"] == "0123456789abcdef0123"
+    scores = registry.version_scores(client, name, trained["version"])   # on the logged model, as metrics
+    assert scores["test.auc"] == pytest.approx(trained["metrics"]["auc"]) and "test.sensitivity" in scores
+    assert client.get_logged_model(mv.source.removeprefix("models:/")).metrics
     # its model card: population, intended use, figures in distribution and under stress, threshold, limits
     for words in ("paediatric", "Intended use", "| AUC |", "worst shift", "**Threshold.**", "**Calibration.**",
                   "Known limits", f"version {trained['version']}"):
