@@ -52,8 +52,10 @@ validate: setup  ## validation report of DATA
 mlflow: setup  ## MLflow tracking server in the foreground (SQLite + ./.mlflow by default)
 	scripts/mlflow_server.sh
 
-data: setup  ## import DATA into DVC as data/chest_xray, commit the pointer, dvc push
-	scripts/import_data.sh $(DATA)
+data: setup  ## import DATA into DVC as data/chest_xray, commit the pointer, dvc push, tell the local Airflow
+	AIRFLOW_URL=$${AIRFLOW_URL:-http://127.0.0.1:8080} AIRFLOW_USER=$${AIRFLOW_USER:-admin} \
+	AIRFLOW_PASSWORD=$${AIRFLOW_PASSWORD:-$$(cat .local/secrets/airflow_password 2>/dev/null)} \
+		scripts/import_data.sh $(DATA)
 
 airflow: setup  ## Airflow standalone (UI on :8080) on SQLite in ./.airflow, this project's DAG only
 	AIRFLOW_HOME=$(CURDIR)/.airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \

@@ -10,12 +10,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
 
 DAG_ID = "xray_retrain"
 REPO = Path(__file__).resolve().parent.parent          # the project (params.yaml)
 
 from pipeline.notify import XrayNotifier  # noqa: E402  (`pipeline` is installed: pip install -e .)
+from pipeline.config import DATA_ASSET_URI  # noqa: E402
 
 
 def _dag_settings() -> dict:
@@ -104,7 +105,10 @@ def _short(run_id: str) -> str:
 
 @dag(
     dag_id=DAG_ID,
-    schedule="@daily",
+    # on every new data version (the publish announces the asset), and daily as a fallback (an
+    # announcement that did not reach Airflow, a data engineer without Airflow credentials)
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("@daily", timezone="UTC"),
+                                 assets=[Asset(name="chest_xray", uri=DATA_ASSET_URI)]),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

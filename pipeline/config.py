@@ -13,6 +13,9 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PARAMS_FILE = REPO_ROOT / "params.yaml"
 CLASSES = ("NORMAL", "PNEUMONIA")
+# The dataset as an Airflow Asset: publishing a data version announces it (versioning.announce) and
+# the retraining DAG is scheduled on it, and daily as a fallback.
+DATA_ASSET_URI = "dvc://chest-xray/data/chest_xray"
 
 
 class ParamsError(ValueError):

@@ -24,6 +24,9 @@ PARSE = textwrap.dedent("""
            "heavy": sorted(m for m in ("torch", "torchvision", "mlflow", "dvc", "sklearn", "pipeline.train",
                                        "pipeline.registry", "pipeline.versioning") if m in sys.modules)}
     if dag:
+        tt = dag.timetable
+        out["timetable"] = {"assets": sorted(a.uri for a in getattr(getattr(tt, "asset_condition", None), "objects", [])),
+                            "cron": getattr(getattr(tt, "timetable", tt), "expression", None)}
         out["dag"] = {"schedule": str(getattr(dag, "schedule", None)), "catchup": dag.catchup,
                       "max_active_runs": dag.max_active_runs, "doc_md": dag.doc_md or "",
                       "params": {k: dag.params[k] for k in dag.params},
@@ -61,7 +64,8 @@ def test_parsing_imports_nothing_heavy(parsed):
 
 def test_dag_operational_settings(parsed):
     dag = parsed["dag"]
-    assert "0 0 * * *" in dag["schedule"] or "daily" in dag["schedule"]
+    assert "AssetOrTimeSchedule" in dag["schedule"]    # on each new data version, and daily as a fallback
+    assert parsed["timetable"] == {"assets": ["dvc://chest-xray/data/chest_xray"], "cron": "0 0 * * *"}
     assert dag["catchup"] is False and dag["max_active_runs"] == 1
     assert "detect" in dag["doc_md"] and "force" in dag["doc_md"]
     assert dag["params"] == {"force": False, "overrides": []}

@@ -151,3 +151,57 @@ def test_dvc_pipeline_repro_metrics_params_plots(world):
     sh(dvc + ["plots", "show", "-o", str(repo / "plots-out")], cwd=repo, env=env)
     page = (repo / "plots-out" / "index.html").read_text()
     assert "val_auc" in page and "roc" in page.lower()
+
+
+def test_publish_announces_the_data_asset_to_airflow(monkeypatch):
+    """A new data version is announced to Airflow as an asset event (the DAG is scheduled on the
+    asset, daily as a fallback); an unreachable or unconfigured Airflow is said, never an error."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from pipeline import config, versioning
+
+    seen: list[tuple[str, str, dict | None]] = []
+
+    class FakeAirflow(BaseHTTPRequestHandler):
+        def _reply(self, body: dict, code: int = 200):
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(("POST", self.path, body))
+            if self.path == "/auth/token":
+                return self._reply({"access_token": "t0k"} if body["password"] == "pw" else {}, 201)
+            assert self.headers["Authorization"] == "Bearer t0k"
+            self._reply({"id": 1, "asset_id": body["asset_id"]})
+
+        def do_GET(self):  # noqa: N802
+            seen.append(("GET", self.path, None))
+            self._reply({"assets": [{"id": 7, "uri": config.DATA_ASSET_URI}, {"id": 8, "uri": "s3://other"}]})
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeAirflow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    version = versioning.DataVersion("5c30ba698af427263cde2ff8054415f2", 5232, 1, "data/chest_xray", "abc")
+    try:
+        monkeypatch.setenv("AIRFLOW_USER", "engineer")
+        monkeypatch.setenv("AIRFLOW_PASSWORD", "pw")
+        assert versioning.announce(version, url) is True
+        event = seen[-1]
+        assert event[:2] == ("POST", "/api/v2/assets/events")
+        assert event[2] == {"asset_id": 7, "extra": {"data_version": version.hash, "nfiles": 5232, "git_commit": "abc"}}
+        monkeypatch.setenv("AIRFLOW_PASSWORD", "wrong")        # refused login: said, not raised
+        assert versioning.announce(version, url) is False
+    finally:
+        server.shutdown()
+    assert versioning.announce(version, url) is False          # Airflow down
+    monkeypatch.delenv("AIRFLOW_URL", raising=False)
+    assert versioning.announce(version) is False               # not configured
