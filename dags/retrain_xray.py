@@ -44,7 +44,8 @@ NO_RETRY = dict(retries=0)
 DOC = """
 ### Chest X-ray pneumonia: daily retraining
 
-Retrains the ResNet18 classifier **when the DVC data version changed**, and promotes the new model
+Runs when a new data version is published (the dataset's Asset, `dvc://chest-xray/data/chest_xray`)
+and daily as a fallback. Retrains the ResNet18 classifier **when the DVC data version changed**, and promotes the new model
 (`champion` alias in the MLflow registry) **only when the promotion policy in `params.yaml` says it is
 better** on the same held-out data. Doctors are served `models:/<name>@champion`.
 
