@@ -63,6 +63,13 @@ export AIRFLOW_HOME="${AIRFLOW_HOME:-$REPO/.airflow}"
 export MLFLOW_TRACKING_URI="http://$HOST:$MLFLOW_PORT"
 export MLFLOW_HOST="$HOST" MLFLOW_PORT
 export PATH="$VENV_BIN:$PATH"
+# The checkout every process acts on, said explicitly: `pipeline` is installed in the venv (pip
+# install -e), possibly from another checkout sharing that venv, so its own location is no guide.
+export XRAY_REPO="${XRAY_REPO:-$REPO}"
+export XRAY_PARAMS="${XRAY_PARAMS:-$REPO/params.yaml}"
+export XRAY_CACHE_DIR="${XRAY_CACHE_DIR:-$REPO/.cache/preprocess}"
+export XRAY_MODEL_CACHE_DIR="${XRAY_MODEL_CACHE_DIR:-$REPO/.cache/models}"
+export XRAY_RUNS_DIR="${XRAY_RUNS_DIR:-$REPO/runs}"
 
 log()  { printf '\033[1m[stack %s]\033[0m %s\n' "$(date +%H:%M:%S)" "$*"; }
 warn() { printf '\033[1;33m[stack %s] %s\033[0m\n' "$(date +%H:%M:%S)" "$*" >&2; }
