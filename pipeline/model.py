@@ -56,18 +56,15 @@ def _imagenet_weights():
 
 
 def resolve_checkpoint(init: str) -> Path:
-    """A model.pt path, or the model.pt inside a registered MLflow model (models:/name@alias)."""
-    if init.startswith("models:/") or init.startswith("runs:/"):
-        import mlflow
+    """A model.pt path, or the model.pt of a registered MLflow model (models:/name@alias or
+    models:/name/version, through pipeline.registry's version cache, as the site loads it)."""
+    if init.startswith("models:/"):
+        from pipeline import registry
 
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=init))
+            return registry.checkpoint_path(init)
         except Exception as exc:
-            raise RuntimeError(f"cannot warm start from {init}: {exc}") from exc
-        found = sorted(local.rglob("model.pt"))
-        if not found:
-            raise RuntimeError(f"cannot warm start from {init}: no model.pt in its artifacts")
-        return found[0]
+            raise RuntimeError(f"cannot load {init}: {exc}") from exc
     path = Path(init)
     if not path.is_file():
         raise FileNotFoundError(

@@ -187,6 +187,27 @@ def download_version(version: int, name: str | None = None, client=None) -> Path
     return target
 
 
+def checkpoint_path(uri: str) -> Path:
+    """model.pt of `models:/<name>@<alias>` or `models:/<name>/<version>`, through the same version
+    cache as the site: the one way the CLI (--model), warm starts (model.init) and Django load a
+    registered model."""
+    from pipeline.pyfunc_model import checkpoint_in
+
+    rest = uri.removeprefix("models:/")
+    client = _client()
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        version = _alias_version(client, name, alias)
+        if version is None:
+            raise NoChampion(f"{uri}: registered model '{name}' has no alias '{alias}' at {client.tracking_uri}")
+    else:
+        name, _, number = rest.rpartition("/")
+        if not name or not number.isdigit():
+            raise ValueError(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
+        version = int(number)
+    return checkpoint_in(download_version(version, name, client))
+
+
 def load_version(version: int, name: str | None = None, device=None, tracking_uri: str | None = None,
                  fast: bool = False, threads: int = 0):
     """(Predictor, ModelVersion) of one registered version. fast: run it on the fast path

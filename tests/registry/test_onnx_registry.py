@@ -49,3 +49,22 @@ def test_fast_path_check_tags_the_version_and_loading_follows_the_tag(mlflow_ser
     client.set_model_version_tag(name, str(version), "fast_path", "off")
     assert registry.load_version(version, name, fast=True)[0].engine is None
     client.set_model_version_tag(name, str(version), "fast_path", tags["fast_path"])
+
+
+def test_one_loader_for_warm_starts_the_cli_and_the_site(mlflow_server, trained, reg_params):
+    """models:/<name>@<alias> and models:/<name>/<version> resolve through the registry's version
+    cache (the site's loader): warm starts and `--model` get the registered weights."""
+    import torch
+
+    from pipeline import model
+
+    name = config.model_name(reg_params)
+    by_alias = registry.checkpoint_path(f"models:/{name}@challenger")
+    by_version = registry.checkpoint_path(f"models:/{name}/{trained['version']}")
+    site = registry.download_version(trained["version"], name)
+    assert by_alias == by_version and by_alias.parent.parent == site      # one cache entry
+    warm = model.build_model(f"models:/{name}/{trained['version']}")
+    reference = torch.load(trained["checkpoint"], weights_only=True)["state_dict"]
+    assert all(torch.equal(v, reference[k]) for k, v in warm.state_dict().items())
+    with pytest.raises(RuntimeError, match="has no alias 'nobody'"):
+        model.build_model(f"models:/{name}@nobody")
