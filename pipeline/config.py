@@ -101,8 +101,6 @@ def _same_type(value, ref) -> bool:
         return isinstance(value, bool) and isinstance(ref, bool)
     if isinstance(ref, float):
         return isinstance(value, (int, float))
-    if isinstance(ref, int) and not isinstance(value, int) and isinstance(value, float):
-        return False
     if ref is None:
         return True
     return isinstance(value, type(ref))

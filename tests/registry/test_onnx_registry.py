@@ -3,7 +3,6 @@ tags the version, and only a version tagged `fast_path=on` is loaded on the fast
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime
 import pytest
 from mlflow import MlflowClient
 
@@ -25,7 +24,6 @@ def test_registered_version_carries_a_validated_onnx_file(mlflow_server, trained
                        for p in sorted(small_dataset.rglob("*.jpeg"))[:6]])
     report = onnx_export.validate(onnx_file, predictor, arrays)
     assert report["max_abs_logit_diff"] <= onnx_export.LOGIT_TOLERANCE
-    assert isinstance(onnx_export.session(onnx_file), onnxruntime.InferenceSession)
 
 
 def test_fast_path_check_tags_the_version_and_loading_follows_the_tag(mlflow_server, trained, reg_params,
