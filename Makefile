@@ -38,10 +38,10 @@ stack-images:  ## build the three images (mlflow, airflow, web) from the Dockerf
 	scripts/stack_images.sh
 
 run: setup  ## full local stack: data -> MLflow -> Airflow retraining cycle -> web site (QUICK=1: minutes)
-	scripts/stack.sh up
+	$(PY) scripts/stack.py up
 
 stop:  ## stop everything `make run` started
-	scripts/stack.sh down
+	$(PY) scripts/stack.py down
 
 train: setup  ## train + evaluate once on DATA, without MLflow or Airflow
 	$(PY) -m pipeline train --data $(DATA)
@@ -69,7 +69,7 @@ repro: setup  ## the DVC pipeline (validate -> train -> evaluate) without Airflo
 
 status: setup  ## which model version serves doctors, and why; what the local stack runs
 	$(PY) -m pipeline status || true
-	scripts/stack.sh status
+	$(PY) scripts/stack.py status
 
 web: setup  ## the web site under gunicorn in the foreground
 	scripts/web_server.sh

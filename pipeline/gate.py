@@ -5,13 +5,18 @@ Three layers, cheapest first:
    frames), colourfulness of colour-encoded JPEG/PNG, aspect ratio. No model needed: old
    checkpoints without a fitted gate get these checks only.
 2. the model input: how many grey levels it uses (drawings, text and logos use few).
-3. learned, from the ResNet's pooled features of the very forward pass that makes the
-   prediction (a hook on `avgpool`, so it costs one small matrix product):
+3. learned, fitted at training time on the training X-rays:
+   - the layout: the equalised image at 24x24 against the 10 main modes of the training films
+     ("eigen-chests", PCA); a photo, a page or a scan of another body part leaves a residual no
+     chest film leaves. Independent of the network, so it holds where the network's features do
+     not (a grey photo of a flower sat close to the X-rays in feature space);
+   from the ResNet's pooled features of the very forward pass that makes the prediction (a hook
+   on `avgpool`, so it costs one small matrix product):
    - a Mahalanobis distance to the training X-rays (mean + Ledoit-Wolf precision), refused above
      a threshold set on validation X-rays;
    - an orientation classifier (upright / rotated 90, 180, 270 / vertically flipped / inverted),
      a multinomial logistic regression trained on the training films transformed here.
-   Both thresholds are fitted at training time (`fit`) and travel in the checkpoint under "gate".
+   The thresholds are fitted at training time (`fit`) and travel in the checkpoint under "gate".
 
 A refusal raises `NotAChestXray` (an `InvalidImage`): every caller already turns that into an
 error row / a 422 / a message on the page. Lateral DICOM views are answered with a warning.
@@ -42,6 +47,10 @@ ORIENTATIONS = ("upright", "rotated 90 degrees", "upside down (rotated 180 degre
 MAX_COLOURFULNESS = 15.0   # Hasler-Suesstrunk; RGB-encoded X-rays measure ~0-3, photos 20-100+
 MAX_ASPECT = 4.0           # long side / short side; most films are 1-2:1, a real one is 3.2:1
 MIN_GREY_ENTROPY = 4.0     # bits; X-rays use most of the 256 levels (>6 bits), drawings a few
+LAYOUT_SIDE = 24           # the layout check compares 24x24 thumbnails...
+LAYOUT_MODES = 10          # ...to the 10 principal modes of the training films (measured: 16-32 px
+                           # and 5-16 modes all separate photos from films; 24/10 had the widest margin)
+LAYOUT_SHARE = 0.1         # of the false-refusal budget; the two feature checks share the rest
 
 
 class NotAChestXray(InvalidImage):
@@ -174,6 +183,11 @@ class Gate:
             self.scale_mean = np.asarray(state["orient_mean"], np.float32)
             self.scale_std = np.asarray(state["orient_std"], np.float32)
             self.min_upright = float(state["min_upright"])
+            # checkpoints fitted before the layout check existed have no "layout": skipped
+            layout = state.get("layout")
+            self.layout_mean = np.asarray(layout["mean"], np.float32) if layout else None
+            self.layout_basis = np.asarray(layout["basis"], np.float32) if layout else None
+            self.max_layout = float(layout["max_residual"]) if layout else float("inf")
 
     @property
     def learned(self) -> bool:
@@ -183,12 +197,19 @@ class Gate:
     def description(self) -> str:
         if not self.learned:
             return "cheap checks only (this model was trained before the learned gate existed)"
-        return (f"cheap checks + feature distance <= {self.max_distance:.1f} + orientation "
+        layout = f" + layout residual <= {self.max_layout:.2f}" if self.layout_basis is not None else ""
+        return (f"cheap checks{layout} + feature distance <= {self.max_distance:.1f} + orientation "
                 f"P(upright) >= {self.min_upright:.2f}")
 
     def distance(self, feats: np.ndarray) -> np.ndarray:
         d = np.atleast_2d(feats) - self.mean
         return np.sqrt(np.maximum(np.einsum("nd,de,ne->n", d, self.precision, d), 0))
+
+    def layout_residual(self, arrays: np.ndarray) -> np.ndarray:
+        """[N] distance of each image's thumbnail to the training films' principal modes."""
+        if self.layout_basis is None:
+            return np.zeros(len(arrays), np.float32)
+        return _pca_residual(layout_thumbnails(arrays), self.layout_mean, self.layout_basis)
 
     def orientation(self, feats: np.ndarray) -> np.ndarray:
         """[N, 6] probabilities over ORIENTATIONS."""
@@ -197,14 +218,27 @@ class Gate:
         return z / z.sum(axis=1, keepdims=True)
 
     def refused(self, feats: np.ndarray) -> np.ndarray:
-        """[N] bool: the learned checks' verdict on each image's features (assess's rule)."""
+        """[N] bool: the feature checks' verdict on each image's features (assess's rule)."""
         return (self.orientation(feats)[:, 0] < self.min_upright) | (self.distance(feats) > self.max_distance)
 
     def assess(self, arr: np.ndarray, feats: np.ndarray | None, warnings=()) -> Verdict:
         """Raises NotAChestXray or returns the verdict for one accepted image."""
         check_array(arr)
         verdict = Verdict(warnings=list(warnings))
-        if not self.learned or feats is None or not len(feats):
+        if not self.learned:
+            return verdict
+        residual = float(self.layout_residual(arr[None])[0])
+        if residual > self.max_layout:
+            # a film turned the wrong way fits the layout once turned back: say that, it is the fix
+            turned = [(float(self.layout_residual(view)[0]), k) for k, view in enumerate(transforms(arr[None]))][1:]
+            fit, k = min(turned)
+            if fit <= self.max_layout:  # transforms[k] turns it upright: it is a film turned the inverse way
+                raise NotAChestXray(f"it is not an upright chest film (it has the layout of a film "
+                                    f"{ORIENTATIONS[(0, 3, 2, 1, 4, 5)[k]]}); upload films upright, as read "
+                                    f"on a light box")
+            raise NotAChestXray(f"its overall picture does not have a chest film's layout (residual {residual:.1f} "
+                                f"against the training films; accepted up to {self.max_layout:.1f})")
+        if feats is None or not len(feats):
             return verdict
         verdict.score = float(self.distance(feats)[0])
         probs = self.orientation(feats)[0]
@@ -216,6 +250,23 @@ class Gate:
             raise NotAChestXray(f"the model has not seen images like it (distance {verdict.score:.0f} to "
                                 f"the training X-rays; accepted up to {self.max_distance:.0f})", verdict.score)
         return verdict
+
+
+def layout_thumbnails(arrays: np.ndarray) -> np.ndarray:
+    """uint8 [N, S, S] -> [N, LAYOUT_SIDE**2] equalised thumbnails on 0..1 (equalised whatever the
+    model's intensity mode, so that the tone curve of a machine does not count as layout)."""
+    import torch
+
+    from pipeline.preprocess import equalize
+
+    x = equalize(torch.from_numpy(np.ascontiguousarray(arrays)).float()[:, None])
+    x = torch.nn.functional.adaptive_avg_pool2d(x, LAYOUT_SIDE)
+    return (x.reshape(len(arrays), -1) / 255.0).numpy()
+
+
+def _pca_residual(x: np.ndarray, mean: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    d = x - mean
+    return np.linalg.norm(d - (d @ basis.T) @ basis, axis=1)
 
 
 def transforms(arr: np.ndarray) -> list[np.ndarray]:
@@ -232,8 +283,9 @@ def features(predictor, arrays: np.ndarray, batch_size: int = 64, with_probs: bo
 
 def fit(predictor, x_train: np.ndarray, x_val: np.ndarray, target_false_refusal: float = 0.01,
         max_images: int = 1500, seed: int = 0, distance_margin: float = 1.0) -> tuple[dict, dict]:
-    """Fit the gate on training X-rays only; thresholds on validation X-rays so that the two
-    learned checks together refuse at most `target_false_refusal` of them (half each).
+    """Fit the gate on training X-rays only; thresholds on validation X-rays so that the three
+    learned checks together refuse at most `target_false_refusal` of them (LAYOUT_SHARE of it for
+    the layout, half the rest each for the feature distance and the orientation).
 
     Returns (state for the checkpoint, metrics for MLflow)."""
     from sklearn.covariance import LedoitWolf
@@ -261,8 +313,16 @@ def fit(predictor, x_train: np.ndarray, x_val: np.ndarray, target_false_refusal:
              "orient_intercept": clf.intercept_.astype(np.float32).tolist(),
              "orient_mean": mu.astype(np.float32).tolist(), "orient_std": sd.astype(np.float32).tolist(),
              "min_upright": 0.0}
+    # layout: principal modes of the training films' thumbnails
+    t_train = layout_thumbnails(x_train)
+    t_mean = t_train.mean(0)
+    basis = np.linalg.svd(t_train - t_mean, full_matrices=False)[2][:LAYOUT_MODES]
+    r_val = _pca_residual(layout_thumbnails(x_val), t_mean, basis)
+    layout_limit = float(np.quantile(r_val, 1 - target_false_refusal * LAYOUT_SHARE, method="higher"))
+    state["layout"] = {"mean": t_mean.astype(np.float32).tolist(), "basis": basis.astype(np.float32).tolist(),
+                       "max_residual": layout_limit * 1.001 * distance_margin}
     gate = Gate(state)
-    half = target_false_refusal / 2
+    half = target_false_refusal * (1 - LAYOUT_SHARE) / 2
     d_val = gate.distance(f_val)
     p_up = gate.orientation(f_val)[:, 0]
     # "higher"/"lower": the threshold is an observed value, so at most `half` of validation is refused;
@@ -278,8 +338,10 @@ def fit(predictor, x_train: np.ndarray, x_val: np.ndarray, target_false_refusal:
     gate = Gate(state)
     val_views = transforms(x_val)
     p_val_views = [gate.orientation(f_val)] + [gate.orientation(features(predictor, v)) for v in val_views[1:]]
-    refused = (d_val > gate.max_distance) | (p_up < gate.min_upright)  # the same rules as assess()
+    refused = (d_val > gate.max_distance) | (p_up < gate.min_upright) | (r_val > gate.max_layout)  # assess()'s rules
     metrics = {"gate_max_distance": state["max_distance"], "gate_min_upright": state["min_upright"],
+               "gate_max_layout_residual": gate.max_layout,
+               "gate_val_layout_refusal_rate": float((r_val > gate.max_layout).mean()),
                "gate_val_false_refusal_rate": float(refused.mean()),
                "gate_fit_images": float(len(x_train))}
     for k, probs in enumerate(p_val_views[1:], start=1):

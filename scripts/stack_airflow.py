@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Drive the local stack's Airflow through its REST API (used by scripts/stack.sh).
+"""Drive the local stack's Airflow through its REST API (used by scripts/stack.py and scripts/stack_test.sh).
 
     stack_airflow.py run     trigger one run of the DAG (or attach to the one in flight) and wait
                              for it, printing each task's state as it changes; exit 0 on success
     stack_airflow.py last    print the state of the newest run ("none" when there is none)
 
 Standard library only (runs before anything else is imported, and fast). Settings come from the
-environment stack.sh exports:
+environment scripts/stack.py sets:
   AIRFLOW_URL (http://127.0.0.1:8080)  AIRFLOW_USER / AIRFLOW_PASSWORD (SimpleAuthManager login)
   XRAY_DAG_ID (xray_retrain)           STACK_DAG_CONF (JSON conf of the run, default {})
   STACK_DAG_TIMEOUT_S (3600)           STACK_PARSE_TIMEOUT_S (180): wait for the DAG to be parsed
@@ -146,7 +146,7 @@ def cmd_run(api: Api) -> int:
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         run = api.call("POST", f"/dags/{DAG_ID}/dagRuns",
                        {"dag_run_id": run_id, "logical_date": now, "conf": conf,
-                        "note": "triggered by scripts/stack.sh (make run)"})
+                        "note": "triggered by scripts/stack.py (make run)"})
         log(f"triggered {DAG_ID} run {run['dag_run_id']} with conf {json.dumps(conf)}")
 
     run_id = run["dag_run_id"]

@@ -179,4 +179,6 @@ def at_production_margin(gate, params: dict, monkeypatch) -> None:
     """The gate's distance limit as production fits it (margin 1.0), without the widening
     (params gate.distance_margin) that the test session's 1-epoch model and ~30 validation films
     need so that real films pass: the foreign-input tests judge the gate at production's rule."""
-    monkeypatch.setattr(gate, "max_distance", gate.max_distance / float(params["gate"]["distance_margin"]))
+    margin = float(params["gate"]["distance_margin"])
+    monkeypatch.setattr(gate, "max_distance", gate.max_distance / margin)
+    monkeypatch.setattr(gate, "max_layout", gate.max_layout / margin)

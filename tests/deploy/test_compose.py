@@ -398,7 +398,7 @@ def test_dockerignore_keeps_data_out_and_code_in():
 # ----------------------------------------------------------------------------- the scripts
 SCRIPTS = ["docker/postgres/init-databases.sh", "docker/minio/create-buckets.sh", "docker/airflow/init.sh",
            "docker/gen-env.sh",
-           "docker/web/init.sh", "scripts/stack.sh", "docker/entrypoint.sh", "docker/postgres/secure-entrypoint.sh",
+           "docker/web/init.sh", "docker/entrypoint.sh", "docker/postgres/secure-entrypoint.sh",
            "docker/proxy/start.sh", "scripts/docker_bases.sh", "scripts/stack_images.sh", "scripts/stack_test.sh",
            "scripts/docker_engine.sh", "docker/local-bases/postgres-entrypoint.sh"]
 

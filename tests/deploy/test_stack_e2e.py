@@ -1,12 +1,12 @@
 """`make run QUICK=1` end to end, for real, in a temporary copy of the repository.
 
-scripts/stack.sh up (quick mode: ~200 real images, one epoch at 64 px) imports the data into DVC,
+scripts/stack.py up (quick mode: ~200 real images, one epoch at 64 px) imports the data into DVC,
 starts MLflow, Airflow (api-server, scheduler, dag-processor on SQLite) and triggers one run of the
 retraining DAG, then starts the web site under gunicorn. Checked:
 - MLflow answers; the DAG run succeeded; the registry has a champion;
 - the web site's /healthz serves that champion version;
 - a second `up` is safe: nothing restarted, no second training;
-- `scripts/stack.sh down` leaves no process behind.
+- `scripts/stack.py down` leaves no process behind.
 
 The copy (tracked + untracked-but-not-ignored files of the working tree, the venv symlinked) and
 free ports keep /work/main and other people's servers untouched. About 3-6 minutes on 2 cores.
@@ -31,14 +31,19 @@ PER_CLASS = int(os.environ.get("STACK_TEST_PER_CLASS", "100"))
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # CI budget: < 8 min (measured: see docs/benchmarks.md)
 
-NEEDED = ["scripts/stack.sh", "scripts/mlflow_server.sh", "scripts/import_data.sh", "scripts/web_server.sh",
-          "dags/retrain_xray.py", "django_app/manage.py", "pipeline/registry.py"]
+NEEDED = ["scripts/stack.py", "scripts/stack_airflow.py", "scripts/mlflow_server.sh", "scripts/import_data.sh",
+          "scripts/web_server.sh", "dags/retrain_xray.py", "django_app/manage.py", "pipeline/registry.py"]
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def python(root: Path) -> str:
+    """The venv's interpreter, through the copy's .venv link (as `make run` calls it)."""
+    return str(root / ".venv/bin/python")
 
 
 def copy_working_tree(dest: Path) -> None:
@@ -105,7 +110,7 @@ def stack(tmp_path_factory, shared_datasets):
         with open(log, "a") as out:
             out.write(f"\n===== {label}\n")
             out.flush()
-            proc = subprocess.run(["scripts/stack.sh", "up"], cwd=root, env=env, stdout=out,
+            proc = subprocess.run([python(root), "scripts/stack.py", "up"], cwd=root, env=env, stdout=out,
                                   stderr=subprocess.STDOUT, timeout=540)
         return proc, time.monotonic() - started
 
@@ -114,7 +119,7 @@ def stack(tmp_path_factory, shared_datasets):
         info["first"] = up("first up")
         yield info
     finally:
-        subprocess.run(["scripts/stack.sh", "down"], cwd=root, env=env, capture_output=True, timeout=180)
+        subprocess.run([python(root), "scripts/stack.py", "down"], cwd=root, env=env, capture_output=True, timeout=180)
         for pid in processes_of(root):  # only ours: they run in the temporary copy
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -129,7 +134,7 @@ def read_log(stack) -> str:
 
 def test_quick_stack_end_to_end(stack):
     proc, seconds = stack["first"]
-    assert proc.returncode == 0, f"stack.sh up failed:\n{read_log(stack)}"
+    assert proc.returncode == 0, f"stack.py up failed:\n{read_log(stack)}"
     root, ports = stack["root"], stack["ports"]
 
     # MLflow is up
@@ -179,7 +184,7 @@ def test_quick_stack_end_to_end(stack):
 
     # down leaves nothing behind
     assert processes_of(root), "the stack's processes should be visible before `down`"
-    proc = subprocess.run(["scripts/stack.sh", "down"], cwd=root, env=stack["env"], capture_output=True,
+    proc = subprocess.run([python(root), "scripts/stack.py", "down"], cwd=root, env=stack["env"], capture_output=True,
                           text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     time.sleep(1)

@@ -56,6 +56,7 @@ def test_training_stores_a_fitted_gate(tiny_checkpoint, predictor):
     state = ckpt["gate"]
     assert state["max_distance"] > 0 and 0 < state["min_upright"] <= 0.5
     assert len(state["mean"]) == 512 and len(state["orient_coef"]) == len(gate.ORIENTATIONS)
+    assert np.shape(state["layout"]["basis"]) == (gate.LAYOUT_MODES, gate.LAYOUT_SIDE ** 2)
     assert predictor.gate.learned and "feature distance" in predictor.gate.description
 
 
@@ -66,6 +67,19 @@ def test_every_foreign_class_refused(predictor, fullres, kind, monkeypatch, tiny
     samples = {"foreign": foreign, "grey": grey_photos, "misoriented": lambda: misoriented(xray)}[kind]()
     for name, (_, blob) in samples.items():
         assert _refusal(predictor, blob), f"{name} was answered"
+
+
+def test_layout_alone_refuses_photos_and_names_a_turned_film(predictor, fullres, monkeypatch, tiny_params):
+    """The layout check (eigen-chests) does not depend on the network: with the two feature checks
+    switched off, grey photos are still refused, and a film turned 90 degrees is told so."""
+    at_production_margin(predictor.gate, tiny_params, monkeypatch)
+    monkeypatch.setattr(predictor.gate, "max_distance", float("inf"))
+    monkeypatch.setattr(predictor.gate, "min_upright", 0.0)
+    for name, (_, blob) in grey_photos().items():
+        assert "layout" in (_refusal(predictor, blob) or "answered"), name
+    turned = misoriented(Image.open(fullres[0]))
+    assert "not an upright chest film" in _refusal(predictor, turned["rotated 90"][1])
+    assert "rotated 90 degrees" in _refusal(predictor, turned["rotated 90"][1])
 
 
 def test_real_xrays_answered_and_lateral_view_warned(predictor, fullres):
