@@ -162,8 +162,8 @@ def xray_retrain():
         from pipeline import data
 
         params = _context_params(get_current_context())
-        samples = data.subset(data.discover(info["data_root"]), int(params["data"]["subset_per_class"]),
-                              int(params["data"]["seed"]))
+        samples = data.subset(data.discover(info["data_root"]), params["data"]["subset_per_class"],
+                              params["data"]["seed"])
         try:
             _, report = data.validate(samples, params, root=info["data_root"])
         except data.DatasetError as exc:

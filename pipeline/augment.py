@@ -90,20 +90,20 @@ def photometric(x: torch.Tensor, aug: dict, gen: torch.Generator) -> torch.Tenso
         pick = _chosen(b, p, gen).view(b, 1, 1, 1)
         if pick.any():
             s = out.shape[-1]
-            small = max(8, int(s * float(_uniform(1, float(aug["downscale"]), 1.0, gen))))
+            small = max(8, int(s * float(_uniform(1, aug["downscale"], 1.0, gen))))
             coarse = F.interpolate(F.interpolate(out, size=(small, small), mode="bilinear", antialias=True,
                                                  align_corners=False), size=(s, s), mode="bilinear",
                                    align_corners=False)
             out = torch.where(pick, coarse, out)
     if aug.get("noise"):  # quantum noise of a lower dose
-        sigma = (_uniform(b, 0, float(aug["noise"]), gen) * _chosen(b, p, gen)).view(b, 1, 1, 1)
+        sigma = (_uniform(b, 0, aug["noise"], gen) * _chosen(b, p, gen)).view(b, 1, 1, 1)
         out = out + sigma * torch.randn(out.shape, generator=gen)
     out = out.clamp(0, 255)
     if aug.get("jpeg"):  # lossy re-compression (PACS export), quality in [jpeg, 95]
         from torchvision.io import decode_jpeg, encode_jpeg
 
         pick = _chosen(b, p, gen)
-        quality = _uniform(b, float(aug["jpeg"]), 95, gen).round().int()
+        quality = _uniform(b, aug["jpeg"], 95, gen).round().int()
         out = out.clone()
         for i in torch.nonzero(pick).flatten().tolist():
             img = out[i].round().to(torch.uint8)

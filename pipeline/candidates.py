@@ -59,7 +59,7 @@ def evaluate_candidates(challenger_version: int, params: dict, data_root) -> dic
     name = _name(params)
     splits, _report, cache = data.load(Path(data_root), params)
     champion = _alias_version(client, name, CHAMPION)
-    level = float(params["promotion"]["confidence"])
+    level = params["promotion"]["confidence"]
 
     def score(version: int) -> dict:
         predictor, _ = load_version(version, name)
@@ -79,7 +79,7 @@ def evaluate_candidates(challenger_version: int, params: dict, data_root) -> dic
         comparison = {"test": compare.delong(a["test"]["y"], a["test"]["p"], b["test"]["p"], level).to_dict(),
                       "stress": compare.paired_bootstrap(
                           a["stress"]["y"], a["stress"]["p"], b["stress"]["p"],
-                          int(params["promotion"]["bootstrap_samples"]), int(params["data"]["seed"]), level).to_dict()}
+                          params["promotion"]["bootstrap_samples"], params["data"]["seed"], level).to_dict()}
         if "external" in a:
             comparison["external"] = compare.delong(a["external"]["y"], a["external"]["p"], b["external"]["p"],
                                                     level).to_dict()

@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_validate(args, params, data_root) -> int:
     from pipeline import data
 
-    samples = data.subset(data.discover(data_root), int(params["data"]["subset_per_class"]),
-                          int(params["data"]["seed"]))
+    samples = data.subset(data.discover(data_root), params["data"]["subset_per_class"],
+                          params["data"]["seed"])
     _, report = data.validate(samples, params, root=data_root)
     print(report.summary())
     if args.report:

@@ -50,7 +50,8 @@ OPEN_SECTIONS = ("promotion.floors", "promotion.stress_floors", "promotion.exter
 def load_params(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict:
     """Read params.yaml (or `path`), apply `section.key=value` overrides (values parsed as YAML)
     and check the result against the shipped params.yaml: every key known, of its type, and within
-    CHOICES / RANGES. Raises ParamsError (a ValueError) naming the key."""
+    CHOICES / RANGES; whole numbers given for a float key become floats, so the code reads every
+    value as its type without casts. Raises ParamsError (a ValueError) naming the key."""
     with open(path or PARAMS_FILE) as f:
         params = yaml.safe_load(f)
     try:
@@ -89,6 +90,8 @@ def _check(values: dict, reference: dict, prefix: str) -> None:
             value = values[key] = "on" if value else "off"
         if not _same_type(value, ref):
             raise ParamsError(f"{name}={value!r}: expected {type(ref).__name__} like {ref!r}")
+        if isinstance(ref, float) and isinstance(value, int):  # typed once here: code reads floats as floats
+            value = values[key] = float(value)
         if name in CHOICES and value not in CHOICES[name]:
             raise ParamsError(f"{name}={value!r}: expected one of {', '.join(CHOICES[name])}")
         low, high = RANGES.get(name, (None, None))

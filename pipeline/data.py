@@ -177,9 +177,9 @@ def discover(root: str | Path) -> list[Sample]:
 
 def open_cache(params: dict) -> PreprocessCache:
     d = params["data"]
-    limits = {"max_bytes": int(d["max_file_mb"] * 2**20), "max_pixels": int(d["max_pixels"]),
-              "min_side": int(d["min_side"])}
-    return PreprocessCache(config.cache_dir(), int(params["preprocess"]["image_size"]), limits)
+    limits = {"max_bytes": int(d["max_file_mb"] * 2**20), "max_pixels": d["max_pixels"],
+              "min_side": d["min_side"]}
+    return PreprocessCache(config.cache_dir(), params["preprocess"]["image_size"], limits)
 
 
 def validate(samples: list[Sample], params: dict, cache: PreprocessCache | None = None,
@@ -216,19 +216,19 @@ def validate(samples: list[Sample], params: dict, cache: PreprocessCache | None 
     report.counts = {c: sum(s.label == i for s in usable) for i, c in enumerate(config.CLASSES)}
     report.no_patient_id = sum(not s.patient_known for s in usable)
     d = params["data"]
-    minimum = int(d["min_images_per_class"])
+    minimum = d["min_images_per_class"]
     few = [f"{c} ({n})" for c, n in report.counts.items() if n < minimum]
     if few:
         raise DatasetError(f"too few usable images of class {', '.join(few)} under {root or 'dataset'}: "
                            f"data.min_images_per_class is {minimum} ({len(report.rejected)} files rejected, "
                            f"{len(report.conflicts)} under both labels)")
-    limit = float(d["max_rejected_fraction"])
+    limit = d["max_rejected_fraction"]
     if report.rejected_fraction > limit:
         raise DatasetError(f"{len(report.rejected)} of {report.checked} files rejected "
                            f"({report.rejected_fraction:.1%} > data.max_rejected_fraction {limit:.1%})"
                            f"\n{report.summary()}")
     unknown = report.no_patient_id / max(len(usable), 1)
-    allowed = float(d["max_unknown_patient_fraction"])
+    allowed = d["max_unknown_patient_fraction"]
     if unknown > allowed:
         raise DatasetError(
             f"{report.no_patient_id} of {len(usable)} usable images have no patient id ({unknown:.1%} > "
@@ -260,14 +260,14 @@ def split(samples: list[Sample], params: dict) -> Splits:
     """
     d = params["data"]
     provided = {name: [s for s in samples if s.split_hint == name] for name in ("val", "test")}
-    honoured = {name for name, part in provided.items() if len(part) >= int(d["min_provided_split"])}
+    honoured = {name for name, part in provided.items() if len(part) >= d["min_provided_split"]}
     fixed_patients = {s.patient: name for name in honoured for s in provided[name]}
-    fractions = {"test": float(d["test_fraction"]), "val": 0.0 if "val" in honoured else float(d["val_fraction"])}
+    fractions = {"test": d["test_fraction"], "val": 0.0 if "val" in honoured else d["val_fraction"]}
     out = {"train": [], "val": [], "test": [], "external": []}
     pool = [s for s in samples if s.split_hint not in honoured]
     for s in pool:
         if s.patient not in fixed_patients:
-            b = _bucket(s.patient, int(d["seed"]))
+            b = _bucket(s.patient, d["seed"])
             fixed_patients[s.patient] = ("test" if b < fractions["test"] else
                                          "val" if b < fractions["test"] + fractions["val"] else "train")
     for s in samples:
@@ -330,7 +330,7 @@ def load(root: str | Path, params: dict) -> tuple[Splits, ValidationReport, Prep
     """discover -> subset -> validate -> split: what training and evaluation start from."""
     root = Path(root)
     samples = discover(root)
-    samples = subset(samples, int(params["data"]["subset_per_class"]), int(params["data"]["seed"]))
+    samples = subset(samples, params["data"]["subset_per_class"], params["data"]["seed"])
     cache = open_cache(params)
     usable, report = validate(samples, params, cache, root)
     return split(usable, params), report, cache

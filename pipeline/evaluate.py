@@ -116,7 +116,7 @@ def evaluate_predictor(predictor, samples, params: dict, cache=None) -> dict:
 def predict_samples(predictor, samples, params: dict, cache=None):
     """(labels, P(pneumonia)) of samples, read through the cache at the predictor's size."""
     images, labels = sample_arrays(samples, predictor.image_size, params, cache)
-    return labels, predictor.probabilities(images, batch_size=int(params["evaluate"]["batch_size"]))
+    return labels, predictor.probabilities(images, batch_size=params["evaluate"]["batch_size"])
 
 
 def sample_arrays(samples, image_size: int, params: dict, cache=None):

@@ -46,7 +46,7 @@ def decide(scores: dict, params: dict) -> dict:
        predicts what doctors will see on films of other machines.
     """
     policy = params["promotion"]
-    margin = float(policy["non_inferiority_margin"])
+    margin = policy["non_inferiority_margin"]
     first = policy.get("first_champion", "promote_if_floors")
     ch, champ = scores["challenger"], scores.get("champion")
     ch_m = ch["metrics"]
@@ -95,7 +95,7 @@ def decide(scores: dict, params: dict) -> dict:
         elif c["low"] < -margin:
             unproven.append(COMPARISON_LABELS[key])
     verdict = (f"challenger v{ch['version']} vs champion v{champ['version']}, AUC difference "
-               f"[{int(100 * float(policy['confidence']))} % interval]: " + "; ".join(parts))
+               f"[{int(100 * policy['confidence'])} % interval]: " + "; ".join(parts))
     if worse:
         return _jsonable({**base, "promote": False, "reason": f"{verdict}: significantly worse {', '.join(worse)}"})
     if unproven:

@@ -18,10 +18,10 @@ from pipeline import calibration, evaluate, stress
 
 def _stress_set(samples, params: dict, image_size: int, salt: int):
     ep = params["evaluate"]
-    seed = int(params["data"]["seed"]) + salt
-    picked = stress.pick(samples, int(ep["stress_images"]), seed)
+    seed = params["data"]["seed"] + salt
+    picked = stress.pick(samples, ep["stress_images"], seed)
     return stress.build(picked, image_size, seed=seed, families=list(ep.get("stress_families") or []),
-                        source_max_side=int(ep["stress_source_max_side"]))
+                        source_max_side=ep["stress_source_max_side"])
 
 
 def stress_set(samples, params: dict, image_size: int):
@@ -35,7 +35,7 @@ def fit_operating_point(predictor, splits, params: dict, cache) -> dict:
     from pipeline import data
 
     ep = params["evaluate"]
-    bs = int(ep["batch_size"])
+    bs = ep["batch_size"]
     x_val, y_val = data.arrays(splits.val, cache)
     z_val = predictor.logits(x_val, bs)
     val_stress = _stress_set(splits.val, params, predictor.image_size, salt=1)
@@ -57,8 +57,8 @@ def fit_operating_point(predictor, splits, params: dict, cache) -> dict:
     # the threshold rule needs the same images clean and shifted: use the stress sample's clean scores
     idx = {d: i for i, d in enumerate(s.digest for s in splits.val)}
     p_val_sub = p_val[[idx[k] for k in val_stress.keys]]
-    target = float(ep["target_sensitivity"])
-    rule = str(ep["threshold_rule"])
+    target = ep["target_sensitivity"]
+    rule = ep["threshold_rule"]
     predictor.threshold = evaluate.robust_threshold(y_val, p_val, val_stress.labels, p_stress, target, rule)
     return {"calibration": predictor.calibration.to_dict(), "threshold": predictor.threshold, "rule": rule,
             "clean_threshold": evaluate.choose_threshold(y_val, p_val, target),
@@ -70,7 +70,7 @@ def fit_operating_point(predictor, splits, params: dict, cache) -> dict:
 def score(predictor, splits, params: dict, cache) -> dict:
     """Held-out, stress and external figures of `predictor` at its stored threshold, plus the
     per-image probabilities ("probs") that a paired comparison of two models needs."""
-    bs = int(params["evaluate"]["batch_size"])
+    bs = params["evaluate"]["batch_size"]
     y_test, p_test = evaluate.predict_samples(predictor, splits.test, params, cache)
     test = evaluate.compute_metrics(y_test, p_test, predictor.threshold)
     test.update(ece=calibration.ece(y_test, p_test), brier=calibration.brier(y_test, p_test))

@@ -251,7 +251,7 @@ def tracked_train(params: dict, data_root, out_dir, run_name: str | None = None,
         for plot in result.plots or []:
             mlflow.log_artifact(str(plot), artifact_path="plots")
 
-        image_size = int(params["preprocess"]["image_size"])
+        image_size = params["preprocess"]["image_size"]
         mv = _register(client, name, Path(result.checkpoint), run_id, _example_bytes(data_root, image_size), {
             "data.version": data_version or "none", "data.fingerprint": fingerprint or "none",
             "git_commit": commit, "trigger": trigger,
@@ -295,7 +295,7 @@ def register_checkpoint(checkpoint, params: dict, run_name: str | None = None, t
         mlflow.log_params({k: ("" if v is None else str(v)[:6000]) for k, v in config.flatten(params).items()})
         if metrics:
             mlflow.log_metrics({f"test_{k}": float(v) for k, v in metrics.items() if _finite(v)})
-        example = _example_bytes(Path(data_root), int(params["preprocess"]["image_size"])) if data_root else None
+        example = _example_bytes(Path(data_root), params["preprocess"]["image_size"]) if data_root else None
         mv = _register(client, name, Path(checkpoint), run.info.run_id, example, {"trigger": tags["trigger"]},
                        data_root=Path(data_root) if data_root else None)
     return {"run_id": run.info.run_id, "version": int(mv.version), "model_name": name,

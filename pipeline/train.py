@@ -176,7 +176,7 @@ def train_one_epoch(loop: Loop, x_train: np.ndarray, y_train: np.ndarray, epoch:
     """One pass over the training images in a seeded order. Returns ({train_loss, seen, seconds},
     stopped: on_step raised StopTraining)."""
     tp, model = loop.tp, loop.model
-    batch_size, smoothing = int(tp["batch_size"]), float(tp["label_smoothing"])
+    batch_size, smoothing = tp["batch_size"], tp["label_smoothing"]
     model.train()
     t_epoch, seen, loss_sum, stopped = time.time(), 0, 0.0, False
     perm = torch.randperm(len(x_train), generator=loop.gen)
@@ -198,7 +198,7 @@ def train_one_epoch(loop: Loop, x_train: np.ndarray, y_train: np.ndarray, epoch:
             loop.ema.update(model)
         seen += len(idx)
         loss_sum += loss.item() * len(idx)
-        _check_memory(float(tp["memory_limit_gb"]))
+        _check_memory(tp["memory_limit_gb"])
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / (time.time() - t_epoch):.1f}")
         loop.step += 1
         if on_step:
@@ -221,18 +221,18 @@ def validate(loop: Loop, x_val: np.ndarray, y_val: np.ndarray, batch_size: int) 
 def make_loop(params: dict, y_train: np.ndarray, device: torch.device, gen: torch.Generator) -> Loop:
     """Model (params model.init), EMA, AdamW with warm-up + cosine, class-balanced loss."""
     tp = params["train"]
-    model = build_model(str(params["model"]["init"])).to(device, memory_format=torch.channels_last)
-    decay = float(tp["ema_decay"])
-    steps_per_epoch = math.ceil(len(y_train) / int(tp["batch_size"]))
-    epochs = int(tp["epochs"])
-    optimizer = make_optimizer(model, float(tp["lr"]), float(tp["weight_decay"]))
+    model = build_model(params["model"]["init"]).to(device, memory_format=torch.channels_last)
+    decay = tp["ema_decay"]
+    steps_per_epoch = math.ceil(len(y_train) / tp["batch_size"])
+    epochs = tp["epochs"]
+    optimizer = make_optimizer(model, tp["lr"], tp["weight_decay"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
-        int(float(tp["warmup_epochs"]) * steps_per_epoch), max(1, epochs * steps_per_epoch)))
+        int(tp["warmup_epochs"] * steps_per_epoch), max(1, epochs * steps_per_epoch)))
     n_pos = int(y_train.sum())
     pos_weight = (len(y_train) - n_pos) / max(1, n_pos) if tp["class_weighting"] == "balanced" else 1.0
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
     return Loop(model, WeightAverage(model, decay) if decay > 0 else None, optimizer, scheduler, loss_fn, device,
-                use_bf16(tp["bf16"], device), str(params["preprocess"]["intensity"]), tp, gen)
+                use_bf16(tp["bf16"], device), params["preprocess"]["intensity"], tp, gen)
 
 
 def train(params: dict, data_root: str | Path, out_dir: str | Path,
@@ -248,8 +248,8 @@ def train(params: dict, data_root: str | Path, out_dir: str | Path,
     start = time.time()
     tp, out_dir = params["train"], Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(int(tp["threads"]) or os.cpu_count() or 1)
-    gen = seed_everything(int(params["data"]["seed"]))
+    torch.set_num_threads(tp["threads"] or os.cpu_count() or 1)
+    gen = seed_everything(params["data"]["seed"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     splits, report, cache = data.load(data_root, params)
@@ -274,8 +274,8 @@ def train(params: dict, data_root: str | Path, out_dir: str | Path,
     gate_state, gate_metrics = None, {}
     if gp["enabled"]:
         gate_state, gate_metrics = gate.fit(predictor, data.arrays(splits.train, cache)[0], x_val,
-                                            float(gp["target_false_refusal"]), int(gp["max_fit_images"]),
-                                            int(params["data"]["seed"]), float(gp["distance_margin"]))
+                                            gp["target_false_refusal"], gp["max_fit_images"],
+                                            params["data"]["seed"], gp["distance_margin"])
 
     dataset = {"root": str(data_root), "fingerprint": data.dataset_fingerprint(
         splits.train + splits.val + splits.test), "counts": splits.counts(),
@@ -298,13 +298,13 @@ def fit(loop: Loop, x_train, y_train, x_val, y_val, params: dict, progress: bool
     """Epochs with validation and early stopping on validation AUC; leaves the best weights (the
     EMA's when there is one) in loop.model. Returns one record per epoch."""
     tp = loop.tp
-    epochs = int(tp["epochs"])
+    epochs = tp["epochs"]
     history: list[dict] = []
     best_auc, best_state, stale = -1.0, copy.deepcopy(loop.model.state_dict()), 0
     for epoch in range(1, epochs + 1):
         t_epoch = time.time()
         trained, stopped = train_one_epoch(loop, x_train, y_train, epoch, epochs, progress, on_step)
-        val_loss, val_auc = validate(loop, x_val, y_val, int(params["evaluate"]["batch_size"]))
+        val_loss, val_auc = validate(loop, x_val, y_val, params["evaluate"]["batch_size"])
         record = {"epoch": epoch, "train_loss": trained["train_loss"], "val_loss": val_loss, "val_auc": val_auc,
                   "lr": loop.optimizer.param_groups[0]["lr"], "seconds": time.time() - t_epoch,
                   "images_per_s": trained["seen"] / trained["seconds"]}
@@ -318,7 +318,7 @@ def fit(loop: Loop, x_train, y_train, x_val, y_val, params: dict, progress: bool
             best_auc, best_state, stale = val_auc, copy.deepcopy(loop.scored.state_dict()), 0
         else:
             stale += 1
-            if stale >= int(tp["patience"]):
+            if stale >= tp["patience"]:
                 tqdm.write(f"early stop: no validation AUC gain for {stale} epochs")
                 break
         if stopped:
@@ -332,10 +332,10 @@ def save_checkpoint(path: Path, predictor: Predictor, params: dict, metrics: dic
     """model.pt: the weights and everything an answer depends on (size, intensity, calibration,
     threshold, gate), with the params and metrics it came from."""
     torch.save({"state_dict": {k: v.cpu() for k, v in predictor.model.state_dict().items()}, "arch": ARCH,
-                "in_channels": 1, "image_size": int(params["preprocess"]["image_size"]),
+                "in_channels": 1, "image_size": params["preprocess"]["image_size"],
                 "threshold": predictor.threshold, "classes": list(config.CLASSES), "params": params,
                 "intensity": predictor.intensity, "calibration": predictor.calibration.to_dict(),
-                "threshold_rule": str(params["evaluate"]["threshold_rule"]),
+                "threshold_rule": params["evaluate"]["threshold_rule"],
                 "metrics": metrics, "dataset_fingerprint": fingerprint,
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(), "gate": gate_state}, path)
     return path

@@ -9,7 +9,7 @@ import sys
 import uuid
 
 import torch
-from dagtest_utils import REPO, airflow_env, base_env, migrate, mlflow_client, run_dag
+from dagtest_utils import REPO, airflow_env, base_env, migrate, mlflow_client
 
 SEED_SITE = r"""
 import json, os, sys

@@ -35,6 +35,8 @@ def test_good_values_parse_as_the_code_reads_them():
     assert p["train"]["lr"] == 0.001                 # YAML 1.1 alone would read "1e-3" as a string
     assert p["train"]["bf16"] == "on"                # YAML reads on/off as booleans
     assert p["train"]["epochs"] == 3 and p["promotion"]["floors"] == {"auc": 0.8}
+    # a whole number for a float key becomes a float once, here: the code reads values without casts
+    assert type(p["evaluate"]["target_sensitivity"]) is float and type(p["train"]["epochs"]) is int
 
 
 def test_a_params_file_with_an_unknown_or_missing_key_is_refused(tmp_path):

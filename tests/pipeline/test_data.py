@@ -1,6 +1,5 @@
 """Discovery, validation, patient-grouped splitting and the preprocessing cache."""
 import io
-import shutil
 
 import numpy as np
 import pytest

@@ -130,7 +130,7 @@ def test_unsupported_format():
 
 
 def test_dicom_monochrome1_is_inverted(tmp_path):
-    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("pydicom")
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 

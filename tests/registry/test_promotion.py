@@ -4,10 +4,10 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-import time
 
 import pytest
 from mlflow import MlflowClient
+from registry_helpers import contend
 
 from pipeline import candidates, cli, policy, registry
 
@@ -209,24 +209,6 @@ def test_cli_promote_status_rollback(mlflow_server, model_name, register, traine
 def test_promotion_lock_is_mutually_exclusive(mlflow_server, model_name):
     """Six processes' worth of contenders (threads, each its own HTTP calls) never overlap inside."""
     client = registry._client(mlflow_server)
-    inside, overlaps, errors, done = [], [], [], []
-
-    def worker(i):
-        for _ in range(4):
-            try:
-                with registry.promotion_lock(client, model_name):
-                    inside.append(i)
-                    if len(inside) > 1:
-                        overlaps.append(list(inside))
-                    time.sleep(0.02)
-                    done.append(i)
-                    inside.remove(i)
-            except Exception as exc:  # noqa: BLE001
-                errors.append(exc)
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    done, overlaps, errors = contend(client, model_name, rounds=4)
     assert not errors and not overlaps and len(done) == 24
     assert client.search_registered_models(f"name = '{model_name}{registry.LOCK_SUFFIX}'") == []

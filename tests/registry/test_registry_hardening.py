@@ -9,6 +9,7 @@ import types
 
 import pytest
 from mlflow import MlflowClient
+from registry_helpers import contend
 
 from pipeline import cli, registry, tracking
 
@@ -120,25 +121,11 @@ def test_a_stale_lock_is_broken_by_one_waiter_only(mlflow_server, model_name):
     client = registry._client(mlflow_server)
     client.create_registered_model(f"{model_name}{registry.LOCK_SUFFIX}", tags={"owner": "crashed"})
     slow = SlowClient(client)
-    inside, overlaps, errors, done = [], [], [], []
 
-    def worker(i):
-        try:
-            with registry.promotion_lock(slow, model_name, wait_s=180, stale_s=6.0) as owner:
-                slow.local.owner = owner
-                inside.append(i)
-                if len(inside) > 1:
-                    overlaps.append(list(inside))
-                time.sleep(1.0)
-                done.append(i)
-                inside.remove(i)
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=240)
+    def on_enter(owner):
+        slow.local.owner = owner
+    done, overlaps, errors = contend(slow, model_name, hold_s=1.0, join_s=240, on_enter=on_enter,
+                                     wait_s=180, stale_s=6.0)
     assert not errors and len(done) == 6, (errors, done)
     assert slow.stolen == [] and not overlaps, (slow.stolen, overlaps)
     assert slow.broken == ["crashed"]

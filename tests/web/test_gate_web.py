@@ -92,8 +92,8 @@ def test_browser_shows_refusals_cautions_and_drift(live, browser, registry, full
         page.click("#analyse-btn")
         expect(page.locator(".preview.is-error")).to_contain_text("does not look like a frontal chest radiograph",
                                                                   timeout=60_000)
-        if cls == "colour photo (flower)":
-            page.screenshot(path=str(shots / "gate-01-refused-photo.png"), full_page=True)
+        if cls.startswith(("colour photo", "grey photo")):
+            page.screenshot(path=str(shots / f"gate-01-refused-{cls.split()[0]}-photo.png"), full_page=True)
     lateral = files / "lateral.dcm"
     lateral.write_bytes(xray_dicom(Image.open(fullres_images[0]), "LL"))
     page.goto(live.url + "/upload/")
