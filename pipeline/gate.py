@@ -300,6 +300,18 @@ def features(predictor, arrays: np.ndarray, batch_size: int = 64, with_probs: bo
     return (feats, predictor.calibration.probability(logits)) if with_probs else feats
 
 
+def fit_layout(x_train: np.ndarray, x_val: np.ndarray, share: float, margin: float = 1.0) -> tuple[dict, np.ndarray]:
+    """The layout check: principal modes of the training films' thumbnails, its limit at validation's
+    (1 - share) quantile x LAYOUT_MARGIN x margin. Returns (its state, validation's residuals)."""
+    t_train = layout_thumbnails(x_train)
+    t_mean = t_train.mean(0)
+    basis = np.linalg.svd(t_train - t_mean, full_matrices=False)[2][:LAYOUT_MODES]
+    r_val = _pca_residual(layout_thumbnails(x_val), t_mean, basis)
+    limit = float(np.quantile(r_val, 1 - share, method="higher")) * LAYOUT_MARGIN * margin
+    return {"mean": t_mean.astype(np.float32).tolist(), "basis": basis.astype(np.float32).tolist(),
+            "max_residual": limit}, r_val
+
+
 def fit(predictor, x_train: np.ndarray, x_val: np.ndarray, target_false_refusal: float = 0.01,
         max_images: int = 1500, seed: int = 0, distance_margin: float = 1.0) -> tuple[dict, dict]:
     """Fit the gate on training X-rays only; thresholds on validation X-rays so that the three
@@ -332,14 +344,7 @@ def fit(predictor, x_train: np.ndarray, x_val: np.ndarray, target_false_refusal:
              "orient_intercept": clf.intercept_.astype(np.float32).tolist(),
              "orient_mean": mu.astype(np.float32).tolist(), "orient_std": sd.astype(np.float32).tolist(),
              "min_upright": 0.0}
-    # layout: principal modes of the training films' thumbnails
-    t_train = layout_thumbnails(x_train)
-    t_mean = t_train.mean(0)
-    basis = np.linalg.svd(t_train - t_mean, full_matrices=False)[2][:LAYOUT_MODES]
-    r_val = _pca_residual(layout_thumbnails(x_val), t_mean, basis)
-    layout_limit = float(np.quantile(r_val, 1 - target_false_refusal * LAYOUT_SHARE, method="higher"))
-    state["layout"] = {"mean": t_mean.astype(np.float32).tolist(), "basis": basis.astype(np.float32).tolist(),
-                       "max_residual": layout_limit * LAYOUT_MARGIN * distance_margin}
+    state["layout"], r_val = fit_layout(x_train, x_val, target_false_refusal * LAYOUT_SHARE, distance_margin)
     gate = Gate(state)
     half = target_false_refusal * (1 - LAYOUT_SHARE) / 2
     d_val = gate.distance(f_val)

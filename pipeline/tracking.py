@@ -220,49 +220,9 @@ def tracked_train(params: dict, data_root, out_dir, run_name: str | None = None,
         t_train = time.perf_counter() - t_train
 
         metrics = dict(result.metrics or {})
-        mlflow.log_metrics(_run_metrics(metrics))
-        per_shift = metrics.get("stress_per_shift") or {}
-        if per_shift:
-            mlflow.log_table({"shift": list(per_shift), **{k: [per_shift[x][k] for x in per_shift]
-                                                         for k in next(iter(per_shift.values()))}},
-                             artifact_file="stress/per_shift.json")
-        if result.gate_metrics:  # the input gate's fitted thresholds (pipeline.gate)
-            mlflow.log_metrics(result.gate_metrics)
-            mlflow.log_params({"gate.fitted_max_distance": f"{result.gate_metrics['gate_max_distance']:.4f}",
-                               "gate.fitted_min_upright": f"{result.gate_metrics['gate_min_upright']:.4f}"})
-
-        dataset = result.dataset or {}
-        fingerprint = str(dataset.get("fingerprint", ""))
-        mlflow.set_tags(_data_tags(dataset, data_version))
-        digest = (data_version or fingerprint or "unknown")
-        ds_name = f"chest_xray@{digest[:8]}"
-        mlflow.log_input(_dataset_input(result.splits, data_root, digest, ds_name), context="training",
-                         tags={"dvc_hash": data_version or "none", "fingerprint": fingerprint or "none"})
-
-        system = dict(result.system or {})
-        mlflow.set_tags({f"system.{k}": str(v) for k, v in system.items()})
-        if _finite(system.get("wall_time_s")):
-            mlflow.log_metric("train_wall_time_s", float(system["wall_time_s"]))
-        mlflow.log_dict(_jsonable(system), "system.json")
-
-        for fname in ("metrics.json", "history.json", "validation_report.json", "split.json", "operating_point.json"):
-            if (out_dir / fname).exists():
-                mlflow.log_artifact(str(out_dir / fname), artifact_path="reports")
-        for plot in result.plots or []:
-            mlflow.log_artifact(str(plot), artifact_path="plots")
-
-        image_size = params["preprocess"]["image_size"]
-        mv = _register(client, name, Path(result.checkpoint), run_id, _example_bytes(data_root, image_size), {
-            "data.version": data_version or "none", "data.fingerprint": fingerprint or "none",
-            "git_commit": commit, "trigger": trigger,
-        }, data_root=data_root)
-        log_version_scores(client, name, int(mv.version), {f"test.{k}": metrics[k] for k in METRIC_KEYS
-                                                          if k in metrics})
-        mlflow.set_tags({"registered_model": name, "registered_version": str(mv.version)})
-        from pipeline import model_card
-
-        client.update_model_version(name, str(mv.version), description=model_card.render(
-            mv.version, metrics, params, data_version or fingerprint or "unknown", dataset.get("counts") or {}))
+        fingerprint = _log_training(result, metrics, data_root, out_dir, data_version)
+        mv = _register_trained(client, name, result, metrics, params, run_id, data_root, data_version, fingerprint,
+                               commit, trigger)
         t_total = time.perf_counter() - t_start
         mlflow.log_metric("tracking_overhead_s", t_total - t_train)
 
@@ -275,6 +235,65 @@ def tracked_train(params: dict, data_root, out_dir, run_name: str | None = None,
         "wall_time_s": round(t_total, 2),
         "seconds": {"train": round(t_train, 2), "tracking": round(t_total - t_train, 2)},
     })
+
+
+def _log_training(result, metrics: dict, data_root: Path, out_dir: Path, data_version: str | None) -> str:
+    """Everything a reviewer reads on the run (in the active MLflow run): metrics, the stress table,
+    the gate's limits, data tags and the dataset input, system, reports and plots. Returns the
+    data fingerprint."""
+    import mlflow
+
+    mlflow.log_metrics(_run_metrics(metrics))
+    per_shift = metrics.get("stress_per_shift") or {}
+    if per_shift:
+        mlflow.log_table({"shift": list(per_shift), **{k: [per_shift[x][k] for x in per_shift]
+                                                     for k in next(iter(per_shift.values()))}},
+                         artifact_file="stress/per_shift.json")
+    if result.gate_metrics:  # the input gate's fitted thresholds (pipeline.gate)
+        mlflow.log_metrics(result.gate_metrics)
+        mlflow.log_params({"gate.fitted_max_distance": f"{result.gate_metrics['gate_max_distance']:.4f}",
+                           "gate.fitted_min_upright": f"{result.gate_metrics['gate_min_upright']:.4f}"})
+
+    dataset = result.dataset or {}
+    fingerprint = str(dataset.get("fingerprint", ""))
+    mlflow.set_tags(_data_tags(dataset, data_version))
+    digest = (data_version or fingerprint or "unknown")
+    mlflow.log_input(_dataset_input(result.splits, data_root, digest, f"chest_xray@{digest[:8]}"), context="training",
+                     tags={"dvc_hash": data_version or "none", "fingerprint": fingerprint or "none"})
+
+    system = dict(result.system or {})
+    mlflow.set_tags({f"system.{k}": str(v) for k, v in system.items()})
+    if _finite(system.get("wall_time_s")):
+        mlflow.log_metric("train_wall_time_s", float(system["wall_time_s"]))
+    mlflow.log_dict(_jsonable(system), "system.json")
+
+    for fname in ("metrics.json", "history.json", "validation_report.json", "split.json", "operating_point.json"):
+        if (out_dir / fname).exists():
+            mlflow.log_artifact(str(out_dir / fname), artifact_path="reports")
+    for plot in result.plots or []:
+        mlflow.log_artifact(str(plot), artifact_path="plots")
+    return fingerprint
+
+
+def _register_trained(client, name: str, result, metrics: dict, params: dict, run_id: str, data_root: Path,
+                      data_version: str | None, fingerprint: str, commit: str, trigger: str):
+    """Register the run's checkpoint as a new version with its scores and model card."""
+    import mlflow
+
+    from pipeline import model_card
+
+    image_size = params["preprocess"]["image_size"]
+    mv = _register(client, name, Path(result.checkpoint), run_id, _example_bytes(data_root, image_size), {
+        "data.version": data_version or "none", "data.fingerprint": fingerprint or "none",
+        "git_commit": commit, "trigger": trigger,
+    }, data_root=data_root)
+    log_version_scores(client, name, int(mv.version), {f"test.{k}": metrics[k] for k in METRIC_KEYS
+                                                      if k in metrics})
+    mlflow.set_tags({"registered_model": name, "registered_version": str(mv.version)})
+    counts = (result.dataset or {}).get("counts") or {}
+    client.update_model_version(name, str(mv.version), description=model_card.render(
+        mv.version, metrics, params, data_version or fingerprint or "unknown", counts))
+    return mv
 
 
 def register_checkpoint(checkpoint, params: dict, run_name: str | None = None, tags: dict | None = None,
