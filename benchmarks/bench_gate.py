@@ -104,7 +104,7 @@ def main() -> int:
 
     if not args.skip_heldout:
         ckpt = torch.load(args.model, map_location="cpu", weights_only=True)
-        splits, _, _ = data.load(args.data, ckpt.get("params") or config.load_params())
+        splits, _, _ = data.load(args.data, config.checkpoint_params(ckpt["params"]))
         reasons = [r for r in (refused(predictor, s.path) for s in splits.test) if r]
         report["heldout"] = {"n": len(splits.test), "refused": len(reasons), "rate": len(reasons) / len(splits.test),
                              "reasons": reasons[:20]}

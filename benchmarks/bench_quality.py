@@ -24,13 +24,14 @@ import time
 from pathlib import Path
 
 from pipeline import config, stress
+from pipeline.params import Params
 from pipeline.train import train
 
 COLUMNS = ("auc", "sensitivity", "specificity", "ece", "stress_mean_auc", "stress_worst_auc",
            "stress_worst_sensitivity", "stress_worst_specificity", "stress_mean_ece")
 
 
-def run(params: dict, data: Path, out: Path) -> dict:
+def run(params: Params, data: Path, out: Path) -> dict:
     start = time.time()
     result = train(params, data, out, progress=False)
     return {"metrics": result.metrics, "train_min": sum(h["seconds"] for h in result.history) / 60,

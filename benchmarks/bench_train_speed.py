@@ -106,7 +106,7 @@ def run_pipeline(params, root, steps=None, probe_samples=None, max_s=None, probe
         if step % probe_every:
             return
         t0 = time.time()
-        predictor = Predictor(model, params["preprocess"]["image_size"], 0.5)
+        predictor = Predictor(model, params.preprocess.image_size, 0.5)
         y, p = evaluate.predict_samples(predictor, probe_samples, params)  # cache lookup by content
         auc = evaluate.roc_auc(y, p)
         probe_s[0] += time.time() - t0
@@ -119,7 +119,7 @@ def run_pipeline(params, root, steps=None, probe_samples=None, max_s=None, probe
     with tempfile.TemporaryDirectory() as out:
         train(params, root, out, progress=False, on_step=hook)
     if steps:
-        return steps * int(params["train"]["batch_size"]) / (marks["end"] - marks["warm"])
+        return steps * params.train.batch_size / (marks["end"] - marks["warm"])
     return marks.get("reached")
 
 
@@ -165,7 +165,7 @@ def main() -> None:
         ours = run_pipeline(ours_params, args.data, probe_samples=ours_splits.test, max_s=args.max_minutes * 60)
         base = run_plain(train_paths, test_paths, train_root, max_s=args.max_minutes * 60)
         fmt = lambda s: f"{s:.0f}s" if s else f"not reached in {args.max_minutes:.0f} min"
-        print(f"  pipeline.train, default params.yaml ({defaults['preprocess']['image_size']} px, bf16): {fmt(ours)}")
+        print(f"  pipeline.train, default params.yaml ({defaults.preprocess.image_size} px, bf16): {fmt(ours)}")
         print(f"  plain baseline (224 px, fp32):                                   {fmt(base)}")
         if ours and base:
             print(f"  speed-up {base / ours:.1f}x (target >= 5x)")

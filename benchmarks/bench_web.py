@@ -173,7 +173,7 @@ def main() -> int:
                                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], env, log))
             wait(uri + "/health", procs[-1], log)
             os.environ["MLFLOW_TRACKING_URI"] = uri
-            ckpt = args.checkpoint or untrained_checkpoint(tmp / "model.pt", int(params["preprocess"]["image_size"]))
+            ckpt = args.checkpoint or untrained_checkpoint(tmp / "model.pt", params.preprocess.image_size)
             reg_params = config.apply_overrides(params, {"registry.model_name": name,
                                                          "registry.experiment": "bench-web"})
             env_name = os.environ.pop("XRAY_MODEL_NAME", None)
@@ -259,7 +259,7 @@ def main() -> int:
         load = os.getloadavg()
         figures = {
             "images": len(images), "image_bytes_mean": int(statistics.mean(len(i) for i in images)),
-            "model": f"{name} v{version}", "image_size": int(params["preprocess"]["image_size"]),
+            "model": f"{name} v{version}", "image_size": params.preprocess.image_size,
             "django_engine": engine, "fast_path": agreement,
             "workers": args.workers, "cpus": os.cpu_count(), "load_average_1m": round(load[0], 2),
             "results": results, "django_server_ms_median": server_ms,

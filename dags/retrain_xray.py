@@ -141,7 +141,7 @@ def xray_retrain():
         name = config.model_name(params)
         champion = registry.champion_version(name)             # None: no model registered / no champion yet
         champion_data = (registry.status(name, limit=1)["champion"] or {}).get("data_version") if champion else None
-        forced = bool(context["params"].get("force")) or bool((params.get("dag") or {}).get("retrain_on_unchanged_data"))
+        forced = bool(context["params"].get("force")) or params.dag.retrain_on_unchanged_data
         # Data already decided (a version trained on it was promoted or rejected) is not retrained:
         # after a rejection, daily runs would retrain on the same data, test on the same split, and
         # sooner or later promote a chance win. The decision is read from the registry's tags.
@@ -162,8 +162,8 @@ def xray_retrain():
         from pipeline import data
 
         params = _context_params(get_current_context())
-        samples = data.subset(data.discover(info["data_root"]), params["data"]["subset_per_class"],
-                              params["data"]["seed"])
+        samples = data.subset(data.discover(info["data_root"]), params.data.subset_per_class,
+                              params.data.seed)
         try:
             _, report = data.validate(samples, params, root=info["data_root"])
         except data.DatasetError as exc:

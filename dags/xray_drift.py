@@ -63,9 +63,9 @@ def xray_drift():
             reference, version = (predictor.gate.state or {}).get("reference"), str(mv.version)
         except registry.NoChampion:
             reference, version = None, "none"
-        rep = drift.report(records, reference, params.get("drift"))
+        rep = drift.report(records, reference, params.drift)
         mlflow.set_tracking_uri(config.tracking_uri())
-        run_id = drift.log_to_mlflow(rep, f"{params['registry']['experiment']}-drift",
+        run_id = drift.log_to_mlflow(rep, f"{params.registry.experiment}-drift",
                                      run_name=f"drift-{until:%Y-%m-%d}",
                                      tags={"champion_version": version, "window_start": since.isoformat(),
                                            "window_end": until.isoformat()})

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.params import Params
 from pipeline.registry import (CHAMPION, FAST_PATH_TAG, _alias_version, _client, _jsonable, _name, _tag_version,
                                check_server, download_version, load_version)
 
 
-def fast_path_report(version: int, splits, params: dict, cache, name: str | None = None) -> dict:
+def fast_path_report(version: int, splits, params: Params, cache, name: str | None = None) -> dict:
     """The version's fast path against its float32 reference on the held-out patients and on the
     same patients under every stress shift (pipeline.fastpath.check). Anything going wrong is a
     failed check: the fast path is an optimisation, never a requirement."""
@@ -33,7 +34,7 @@ def fast_path_report(version: int, splits, params: dict, cache, name: str | None
         return {"ok": False, "reason": f"check failed: {type(exc).__name__}: {exc}", "precision": "", "sets": {}}
 
 
-def check_fast_path(version: int, splits, params: dict, cache, name: str | None = None) -> dict:
+def check_fast_path(version: int, splits, params: Params, cache, name: str | None = None) -> dict:
     """fast_path_report, recorded on the version: tag `fast_path=on|off` with the figures. The site
     runs a version on the fast path only when it is `on` (load_version(fast=True))."""
     name = _name(name=name)
@@ -48,7 +49,7 @@ def check_fast_path(version: int, splits, params: dict, cache, name: str | None 
     return result
 
 
-def evaluate_candidates(challenger_version: int, params: dict, data_root) -> dict:
+def evaluate_candidates(challenger_version: int, params: Params, data_root) -> dict:
     """Score the challenger and the current champion now, on the same held-out patients, the same
     patients under every stress shift and any external set, each at its own stored threshold; and
     compare them paired on those same images (DeLong for held-out and external, a patient bootstrap
@@ -59,7 +60,7 @@ def evaluate_candidates(challenger_version: int, params: dict, data_root) -> dic
     name = _name(params)
     splits, _report, cache = data.load(Path(data_root), params)
     champion = _alias_version(client, name, CHAMPION)
-    level = params["promotion"]["confidence"]
+    level = params.promotion.confidence
 
     def score(version: int) -> dict:
         predictor, _ = load_version(version, name)
@@ -79,7 +80,7 @@ def evaluate_candidates(challenger_version: int, params: dict, data_root) -> dic
         comparison = {"test": compare.delong(a["test"]["y"], a["test"]["p"], b["test"]["p"], level).to_dict(),
                       "stress": compare.paired_bootstrap(
                           a["stress"]["y"], a["stress"]["p"], b["stress"]["p"],
-                          params["promotion"]["bootstrap_samples"], params["data"]["seed"], level).to_dict()}
+                          params.promotion.bootstrap_samples, params.data.seed, level).to_dict()}
         if "external" in a:
             comparison["external"] = compare.delong(a["external"]["y"], a["external"]["p"], b["external"]["p"],
                                                     level).to_dict()

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from pipeline import candidates, config, policy, registry
+from pipeline.params import Params
 
 EPILOG = """examples:
   python -m pipeline validate --data ../shared/datasets/chest_xray
@@ -104,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_validate(args, params, data_root) -> int:
     from pipeline import data
 
-    samples = data.subset(data.discover(data_root), params["data"]["subset_per_class"],
-                          params["data"]["seed"])
+    samples = data.subset(data.discover(data_root), params.data.subset_per_class,
+                          params.data.seed)
     _, report = data.validate(samples, params, root=data_root)
     print(report.summary())
     if args.report:
@@ -209,7 +210,7 @@ def _print(obj: dict, as_json: bool, text: str) -> None:
     print(json.dumps(obj, indent=2, default=str) if as_json else text)
 
 
-def cmd_promote(args, params: dict | None = None, data_root=None) -> int:
+def cmd_promote(args, params: Params | None = None, data_root=None) -> int:
     """Exit 0: promoted (or already champion); 2: the policy rejected it / the decision was stale /
     the version failed the serving check.
 
@@ -240,7 +241,7 @@ def cmd_promote(args, params: dict | None = None, data_root=None) -> int:
                                 f"{result['reason']}; previous_champion: v{result.get('previous_champion')}")
         return 0
     data = Path(getattr(args, "data", None) or config.default_data_root())
-    scores = candidates.evaluate_candidates(version, {**params, "registry": {**params["registry"], "model_name": name}}, data)
+    scores = candidates.evaluate_candidates(version, config.apply_overrides(params, {"registry.model_name": name}), data)
     decision = policy.decide(scores, params)
     if reason and reason != "manual promotion":
         decision["reason"] = f"{decision['reason']} ({reason})"
@@ -250,7 +251,7 @@ def cmd_promote(args, params: dict | None = None, data_root=None) -> int:
     return 0 if result["promoted"] else 2
 
 
-def cmd_rollback(args, params: dict | None = None, data_root=None) -> int:
+def cmd_rollback(args, params: Params | None = None, data_root=None) -> int:
     name = getattr(args, "model", None) or (registry._name(params) if params is not None else None)
     try:
         result = registry.rollback(name=name, reason=getattr(args, "reason", None) or "manual rollback")
@@ -280,7 +281,7 @@ def format_status(st: dict) -> str:
     return "\n".join(lines)
 
 
-def cmd_status(args, params: dict | None = None, data_root=None) -> int:
+def cmd_status(args, params: Params | None = None, data_root=None) -> int:
     name = getattr(args, "model", None) or (registry._name(params) if params is not None else None)
     st = registry.status(name=name)
     _print(st, getattr(args, "json", False), format_status(st))

@@ -25,6 +25,7 @@ import numpy as np
 
 from pipeline import config
 from pipeline.cache import PreprocessCache
+from pipeline.params import Params
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
@@ -175,14 +176,14 @@ def discover(root: str | Path) -> list[Sample]:
     return samples
 
 
-def open_cache(params: dict) -> PreprocessCache:
-    d = params["data"]
-    limits = {"max_bytes": int(d["max_file_mb"] * 2**20), "max_pixels": d["max_pixels"],
-              "min_side": d["min_side"]}
-    return PreprocessCache(config.cache_dir(), params["preprocess"]["image_size"], limits)
+def open_cache(params: Params) -> PreprocessCache:
+    d = params.data
+    limits = {"max_bytes": int(d.max_file_mb * 2**20), "max_pixels": d.max_pixels,
+              "min_side": d.min_side}
+    return PreprocessCache(config.cache_dir(), params.preprocess.image_size, limits)
 
 
-def validate(samples: list[Sample], params: dict, cache: PreprocessCache | None = None,
+def validate(samples: list[Sample], params: Params, cache: PreprocessCache | None = None,
              root: str | Path = "") -> tuple[list[Sample], ValidationReport]:
     """Decode every file once (through the cache); drop bad files, exact duplicates and files
     found under both labels.
@@ -215,20 +216,20 @@ def validate(samples: list[Sample], params: dict, cache: PreprocessCache | None 
         usable.append(sample)
     report.counts = {c: sum(s.label == i for s in usable) for i, c in enumerate(config.CLASSES)}
     report.no_patient_id = sum(not s.patient_known for s in usable)
-    d = params["data"]
-    minimum = d["min_images_per_class"]
+    d = params.data
+    minimum = d.min_images_per_class
     few = [f"{c} ({n})" for c, n in report.counts.items() if n < minimum]
     if few:
         raise DatasetError(f"too few usable images of class {', '.join(few)} under {root or 'dataset'}: "
                            f"data.min_images_per_class is {minimum} ({len(report.rejected)} files rejected, "
                            f"{len(report.conflicts)} under both labels)")
-    limit = d["max_rejected_fraction"]
+    limit = d.max_rejected_fraction
     if report.rejected_fraction > limit:
         raise DatasetError(f"{len(report.rejected)} of {report.checked} files rejected "
                            f"({report.rejected_fraction:.1%} > data.max_rejected_fraction {limit:.1%})"
                            f"\n{report.summary()}")
     unknown = report.no_patient_id / max(len(usable), 1)
-    allowed = d["max_unknown_patient_fraction"]
+    allowed = d.max_unknown_patient_fraction
     if unknown > allowed:
         raise DatasetError(
             f"{report.no_patient_id} of {len(usable)} usable images have no patient id ({unknown:.1%} > "
@@ -246,7 +247,7 @@ def _bucket(patient: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def split(samples: list[Sample], params: dict) -> Splits:
+def split(samples: list[Sample], params: Params) -> Splits:
     """Patient-grouped, class-stratified, seeded split into train / val / held-out test.
 
     A provided val/ folder is used as is when it holds at least data.min_provided_split images;
@@ -258,16 +259,16 @@ def split(samples: list[Sample], params: dict) -> Splits:
     in expectation (binomial spread, recorded in split.json), and the assignment never changes as
     data is added, so a model's training patients cannot reach a later held-out set.
     """
-    d = params["data"]
+    d = params.data
     provided = {name: [s for s in samples if s.split_hint == name] for name in ("val", "test")}
-    honoured = {name for name, part in provided.items() if len(part) >= d["min_provided_split"]}
+    honoured = {name for name, part in provided.items() if len(part) >= d.min_provided_split}
     fixed_patients = {s.patient: name for name in honoured for s in provided[name]}
-    fractions = {"test": d["test_fraction"], "val": 0.0 if "val" in honoured else d["val_fraction"]}
+    fractions = {"test": d.test_fraction, "val": 0.0 if "val" in honoured else d.val_fraction}
     out = {"train": [], "val": [], "test": [], "external": []}
     pool = [s for s in samples if s.split_hint not in honoured]
     for s in pool:
         if s.patient not in fixed_patients:
-            b = _bucket(s.patient, d["seed"])
+            b = _bucket(s.patient, d.seed)
             fixed_patients[s.patient] = ("test" if b < fractions["test"] else
                                          "val" if b < fractions["test"] + fractions["val"] else "train")
     for s in samples:
@@ -326,11 +327,11 @@ def link_subset(source: str | Path, dest: str | Path, per_class: int, seed: int 
     return created
 
 
-def load(root: str | Path, params: dict) -> tuple[Splits, ValidationReport, PreprocessCache]:
+def load(root: str | Path, params: Params) -> tuple[Splits, ValidationReport, PreprocessCache]:
     """discover -> subset -> validate -> split: what training and evaluation start from."""
     root = Path(root)
     samples = discover(root)
-    samples = subset(samples, params["data"]["subset_per_class"], params["data"]["seed"])
+    samples = subset(samples, params.data.subset_per_class, params.data.seed)
     cache = open_cache(params)
     usable, report = validate(samples, params, cache, root)
     return split(usable, params), report, cache

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-DEFAULT_LIMITS = {"psi": 0.25, "refusal_rate": 0.2, "positive_rate_shift": 0.2, "min_records": 20}
+from pipeline.params import Drift
 
 
 @dataclass
@@ -69,10 +69,10 @@ def psi(values: np.ndarray, quantiles) -> float:
     return float(np.sum((o - e) * np.log(o / e)))
 
 
-def report(records: list[dict], reference: dict | None, limits: dict | None = None) -> DriftReport:
+def report(records: list[dict], reference: dict | None, limits: Drift) -> DriftReport:
     """records: {"gate_score": float | None, "label": "NORMAL" | "PNEUMONIA" | "", "refused": bool}.
-    reference: the gate state's "reference" (None: old model without a learned gate)."""
-    limits = {**DEFAULT_LIMITS, **(limits or {})}
+    reference: the gate state's "reference" (None: old model without a learned gate).
+    limits: params.yaml `drift:`."""
     reference = reference or {}
     n = len(records)
     refused = sum(bool(r.get("refused")) for r in records)
@@ -90,17 +90,17 @@ def report(records: list[dict], reference: dict | None, limits: dict | None = No
     rep = DriftReport(n=n, n_refused=refused, refusal_rate=refused / n if n else 0.0, positive_rate=positive,
                       reference_positive_rate=ref_pos, psi=value_psi,
                       mean_score=float(scores.mean()) if len(scores) else None,
-                      reference_median_score=median, share_above_p90=above, limits=limits)
-    if n < limits["min_records"]:
+                      reference_median_score=median, share_above_p90=above, limits=asdict(limits))
+    if n < limits.min_records:
         return rep  # too few requests to say anything
-    if value_psi is not None and value_psi > limits["psi"]:
+    if value_psi is not None and value_psi > limits.psi:
         rep.alerts.append(f"the inputs' feature distance moved away from the training X-rays "
-                          f"(PSI {value_psi:.2f} > {limits['psi']})")
-    if rep.refusal_rate > limits["refusal_rate"]:
-        rep.alerts.append(f"{rep.refusal_rate:.0%} of the inputs were refused (> {limits['refusal_rate']:.0%})")
-    if positive is not None and ref_pos is not None and abs(positive - ref_pos) > limits["positive_rate_shift"]:
+                          f"(PSI {value_psi:.2f} > {limits.psi})")
+    if rep.refusal_rate > limits.refusal_rate:
+        rep.alerts.append(f"{rep.refusal_rate:.0%} of the inputs were refused (> {limits.refusal_rate:.0%})")
+    if positive is not None and ref_pos is not None and abs(positive - ref_pos) > limits.positive_rate_shift:
         rep.alerts.append(f"PNEUMONIA rate {positive:.0%} vs {ref_pos:.0%} on validation "
-                          f"(shift > {limits['positive_rate_shift']:.0%})")
+                          f"(shift > {limits.positive_rate_shift:.0%})")
     return rep
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.params import Params
+
 
 def choose_threshold(y_true, prob, target_sensitivity: float) -> float:
     """Highest t such that predicting PNEUMONIA for prob >= t gives sensitivity >= target."""
@@ -104,7 +106,7 @@ def compute_metrics(y_true, prob, threshold: float) -> dict:
     }
 
 
-def evaluate_predictor(predictor, samples, params: dict, cache=None) -> dict:
+def evaluate_predictor(predictor, samples, params: Params, cache=None) -> dict:
     """Metrics of `predictor` on validated samples, at the predictor's own stored threshold.
 
     Images come from the preprocessing cache at the predictor's input size.
@@ -113,13 +115,13 @@ def evaluate_predictor(predictor, samples, params: dict, cache=None) -> dict:
     return compute_metrics(y_true, prob, predictor.threshold)
 
 
-def predict_samples(predictor, samples, params: dict, cache=None):
+def predict_samples(predictor, samples, params: Params, cache=None):
     """(labels, P(pneumonia)) of samples, read through the cache at the predictor's size."""
     images, labels = sample_arrays(samples, predictor.image_size, params, cache)
-    return labels, predictor.probabilities(images, batch_size=params["evaluate"]["batch_size"])
+    return labels, predictor.probabilities(images, batch_size=params.evaluate.batch_size)
 
 
-def sample_arrays(samples, image_size: int, params: dict, cache=None):
+def sample_arrays(samples, image_size: int, params: Params, cache=None):
     """(uint8 [N, S, S] images, labels [N]) of validated samples, from the cache at `image_size`."""
     from pipeline import data, config
 

@@ -393,17 +393,16 @@ def refit(checkpoint, data_root, out=None) -> dict:
     split, re-made exactly as training made it; writes the checkpoint with "gate" to `out`."""
     import torch
 
-    from pipeline import data
+    from pipeline import config, data
     from pipeline.predict import Predictor
 
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    params = ckpt["params"]
+    params = config.checkpoint_params(ckpt["params"])  # its split re-made; the gate's settings are today's
     splits, _, cache = data.load(data_root, params)
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
-    gp = params.get("gate", {})
+    gp = params.gate
     ckpt["gate"], metrics = fit(predictor, data.arrays(splits.train, cache)[0], data.arrays(splits.val, cache)[0],
-                                float(gp.get("target_false_refusal", 0.01)), int(gp.get("max_fit_images", 1500)),
-                                params["data"]["seed"])
+                                gp.target_false_refusal, gp.max_fit_images, params.data.seed, gp.distance_margin)
     torch.save(ckpt, out or checkpoint)
     return metrics
 

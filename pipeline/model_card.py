@@ -5,6 +5,8 @@ completed with the promotion decision; the web app shows it to staff from the re
 """
 from __future__ import annotations
 
+from pipeline.params import Params
+
 
 def _pct(v) -> str:
     return f"{100 * v:.1f} %" if isinstance(v, (int, float)) else "n/a"
@@ -14,18 +16,18 @@ def _num(v, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if isinstance(v, (int, float)) else "n/a"
 
 
-def render(version: int | str, metrics: dict, params: dict, data_version: str, counts: dict,
+def render(version: int | str, metrics: dict, params: Params, data_version: str, counts: dict,
            decision: dict | None = None) -> str:
     """Markdown card from the run's flat metrics (quality.flat_metrics) and params."""
-    ep, tp = params["evaluate"], params["train"]
+    ep, tp = params.evaluate, params.train
     worst = metrics.get("stress_worst_shift") or {}
     n = counts or {}
     lines = [
         f"## Chest X-ray pneumonia classifier, version {version}",
         "",
-        f"**Model.** ResNet18 trained from scratch on one grey channel at {params['preprocess']['image_size']} px, "
-        f"intensity `{params['preprocess'].get('intensity', 'none')}`, EMA of the weights "
-        f"({tp.get('ema_decay', 0)}), acquisition augmentation; Platt-calibrated probability.",
+        f"**Model.** ResNet18 trained from scratch on one grey channel at {params.preprocess.image_size} px, "
+        f"intensity `{params.preprocess.intensity}`, EMA of the weights "
+        f"({tp.ema_decay}), acquisition augmentation; Platt-calibrated probability.",
         f"**Data.** Version `{data_version}`: paediatric anterior-posterior chest X-rays (age 1-5) from one "
         f"hospital (Guangzhou Women and Children's Medical Center, Kermany et al. 2018). Patients: "
         f"train {sum((n.get('train') or {}).values())}, validation {sum((n.get('val') or {}).values())}, "
@@ -47,10 +49,10 @@ def render(version: int | str, metrics: dict, params: dict, data_version: str, c
     lines += [
         "",
         f"**Threshold.** PNEUMONIA when P >= {_num(metrics.get('threshold'), 3)}: the highest threshold whose "
-        f"sensitivity reaches {ep['target_sensitivity']} on the validation patients, rule `{ep['threshold_rule']}` "
+        f"sensitivity reaches {ep.target_sensitivity} on the validation patients, rule `{ep.threshold_rule}` "
         f"(pooled: also under {metrics.get('stress_shifts', 'the')} acquisition shifts; the clean-only rule would "
         f"give {_num(metrics.get('clean_threshold'), 3)}).",
-        f"**Calibration.** Platt scaling fitted on `{ep['calibration']}` validation images; validation ECE "
+        f"**Calibration.** Platt scaling fitted on `{ep.calibration}` validation images; validation ECE "
         f"{_num(metrics.get('val_ece_uncalibrated'))} before, {_num(metrics.get('val_ece'))} after.",
         "**Known limits.** One hospital, one population: expect lower specificity on films of other machines or "
         "periods (the stress figures are the platform's estimate, the external column a measurement when "

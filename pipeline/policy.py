@@ -5,6 +5,7 @@ promote or not, with the reason in words (it is what reviewers and doctors' IT r
 """
 from __future__ import annotations
 
+from pipeline.params import Params
 from pipeline.registry import _finite, _fmt, _jsonable, _now
 
 
@@ -22,17 +23,17 @@ def _floor_failures(metrics: dict, floors: dict, prefix: str = "", label: str = 
 
 def _all_floor_failures(metrics: dict, policy: dict) -> list[str]:
     """Held-out floors, worst-shift floors, and external floors when an external set was scored."""
-    failed = _floor_failures(metrics, policy.get("floors"))
-    failed += _floor_failures(metrics, policy.get("stress_floors"), "stress_worst_", "worst-shift ")
+    failed = _floor_failures(metrics, policy.floors)
+    failed += _floor_failures(metrics, policy.stress_floors, "stress_worst_", "worst-shift ")
     if "external_auc" in metrics:
-        failed += _floor_failures(metrics, policy.get("external_floors"), "external_", "external ")
+        failed += _floor_failures(metrics, policy.external_floors, "external_", "external ")
     return failed
 
 
 COMPARISON_LABELS = {"test": "held-out", "stress": "under shift (mean AUC)", "external": "external"}
 
 
-def decide(scores: dict, params: dict) -> dict:
+def decide(scores: dict, params: Params) -> dict:
     """Apply the params.yaml `promotion` policy to evaluate_candidates()'s scores.
 
     1. the challenger must pass every floor: held-out, worst stress shift, external (if any);
@@ -45,9 +46,9 @@ def decide(scores: dict, params: dict) -> dict:
        distribution but worse under shift is therefore rejected: the shifted figure is the one that
        predicts what doctors will see on films of other machines.
     """
-    policy = params["promotion"]
-    margin = policy["non_inferiority_margin"]
-    first = policy.get("first_champion", "promote_if_floors")
+    policy = params.promotion
+    margin = policy.non_inferiority_margin
+    first = policy.first_champion
     ch, champ = scores["challenger"], scores.get("champion")
     ch_m = ch["metrics"]
     n = scores.get("n_test")
@@ -95,7 +96,7 @@ def decide(scores: dict, params: dict) -> dict:
         elif c["low"] < -margin:
             unproven.append(COMPARISON_LABELS[key])
     verdict = (f"challenger v{ch['version']} vs champion v{champ['version']}, AUC difference "
-               f"[{int(100 * policy['confidence'])} % interval]: " + "; ".join(parts))
+               f"[{int(100 * policy.confidence)} % interval]: " + "; ".join(parts))
     if worse:
         return _jsonable({**base, "promote": False, "reason": f"{verdict}: significantly worse {', '.join(worse)}"})
     if unproven:

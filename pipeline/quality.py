@@ -14,33 +14,34 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import calibration, evaluate, stress
+from pipeline.params import Params
 
 
-def _stress_set(samples, params: dict, image_size: int, salt: int):
-    ep = params["evaluate"]
-    seed = params["data"]["seed"] + salt
-    picked = stress.pick(samples, ep["stress_images"], seed)
-    return stress.build(picked, image_size, seed=seed, families=list(ep.get("stress_families") or []),
-                        source_max_side=ep["stress_source_max_side"])
+def _stress_set(samples, params: Params, image_size: int, salt: int):
+    ep = params.evaluate
+    seed = params.data.seed + salt
+    picked = stress.pick(samples, ep.stress_images, seed)
+    return stress.build(picked, image_size, seed=seed, families=ep.stress_families,
+                        source_max_side=ep.stress_source_max_side)
 
 
-def stress_set(samples, params: dict, image_size: int):
+def stress_set(samples, params: Params, image_size: int):
     """The held-out patients under every shift: what `score` and the fast-path check see."""
     return _stress_set(samples, params, image_size, salt=2)
 
 
-def fit_operating_point(predictor, splits, params: dict, cache) -> dict:
+def fit_operating_point(predictor, splits, params: Params, cache) -> dict:
     """Set predictor.calibration and predictor.threshold from the validation patients; returns
     what was fitted (for the run's log)."""
     from pipeline import data
 
-    ep = params["evaluate"]
-    bs = ep["batch_size"]
+    ep = params.evaluate
+    bs = ep.batch_size
     x_val, y_val = data.arrays(splits.val, cache)
     z_val = predictor.logits(x_val, bs)
     val_stress = _stress_set(splits.val, params, predictor.image_size, salt=1)
     z_stress = stress.logits(predictor, val_stress, bs)
-    if ep["calibration"] == "stress":
+    if ep.calibration == "stress":
         # clean validation and its shifted copies weigh half each: the scale must hold under shift
         # without forgetting the in-distribution case
         z = np.concatenate([z_val, *z_stress.values()])
@@ -48,17 +49,15 @@ def fit_operating_point(predictor, splits, params: dict, cache) -> dict:
         w = np.concatenate([np.full(len(z_val), 0.5 / len(z_val)),
                             np.full(len(z) - len(z_val), 0.5 / max(1, len(z) - len(z_val)))])
         predictor.calibration = calibration.fit(z, y, w)
-    elif ep["calibration"] == "clean":
+    else:  # clean
         predictor.calibration = calibration.fit(z_val, y_val)
-    else:
-        raise ValueError(f"evaluate.calibration={ep['calibration']!r}: expected clean or stress")
     p_val = predictor.calibration.probability(z_val)
     p_stress = {k: predictor.calibration.probability(v) for k, v in z_stress.items()}
     # the threshold rule needs the same images clean and shifted: use the stress sample's clean scores
     idx = {d: i for i, d in enumerate(s.digest for s in splits.val)}
     p_val_sub = p_val[[idx[k] for k in val_stress.keys]]
-    target = ep["target_sensitivity"]
-    rule = ep["threshold_rule"]
+    target = ep.target_sensitivity
+    rule = ep.threshold_rule
     predictor.threshold = evaluate.robust_threshold(y_val, p_val, val_stress.labels, p_stress, target, rule)
     return {"calibration": predictor.calibration.to_dict(), "threshold": predictor.threshold, "rule": rule,
             "clean_threshold": evaluate.choose_threshold(y_val, p_val, target),
@@ -67,10 +66,10 @@ def fit_operating_point(predictor, splits, params: dict, cache) -> dict:
             "val_ece_after": calibration.ece(y_val, p_val)}
 
 
-def score(predictor, splits, params: dict, cache) -> dict:
+def score(predictor, splits, params: Params, cache) -> dict:
     """Held-out, stress and external figures of `predictor` at its stored threshold, plus the
     per-image probabilities ("probs") that a paired comparison of two models needs."""
-    bs = params["evaluate"]["batch_size"]
+    bs = params.evaluate.batch_size
     y_test, p_test = evaluate.predict_samples(predictor, splits.test, params, cache)
     test = evaluate.compute_metrics(y_test, p_test, predictor.threshold)
     test.update(ece=calibration.ece(y_test, p_test), brier=calibration.brier(y_test, p_test))
@@ -103,7 +102,7 @@ def flat_metrics(scored: dict) -> dict:
     return m
 
 
-def fit_and_score(predictor, splits, params: dict, cache, out_dir: Path) -> dict:
+def fit_and_score(predictor, splits, params: Params, cache, out_dir: Path) -> dict:
     """Training's last step: fit the operating point, score, write reports and plots into out_dir."""
     fitted = fit_operating_point(predictor, splits, params, cache)
     scored = score(predictor, splits, params, cache)

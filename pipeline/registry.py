@@ -44,6 +44,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline import config
+from pipeline.params import Params
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def _client(uri: str | None = None):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def _name(params: dict | None = None, name: str | None = None) -> str:
+def _name(params: Params | None = None, name: str | None = None) -> str:
     if name:
         return name
     return config.model_name(params if params is not None else config.load_params())

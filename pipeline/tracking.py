@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import config
+from pipeline.params import Params
 from pipeline.registry import (CHALLENGER, METRIC_KEYS, _client, _finite, _jsonable, _name, check_server,
                                log_version_scores)
 
@@ -178,7 +179,7 @@ def _data_tags(dataset: dict, data_version: str | None) -> dict[str, str]:
     return tags
 
 
-def tracked_train(params: dict, data_root, out_dir, run_name: str | None = None,
+def tracked_train(params: Params, data_root, out_dir, run_name: str | None = None,
                   tags: dict | None = None, data_version: str | None = None) -> dict:
     """Train with everything logged to MLflow, register the model, alias it `challenger`.
 
@@ -198,7 +199,7 @@ def tracked_train(params: dict, data_root, out_dir, run_name: str | None = None,
     trigger = tags.get("trigger", "manual")
     run_name = run_name or _run_name(data_version, trigger)
     data_root, out_dir = Path(data_root), Path(out_dir)
-    experiment = mlflow.set_experiment(params["registry"]["experiment"])
+    experiment = mlflow.set_experiment(params.registry.experiment)
     commit = _git_commit()
 
     run_tags = {
@@ -208,7 +209,7 @@ def tracked_train(params: dict, data_root, out_dir, run_name: str | None = None,
     }
     with mlflow.start_run(run_name=run_name, tags=run_tags) as run:
         run_id = run.info.run_id
-        mlflow.log_params({k: ("" if v is None else str(v)[:6000]) for k, v in config.flatten(params).items()})
+        mlflow.log_params({k: ("" if v is None else str(v)[:6000]) for k, v in params.flat().items()})
         mlflow.log_dict(params, "params.yaml")
 
         def on_epoch_end(row: dict) -> None:
@@ -275,14 +276,14 @@ def _log_training(result, metrics: dict, data_root: Path, out_dir: Path, data_ve
     return fingerprint
 
 
-def _register_trained(client, name: str, result, metrics: dict, params: dict, run_id: str, data_root: Path,
+def _register_trained(client, name: str, result, metrics: dict, params: Params, run_id: str, data_root: Path,
                       data_version: str | None, fingerprint: str, commit: str, trigger: str):
     """Register the run's checkpoint as a new version with its scores and model card."""
     import mlflow
 
     from pipeline import model_card
 
-    image_size = params["preprocess"]["image_size"]
+    image_size = params.preprocess.image_size
     mv = _register(client, name, Path(result.checkpoint), run_id, _example_bytes(data_root, image_size), {
         "data.version": data_version or "none", "data.fingerprint": fingerprint or "none",
         "git_commit": commit, "trigger": trigger,
@@ -296,7 +297,7 @@ def _register_trained(client, name: str, result, metrics: dict, params: dict, ru
     return mv
 
 
-def register_checkpoint(checkpoint, params: dict, run_name: str | None = None, tags: dict | None = None,
+def register_checkpoint(checkpoint, params: Params, run_name: str | None = None, tags: dict | None = None,
                         metrics: dict | None = None, data_root=None) -> dict:
     """Log an existing model.pt as a run + new registered version (alias `challenger`).
 
@@ -307,14 +308,14 @@ def register_checkpoint(checkpoint, params: dict, run_name: str | None = None, t
     uri = check_server()
     client = _client(uri)
     name = _name(params)
-    mlflow.set_experiment(params["registry"]["experiment"])
+    mlflow.set_experiment(params.registry.experiment)
     tags = {str(k): str(v) for k, v in (tags or {}).items()}
     tags.setdefault("trigger", "import")
     with mlflow.start_run(run_name=run_name or _run_name(None, tags["trigger"]), tags=tags) as run:
-        mlflow.log_params({k: ("" if v is None else str(v)[:6000]) for k, v in config.flatten(params).items()})
+        mlflow.log_params({k: ("" if v is None else str(v)[:6000]) for k, v in params.flat().items()})
         if metrics:
             mlflow.log_metrics({f"test_{k}": float(v) for k, v in metrics.items() if _finite(v)})
-        example = _example_bytes(Path(data_root), params["preprocess"]["image_size"]) if data_root else None
+        example = _example_bytes(Path(data_root), params.preprocess.image_size) if data_root else None
         mv = _register(client, name, Path(checkpoint), run.info.run_id, example, {"trigger": tags["trigger"]},
                        data_root=Path(data_root) if data_root else None)
     return {"run_id": run.info.run_id, "version": int(mv.version), "model_name": name,

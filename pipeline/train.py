@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from pipeline import config, data, evaluate, gate, preprocess
 from pipeline.augment import augment
 from pipeline.model import ARCH, build_model
+from pipeline.params import Params, Train
 from pipeline.predict import Predictor
 from pipeline.quality import fit_and_score
 
@@ -161,7 +162,7 @@ class Loop:
     device: torch.device
     bf16: bool
     mode: str                 # preprocess.intensity
-    tp: dict                  # params["train"]
+    tp: Train                 # params.train
     gen: torch.Generator
     step: int = 0
 
@@ -176,14 +177,14 @@ def train_one_epoch(loop: Loop, x_train: np.ndarray, y_train: np.ndarray, epoch:
     """One pass over the training images in a seeded order. Returns ({train_loss, seen, seconds},
     stopped: on_step raised StopTraining)."""
     tp, model = loop.tp, loop.model
-    batch_size, smoothing = tp["batch_size"], tp["label_smoothing"]
+    batch_size, smoothing = tp.batch_size, tp.label_smoothing
     model.train()
     t_epoch, seen, loss_sum, stopped = time.time(), 0, 0.0, False
     perm = torch.randperm(len(x_train), generator=loop.gen)
     bar = tqdm(_batches(len(x_train), batch_size, perm), total=math.ceil(len(x_train) / batch_size),
                disable=not progress, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False)
     for idx in bar:
-        x = augment(torch.from_numpy(x_train[idx]).unsqueeze(1), tp["augment"], loop.gen)
+        x = augment(torch.from_numpy(x_train[idx]).unsqueeze(1), tp.augment, loop.gen)
         x = preprocess.model_input(x, loop.mode).to(loop.device).contiguous(memory_format=torch.channels_last)
         y = torch.from_numpy(y_train[idx]).float().to(loop.device)
         y = y * (1 - smoothing) + 0.5 * smoothing
@@ -198,7 +199,7 @@ def train_one_epoch(loop: Loop, x_train: np.ndarray, y_train: np.ndarray, epoch:
             loop.ema.update(model)
         seen += len(idx)
         loss_sum += loss.item() * len(idx)
-        _check_memory(tp["memory_limit_gb"])
+        _check_memory(tp.memory_limit_gb)
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / (time.time() - t_epoch):.1f}")
         loop.step += 1
         if on_step:
@@ -218,24 +219,24 @@ def validate(loop: Loop, x_val: np.ndarray, y_val: np.ndarray, batch_size: int) 
     return val_loss, evaluate.roc_auc(y_val, val_logits)
 
 
-def make_loop(params: dict, y_train: np.ndarray, device: torch.device, gen: torch.Generator) -> Loop:
+def make_loop(params: Params, y_train: np.ndarray, device: torch.device, gen: torch.Generator) -> Loop:
     """Model (params model.init), EMA, AdamW with warm-up + cosine, class-balanced loss."""
-    tp = params["train"]
-    model = build_model(params["model"]["init"]).to(device, memory_format=torch.channels_last)
-    decay = tp["ema_decay"]
-    steps_per_epoch = math.ceil(len(y_train) / tp["batch_size"])
-    epochs = tp["epochs"]
-    optimizer = make_optimizer(model, tp["lr"], tp["weight_decay"])
+    tp = params.train
+    model = build_model(params.model.init).to(device, memory_format=torch.channels_last)
+    decay = tp.ema_decay
+    steps_per_epoch = math.ceil(len(y_train) / tp.batch_size)
+    epochs = tp.epochs
+    optimizer = make_optimizer(model, tp.lr, tp.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
-        int(tp["warmup_epochs"] * steps_per_epoch), max(1, epochs * steps_per_epoch)))
+        int(tp.warmup_epochs * steps_per_epoch), max(1, epochs * steps_per_epoch)))
     n_pos = int(y_train.sum())
-    pos_weight = (len(y_train) - n_pos) / max(1, n_pos) if tp["class_weighting"] == "balanced" else 1.0
+    pos_weight = (len(y_train) - n_pos) / max(1, n_pos) if tp.class_weighting == "balanced" else 1.0
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
     return Loop(model, WeightAverage(model, decay) if decay > 0 else None, optimizer, scheduler, loss_fn, device,
-                use_bf16(tp["bf16"], device), params["preprocess"]["intensity"], tp, gen)
+                use_bf16(tp.bf16, device), params.preprocess.intensity, tp, gen)
 
 
-def train(params: dict, data_root: str | Path, out_dir: str | Path,
+def train(params: Params, data_root: str | Path, out_dir: str | Path,
           on_epoch_end: Callable[[dict], None] | None = None, progress: bool = True,
           on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
     """Validate and split the data at data_root, train, pick the threshold, score the held-out set.
@@ -246,10 +247,10 @@ def train(params: dict, data_root: str | Path, out_dir: str | Path,
     StopTraining ends training early, keeping the best model so far).
     """
     start = time.time()
-    tp, out_dir = params["train"], Path(out_dir)
+    tp, out_dir = params.train, Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(tp["threads"] or os.cpu_count() or 1)
-    gen = seed_everything(params["data"]["seed"])
+    torch.set_num_threads(tp.threads or os.cpu_count() or 1)
+    gen = seed_everything(params.data.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     splits, report, cache = data.load(data_root, params)
@@ -264,18 +265,18 @@ def train(params: dict, data_root: str | Path, out_dir: str | Path,
     model = loop.model
 
     # Calibration, threshold and held-out scores come from the float32 Predictor: the numbers serving reproduces.
-    predictor = Predictor(model, params["preprocess"]["image_size"], 0.5, device=str(device), intensity=loop.mode)
+    predictor = Predictor(model, params.preprocess.image_size, 0.5, device=str(device), intensity=loop.mode)
     quality = fit_and_score(predictor, splits, params, cache, out_dir)
     metrics = quality["metrics"]
     metrics["val_auc"] = float(max((h["val_auc"] for h in history), default=-1.0))
     metrics["best_epoch"] = max(history, key=lambda h: h["val_auc"])["epoch"] if history else 0
     # input gate: fitted on training X-rays, thresholds on validation ones (pipeline.gate)
-    gp = params["gate"]
+    gp = params.gate
     gate_state, gate_metrics = None, {}
-    if gp["enabled"]:
+    if gp.enabled:
         gate_state, gate_metrics = gate.fit(predictor, data.arrays(splits.train, cache)[0], x_val,
-                                            gp["target_false_refusal"], gp["max_fit_images"],
-                                            params["data"]["seed"], gp["distance_margin"])
+                                            gp.target_false_refusal, gp.max_fit_images,
+                                            params.data.seed, gp.distance_margin)
 
     dataset = {"root": str(data_root), "fingerprint": data.dataset_fingerprint(
         splits.train + splits.val + splits.test), "counts": splits.counts(),
@@ -289,22 +290,22 @@ def train(params: dict, data_root: str | Path, out_dir: str | Path,
     evaluate.save_metrics(metrics, out_dir / "metrics.json")
     (out_dir / "history.json").write_text(json.dumps(history, indent=1))
     system["wall_time_s"] = round(time.time() - start, 1)
-    return TrainResult(checkpoint, out_dir, metrics, history, config.flatten(params), dataset, system,
+    return TrainResult(checkpoint, out_dir, metrics, history, params.flat(), dataset, system,
                        plots, out_dir / "validation_report.json", gate_metrics, splits)
 
 
-def fit(loop: Loop, x_train, y_train, x_val, y_val, params: dict, progress: bool = True,
+def fit(loop: Loop, x_train, y_train, x_val, y_val, params: Params, progress: bool = True,
         on_epoch_end=None, on_step=None) -> list[dict]:
     """Epochs with validation and early stopping on validation AUC; leaves the best weights (the
     EMA's when there is one) in loop.model. Returns one record per epoch."""
     tp = loop.tp
-    epochs = tp["epochs"]
+    epochs = tp.epochs
     history: list[dict] = []
     best_auc, best_state, stale = -1.0, copy.deepcopy(loop.model.state_dict()), 0
     for epoch in range(1, epochs + 1):
         t_epoch = time.time()
         trained, stopped = train_one_epoch(loop, x_train, y_train, epoch, epochs, progress, on_step)
-        val_loss, val_auc = validate(loop, x_val, y_val, params["evaluate"]["batch_size"])
+        val_loss, val_auc = validate(loop, x_val, y_val, params.evaluate.batch_size)
         record = {"epoch": epoch, "train_loss": trained["train_loss"], "val_loss": val_loss, "val_auc": val_auc,
                   "lr": loop.optimizer.param_groups[0]["lr"], "seconds": time.time() - t_epoch,
                   "images_per_s": trained["seen"] / trained["seconds"]}
@@ -318,7 +319,7 @@ def fit(loop: Loop, x_train, y_train, x_val, y_val, params: dict, progress: bool
             best_auc, best_state, stale = val_auc, copy.deepcopy(loop.scored.state_dict()), 0
         else:
             stale += 1
-            if stale >= tp["patience"]:
+            if stale >= tp.patience:
                 tqdm.write(f"early stop: no validation AUC gain for {stale} epochs")
                 break
         if stopped:
@@ -327,15 +328,15 @@ def fit(loop: Loop, x_train, y_train, x_val, y_val, params: dict, progress: bool
     return history
 
 
-def save_checkpoint(path: Path, predictor: Predictor, params: dict, metrics: dict, fingerprint: str,
+def save_checkpoint(path: Path, predictor: Predictor, params: Params, metrics: dict, fingerprint: str,
                     gate_state: dict | None) -> Path:
     """model.pt: the weights and everything an answer depends on (size, intensity, calibration,
     threshold, gate), with the params and metrics it came from."""
     torch.save({"state_dict": {k: v.cpu() for k, v in predictor.model.state_dict().items()}, "arch": ARCH,
-                "in_channels": 1, "image_size": params["preprocess"]["image_size"],
-                "threshold": predictor.threshold, "classes": list(config.CLASSES), "params": params,
+                "in_channels": 1, "image_size": params.preprocess.image_size,
+                "threshold": predictor.threshold, "classes": list(config.CLASSES), "params": params.to_dict(),
                 "intensity": predictor.intensity, "calibration": predictor.calibration.to_dict(),
-                "threshold_rule": params["evaluate"]["threshold_rule"],
+                "threshold_rule": params.evaluate.threshold_rule,
                 "metrics": metrics, "dataset_fingerprint": fingerprint,
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(), "gate": gate_state}, path)
     return path

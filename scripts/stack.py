@@ -397,7 +397,7 @@ def quick_params() -> None:
     from pipeline import config
 
     path = STACK_DIR / "quick-params.yaml"
-    path.write_text(yaml.safe_dump(config.load_params(None, QUICK_POLICY), sort_keys=False))
+    path.write_text(yaml.safe_dump(config.load_params(None, QUICK_POLICY).to_dict(), sort_keys=False))
     os.environ["XRAY_PARAMS"] = str(path)
     log(f"quick mode: promotion policy relaxed in {path} ({' '.join(QUICK_POLICY)})")
 

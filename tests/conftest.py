@@ -57,7 +57,7 @@ def small_dataset(shared_datasets, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_params() -> dict:
+def tiny_params():
     from pipeline import config
 
     return config.apply_overrides(config.load_params(), TINY)

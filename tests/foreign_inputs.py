@@ -175,10 +175,10 @@ def misoriented(xray: Image.Image) -> dict[str, tuple[str, bytes]]:
     }
 
 
-def at_production_margin(gate, params: dict, monkeypatch) -> None:
+def at_production_margin(gate, params, monkeypatch) -> None:
     """The gate's distance limit as production fits it (margin 1.0), without the widening
     (params gate.distance_margin) that the test session's 1-epoch model and ~30 validation films
     need so that real films pass: the foreign-input tests judge the gate at production's rule."""
-    margin = float(params["gate"]["distance_margin"])
+    margin = params.gate.distance_margin
     monkeypatch.setattr(gate, "max_distance", gate.max_distance / margin)
     monkeypatch.setattr(gate, "max_layout", gate.max_layout / margin)

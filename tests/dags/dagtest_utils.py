@@ -37,7 +37,7 @@ def policy_params(path: Path, *extra: str) -> str:
 
     from pipeline import config
 
-    params = config.load_params(REPO / "params.yaml", TINY_POLICY + list(extra))
+    params = config.load_params(REPO / "params.yaml", TINY_POLICY + list(extra)).to_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return str(path)

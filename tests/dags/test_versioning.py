@@ -123,7 +123,7 @@ def test_dvc_pipeline_repro_metrics_params_plots(world):
     from pipeline import config
 
     # 40 images a class: under the default data.min_images_per_class
-    params = config.load_params(REPO / "params.yaml", TINY_OVERRIDES + TINY_POLICY + ["data.min_images_per_class=10"])
+    params = config.load_params(REPO / "params.yaml", TINY_OVERRIDES + TINY_POLICY + ["data.min_images_per_class=10"]).to_dict()
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = base_env()
     env.pop("PYTHONPATH", None)

@@ -153,7 +153,7 @@ def test_quick_stack_end_to_end(stack):
 
     from pipeline import config
 
-    name = os.environ.get("XRAY_MODEL_NAME") or config.load_params()["registry"]["model_name"]
+    name = os.environ.get("XRAY_MODEL_NAME") or config.load_params().registry.model_name
     champion = MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri).get_model_version_by_alias(name, "champion")
 
     # the web site serves that version

@@ -10,7 +10,7 @@ import torch
 from foreign_inputs import at_production_margin, foreign, grey_photos, misoriented, xray_dicom
 from PIL import Image, ImageFilter
 
-from pipeline import data, drift, gate, preprocess
+from pipeline import config, data, drift, gate, preprocess
 from pipeline.predict import Predictor
 
 
@@ -144,8 +144,9 @@ def test_drift_report_on_a_shifted_stream(predictor, small_dataset, tiny_params)
                 records.append({"gate_score": exc.score, "label": "", "refused": True})
         return records
 
-    quiet = drift.report(served(stream), reference)
-    shifted = drift.report(served(np.stack([_shift(a) for a in stream])), reference)
+    quiet = drift.report(served(stream), reference, config.load_params().drift)
+    shifted = drift.report(served(np.stack([_shift(a) for a in stream])), reference,
+                           config.load_params().drift)
     print(f"\nunshifted: {quiet.summary()}\nshifted: {shifted.summary()}")
     assert not quiet.drifted, quiet.alerts
     assert shifted.drifted and shifted.psi > quiet.psi
@@ -156,7 +157,8 @@ def test_psi_and_thin_streams():
     q = np.linspace(0, 10, 11)
     assert drift.psi(np.random.default_rng(0).uniform(0, 10, 5000), q) < 0.01
     assert drift.psi(np.full(100, 50.0), q) > 1
-    few = drift.report([{"gate_score": 99.0, "label": "", "refused": True}] * 5, {"distance_quantiles": list(q)})
+    few = drift.report([{"gate_score": 99.0, "label": "", "refused": True}] * 5, {"distance_quantiles": list(q)},
+                       config.load_params().drift)
     assert few.refusal_rate == 1.0 and not few.drifted  # under min_records: no alert from 5 requests
 
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance
 
-from pipeline import preprocess
+from pipeline import config, preprocess
 from pipeline.augment import augment, photometric
+from pipeline.params import Photometric
 from pipeline.predict import Predictor
 
 
@@ -70,10 +71,7 @@ def test_answer_is_stable_under_small_changes(predictor, films, change):
 
 
 def test_augmentation_is_reproducible_and_stays_in_range():
-    aug = {"rotate_deg": 10, "scale": [0.85, 1.15], "aspect": 1.15, "translate": 0.06, "letterbox": 0.3,
-           "brightness": 0.15, "contrast": 0.15, "hflip": False,
-           "photometric": {"p": 1.0, "gamma": 1.6, "blur": 2.0, "sharpen": 1.0, "noise": 6, "downscale": 0.4,
-                           "jpeg": 30}}
+    aug = config.apply_overrides(config.load_params(), {"train.augment.photometric.p": 1.0}).train.augment
     x = torch.randint(0, 256, (8, 1, 64, 64), dtype=torch.uint8)
     a = augment(x, aug, torch.Generator().manual_seed(3))
     b = augment(x, aug, torch.Generator().manual_seed(3))
@@ -83,6 +81,7 @@ def test_augmentation_is_reproducible_and_stays_in_range():
 
 def test_photometric_noise_has_the_configured_scale():
     x = torch.full((64, 1, 32, 32), 128.0)
-    out = photometric(x, {"p": 1.0, "noise": 6}, torch.Generator().manual_seed(0))
+    only_noise = Photometric(p=1.0, gamma=0, blur=0, sharpen=0, noise=6, downscale=0, jpeg=0)
+    out = photometric(x, only_noise, torch.Generator().manual_seed(0))
     # sigma drawn uniformly in [0, 6] per image: the overall std is 6 / sqrt(3)
     assert float((out - x).std()) == pytest.approx(6 / 3 ** 0.5, rel=0.15)

@@ -73,7 +73,7 @@ def test_memory_ceiling_stops_training(small_dataset, tiny_params, tmp_path):
 def test_augment_keeps_shape_and_range():
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (8, 1, 32, 32), dtype=torch.uint8)
-    aug = config.load_params()["train"]["augment"]
+    aug = config.load_params().train.augment
     y = train_mod.augment(x, aug, gen)
     assert y.shape == x.shape and y.min() >= 0 and y.max() <= 255
     assert not torch.equal(y, x.float())

@@ -43,8 +43,7 @@ def test_first_model_passing_floors_becomes_champion(params):
 
 
 def test_first_champion_can_be_left_to_a_person(params):
-    params["promotion"]["first_champion"] = "manual"
-    d = decide(scores(GOOD), params)
+    d = decide(scores(GOOD), config.apply_overrides(params, {"promotion.first_champion": "manual"}))
     assert d["promote"] is False and "by hand" in d["reason"] and "--version 2" in d["reason"]
 
 
@@ -83,8 +82,8 @@ def test_not_shown_non_inferior_is_rejected(params):
 def test_margin_boundary(params):
     ok = decide(scores(GOOD, GOOD, test={"delta": 0.0, "low": -0.0099, "high": 0.01}), params)
     assert ok["promote"] is True and "non-inferior everywhere" in ok["reason"]
-    params["promotion"]["non_inferiority_margin"] = 0.005
-    assert decide(scores(GOOD, GOOD, test={"delta": 0.0, "low": -0.0099, "high": 0.01}), params)["promote"] is False
+    strict = config.apply_overrides(params, {"promotion.non_inferiority_margin": 0.005})
+    assert decide(scores(GOOD, GOOD, test={"delta": 0.0, "low": -0.0099, "high": 0.01}), strict)["promote"] is False
 
 
 def test_no_gain_under_shift_is_not_promoted(params):

@@ -30,10 +30,10 @@ def test_run_is_logged_with_everything(mlflow_server, trained, reg_params, small
     assert time.strftime("%Y-%m-%d") in run.info.run_name and "data-01234567" in run.info.run_name
     assert run.info.run_name.endswith("_test")
     exp = client.get_experiment(run.info.experiment_id)
-    assert exp.name == reg_params["registry"]["experiment"]
+    assert exp.name == reg_params.registry.experiment
 
     # every parameter in effect
-    flat = config.flatten(reg_params)
+    flat = reg_params.flat()
     assert set(flat) <= set(run.data.params)
     assert run.data.params["preprocess.image_size"] == "64" and run.data.params["train.epochs"] == "1"
     assert run.data.params["promotion.non_inferiority_margin"] == "0.01"
@@ -116,7 +116,7 @@ def test_unreachable_server_fails_fast_naming_the_uri(mlflow_server, reg_params,
     # and nothing was started on the real server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     client = MlflowClient(mlflow_server)
-    exp = client.get_experiment_by_name(reg_params["registry"]["experiment"])
+    exp = client.get_experiment_by_name(reg_params.registry.experiment)
     if exp is not None:
         assert not client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
 
@@ -127,7 +127,7 @@ def test_crash_marks_run_failed_and_leaves_nothing_running(mlflow_server, reg_pa
     (broken / "train" / "NORMAL").mkdir(parents=True)           # no PNEUMONIA, no images at all
     with pytest.raises(Exception, match="no images|dataset"):
         tracking.tracked_train(reg_params, broken, tmp_path / "out", run_name="crash-on-purpose")
-    exp = client.get_experiment_by_name(reg_params["registry"]["experiment"])
+    exp = client.get_experiment_by_name(reg_params.registry.experiment)
     runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'crash-on-purpose'")
     assert [r.info.status for r in runs] == ["FAILED"]
     assert not client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
