@@ -137,7 +137,7 @@ from pipeline import config
 # held-out floors only (AUC 0.5): ~15 held-out images under 28 shifts say nothing about a 1-epoch model
 quick = [\"promotion.floors.auc=0.5\", \"promotion.floors.sensitivity=0.0\", \"promotion.floors.specificity=0.0\",
          \"promotion.stress_floors={}\", \"promotion.external_floors={}\", \"evaluate.stress_images=48\"]
-open(\"/opt/xray-repo/.quick-params.yaml\", \"w\").write(yaml.safe_dump(config.load_params(None, quick), sort_keys=False))"' > "$WORK/import.log" 2>&1 \
+open(\"/opt/xray-repo/.quick-params.yaml\", \"w\").write(yaml.safe_dump(config.load_params(None, quick).to_dict(), sort_keys=False))"' > "$WORK/import.log" 2>&1 \
     || { tail -30 "$WORK/import.log"; die "data import"; }
 fig "data import (quick subset, in a container): $(( SECONDS - t ))s"
 

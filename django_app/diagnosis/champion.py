@@ -386,20 +386,14 @@ def holder() -> ChampionHolder:
 def build_holder() -> ChampionHolder:
     from django.conf import settings
 
-    name = settings.XRAY_MODEL_NAME or _params_model_name()
+    from pipeline import config
+
+    # the name params.yaml gives (one home, as for training and the DAG) unless the site is told another
+    name = settings.XRAY_MODEL_NAME or config.model_name(config.load_params())
     registry = MlflowRegistry(settings.MLFLOW_TRACKING_URI, name, settings.XRAY_CHAMPION_ALIAS,
                               settings.XRAY_TORCH_THREADS, settings.XRAY_MAX_BATCH, settings.XRAY_FAST_PATH)
     return ChampionHolder(registry, settings.XRAY_CHAMPION_CHECK_SECONDS,
                           settings.XRAY_CHAMPION_RETRY_SECONDS, settings.XRAY_CHAMPION_LOAD_TIMEOUT)
-
-
-def _params_model_name() -> str:
-    try:
-        from pipeline.config import load_params, model_name
-
-        return model_name(load_params())
-    except Exception:
-        return "chest-xray-resnet18"
 
 
 def reset_holder(new: ChampionHolder | None = None) -> ChampionHolder | None:

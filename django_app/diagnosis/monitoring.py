@@ -4,6 +4,7 @@ daily drift DAG (dags/xray_drift.py), which logs the report to MLflow and notifi
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections import Counter
 
 from django.utils import timezone
@@ -23,9 +24,11 @@ def records(since: dt.datetime, until: dt.datetime) -> list[dict]:
 
 
 def daily(reference: dict | None, days: int = 30, now: dt.datetime | None = None) -> list[tuple[dt.date, object]]:
-    """[(day, DriftReport)] for the last `days` days (today included), oldest first."""
-    from pipeline import drift
+    """[(day, DriftReport)] for the last `days` days (today included), oldest first, alerting at
+    params.yaml's `drift:` limits (or $XRAY_PARAMS's, as the daily drift DAG reads them)."""
+    from pipeline import config, drift
 
+    limits = config.load_params(os.environ.get("XRAY_PARAMS") or None).drift
     now = now or timezone.now()
     start = (now - dt.timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
     rows = records(start, now + dt.timedelta(seconds=1))
@@ -35,7 +38,7 @@ def daily(reference: dict | None, days: int = 30, now: dt.datetime | None = None
     out = []
     for i in range(days):
         day = (start + dt.timedelta(days=i)).date()
-        out.append((day, drift.report(by_day.get(day, []), reference)))
+        out.append((day, drift.report(by_day.get(day, []), reference, limits)))
     return out
 
 

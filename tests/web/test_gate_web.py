@@ -71,6 +71,22 @@ def test_drift_page_for_staff_only(client, doctor_client, champion, samples, db)
     assert "feature distance" in html  # the champion's learned gate is described
 
 
+def test_drift_alerts_follow_the_params_limits(doctor_client, champion, samples, db, tmp_path, monkeypatch):
+    import yaml
+    from diagnosis import monitoring
+
+    from pipeline import config
+
+    upload(doctor_client, samples["CT DICOM"][1], "ct.dcm")  # one request today, refused
+    today = monitoring.daily(None, days=1)[-1][1]
+    assert today.n_refused == 1 and not today.drifted        # under params.yaml's drift.min_records (20)
+    strict = config.apply_overrides(config.load_params(), {"drift.min_records": 1})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(strict.to_dict()))
+    monkeypatch.setenv("XRAY_PARAMS", str(tmp_path / "params.yaml"))  # as the drift DAG reads it
+    today = monitoring.daily(None, days=1)[-1][1]
+    assert today.drifted and "refused" in today.alerts[0]
+
+
 def test_browser_shows_refusals_cautions_and_drift(live, browser, registry, fullres_images, samples, tmp_path):
     from playwright.sync_api import expect
 
