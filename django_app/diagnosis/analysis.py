@@ -61,7 +61,8 @@ def read_upload(upload) -> bytes:
 
 
 def _limits() -> dict:
-    return {"max_pixels": settings.XRAY_MAX_PIXELS, "max_bytes": settings.XRAY_MAX_UPLOAD_BYTES}
+    return {"max_pixels": settings.XRAY_MAX_PIXELS, "max_bytes": settings.XRAY_MAX_UPLOAD_BYTES,
+            "min_side": settings.XRAY_MIN_SIDE}
 
 
 def decode(data: bytes, draft_size: int | None):

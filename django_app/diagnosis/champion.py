@@ -388,8 +388,8 @@ def build_holder() -> ChampionHolder:
 
     from pipeline import config
 
-    # the name params.yaml gives (one home, as for training and the DAG) unless the site is told another
-    name = settings.XRAY_MODEL_NAME or config.model_name(config.load_params())
+    # the name the pipeline's settings give (as for training and the DAG) unless the site is told another
+    name = settings.XRAY_MODEL_NAME or config.model_name(settings.XRAY_PIPELINE_PARAMS)
     registry = MlflowRegistry(settings.MLFLOW_TRACKING_URI, name, settings.XRAY_CHAMPION_ALIAS,
                               settings.XRAY_TORCH_THREADS, settings.XRAY_MAX_BATCH, settings.XRAY_FAST_PATH)
     return ChampionHolder(registry, settings.XRAY_CHAMPION_CHECK_SECONDS,

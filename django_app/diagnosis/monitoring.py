@@ -4,7 +4,6 @@ daily drift DAG (dags/xray_drift.py), which logs the report to MLflow and notifi
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections import Counter
 
 from django.utils import timezone
@@ -25,10 +24,12 @@ def records(since: dt.datetime, until: dt.datetime) -> list[dict]:
 
 def daily(reference: dict | None, days: int = 30, now: dt.datetime | None = None) -> list[tuple[dt.date, object]]:
     """[(day, DriftReport)] for the last `days` days (today included), oldest first, alerting at
-    params.yaml's `drift:` limits (or $XRAY_PARAMS's, as the daily drift DAG reads them)."""
-    from pipeline import config, drift
+    the `drift:` limits of the pipeline's settings, as the daily drift DAG reads them."""
+    from django.conf import settings
 
-    limits = config.load_params(os.environ.get("XRAY_PARAMS") or None).drift
+    from pipeline import drift
+
+    limits = settings.XRAY_PIPELINE_PARAMS.drift
     now = now or timezone.now()
     start = (now - dt.timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
     rows = records(start, now + dt.timedelta(seconds=1))

@@ -18,6 +18,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from pipeline.config import load_params
+
 BASE_DIR = Path(__file__).resolve().parent.parent  # django_app/
 REPO_ROOT = BASE_DIR.parent
 
@@ -180,10 +182,16 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = DEBUG  # development: no collectstatic needed
 
 # --- uploads -------------------------------------------------------------------------------
-XRAY_MAX_UPLOAD_MB = env_number("XRAY_MAX_UPLOAD_MB", 50.0)
+# The pipeline's settings (params.yaml, or the file $XRAY_PARAMS names, as the DAGs read it), read
+# and checked once: the registered model's name, the drift limits, and the image limits, whose one
+# home is `data:` (training applies the same ones); the environment may override those for a site.
+XRAY_PIPELINE_PARAMS = load_params(os.environ.get("XRAY_PARAMS") or None)
+_IMAGE_LIMITS = XRAY_PIPELINE_PARAMS.data
+XRAY_MAX_UPLOAD_MB = env_number("XRAY_MAX_UPLOAD_MB", _IMAGE_LIMITS.max_file_mb)
 XRAY_MAX_UPLOAD_BYTES = int(XRAY_MAX_UPLOAD_MB * 1024 * 1024)
 XRAY_MAX_FILES = int(env_number("XRAY_MAX_FILES_PER_UPLOAD", 10, int))
-XRAY_MAX_PIXELS = int(env_number("XRAY_MAX_PIXELS", 40_000_000, int))
+XRAY_MAX_PIXELS = int(env_number("XRAY_MAX_PIXELS", _IMAGE_LIMITS.max_pixels, int))
+XRAY_MIN_SIDE = _IMAGE_LIMITS.min_side
 # A request body above this is refused before it is parsed (one file at the limit + form overhead).
 XRAY_MAX_REQUEST_BYTES = XRAY_MAX_UPLOAD_BYTES + 1024 * 1024
 # The largest body any request may declare (the batch form at its file limit); bigger ones get 413

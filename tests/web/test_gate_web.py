@@ -4,6 +4,7 @@ staff drift page. In-process (Django test client) and in a real browser (gunicor
 from __future__ import annotations
 
 import io
+import os
 import re
 
 import pytest
@@ -71,20 +72,41 @@ def test_drift_page_for_staff_only(client, doctor_client, champion, samples, db)
     assert "feature distance" in html  # the champion's learned gate is described
 
 
-def test_drift_alerts_follow_the_params_limits(doctor_client, champion, samples, db, tmp_path, monkeypatch):
-    import yaml
+def test_drift_alerts_follow_the_params_limits(doctor_client, champion, samples, db):
     from diagnosis import monitoring
+    from django.test import override_settings
 
     from pipeline import config
 
     upload(doctor_client, samples["CT DICOM"][1], "ct.dcm")  # one request today, refused
     today = monitoring.daily(None, days=1)[-1][1]
     assert today.n_refused == 1 and not today.drifted        # under params.yaml's drift.min_records (20)
-    strict = config.apply_overrides(config.load_params(), {"drift.min_records": 1})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(strict.to_dict()))
-    monkeypatch.setenv("XRAY_PARAMS", str(tmp_path / "params.yaml"))  # as the drift DAG reads it
-    today = monitoring.daily(None, days=1)[-1][1]
+    with override_settings(XRAY_PIPELINE_PARAMS=config.apply_overrides(config.load_params(), {"drift.min_records": 1})):
+        today = monitoring.daily(None, days=1)[-1][1]
     assert today.drifted and "refused" in today.alerts[0]
+
+
+def test_site_reads_the_pipeline_settings_once_from_the_params_file(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from pipeline import config
+
+    custom = config.apply_overrides(config.load_params(), {"data.max_pixels": 1234567, "registry.model_name": "other"})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(custom.to_dict()))
+    code = ("import django; django.setup(); from django.conf import settings as s; "
+            "print(s.XRAY_MAX_PIXELS, s.XRAY_PIPELINE_PARAMS.registry.model_name)")
+    env = {**os.environ, "XRAY_PARAMS": str(tmp_path / "params.yaml"), "DJANGO_SETTINGS_MODULE": "xray_site.settings"}
+    env.pop("XRAY_MAX_PIXELS", None)
+    out = subprocess.run([sys.executable, "-c", code], cwd=config.REPO_ROOT / "django_app", env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["1234567", "other"], out.stderr[-2000:]
+    (tmp_path / "params.yaml").write_text("data: {max_pixels: lots}\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=config.REPO_ROOT / "django_app", env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "ParamsError" in out.stderr  # a broken file stops the site, loudly
 
 
 def test_browser_shows_refusals_cautions_and_drift(live, browser, registry, fullres_images, samples, tmp_path):
