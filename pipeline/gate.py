@@ -232,12 +232,14 @@ class Gate:
         refused 0.9 % of new patients' upright films; with the layout's agreement none (every
         turned film is still caught: docs/benchmarks.md)."""
         low = probs[:, 0] < self.min_upright
-        if self.layout_basis is None:
+        if self.layout_basis is None or not low.any():
             return low
-        guess = 1 + probs[:, 1:].argmax(1)
-        for i in np.flatnonzero(low):
-            film = arrays[i:i + 1]
-            low[i] = self.layout_residual(transforms(film)[UNDO[guess[i]]])[0] < self.layout_residual(film)[0]
+        doubted = np.flatnonzero(low)
+        films = arrays[doubted]
+        views = transforms(films)
+        guess = 1 + probs[doubted, 1:].argmax(1)
+        turned_back = np.stack([views[UNDO[g]][j] for j, g in enumerate(guess)])
+        low[doubted] = self.layout_residual(turned_back) < self.layout_residual(films)
         return low
 
     def assess(self, arr: np.ndarray, feats: np.ndarray | None, warnings=()) -> Verdict:

@@ -209,7 +209,7 @@ def tracked_train(params: Params, data_root, out_dir, run_name: str | None = Non
     }
     with mlflow.start_run(run_name=run_name, tags=run_tags) as run:
         run_id = run.info.run_id
-        mlflow.log_params({k: ("" if v is None else str(v)[:6000]) for k, v in params.flat().items()})
+        _log_params(params)
         mlflow.log_dict(params, "params.yaml")
 
         def on_epoch_end(row: dict) -> None:
@@ -236,6 +236,13 @@ def tracked_train(params: Params, data_root, out_dir, run_name: str | None = Non
         "wall_time_s": round(t_total, 2),
         "seconds": {"train": round(t_train, 2), "tracking": round(t_total - t_train, 2)},
     })
+
+
+def _log_params(params: Params) -> None:
+    """Every setting in effect, flat (MLflow caps a value at 6000 characters)."""
+    import mlflow
+
+    mlflow.log_params({k: ("" if v is None else str(v)[:6000]) for k, v in params.flat().items()})
 
 
 def _log_training(result, metrics: dict, data_root: Path, out_dir: Path, data_version: str | None) -> str:
@@ -312,7 +319,7 @@ def register_checkpoint(checkpoint, params: Params, run_name: str | None = None,
     tags = {str(k): str(v) for k, v in (tags or {}).items()}
     tags.setdefault("trigger", "import")
     with mlflow.start_run(run_name=run_name or _run_name(None, tags["trigger"]), tags=tags) as run:
-        mlflow.log_params({k: ("" if v is None else str(v)[:6000]) for k, v in params.flat().items()})
+        _log_params(params)
         if metrics:
             mlflow.log_metrics({f"test_{k}": float(v) for k, v in metrics.items() if _finite(v)})
         example = _example_bytes(Path(data_root), params.preprocess.image_size) if data_root else None

@@ -39,7 +39,6 @@ class TrainResult:
     out_dir: Path
     metrics: dict                 # held-out test metrics at the chosen threshold
     history: list[dict]
-    params: dict                  # flattened params in effect
     dataset: dict
     system: dict
     plots: list[Path] = field(default_factory=list)
@@ -290,7 +289,7 @@ def train(params: Params, data_root: str | Path, out_dir: str | Path,
     evaluate.save_metrics(metrics, out_dir / "metrics.json")
     (out_dir / "history.json").write_text(json.dumps(history, indent=1))
     system["wall_time_s"] = round(time.time() - start, 1)
-    return TrainResult(checkpoint, out_dir, metrics, history, params.flat(), dataset, system,
+    return TrainResult(checkpoint, out_dir, metrics, history, dataset, system,
                        plots, out_dir / "validation_report.json", gate_metrics, splits)
 
 
