@@ -386,11 +386,7 @@ def holder() -> ChampionHolder:
 def build_holder() -> ChampionHolder:
     from django.conf import settings
 
-    from pipeline import config
-
-    # the name the pipeline's settings give (as for training and the DAG) unless the site is told another
-    name = settings.XRAY_MODEL_NAME or config.model_name(settings.XRAY_PIPELINE_PARAMS)
-    registry = MlflowRegistry(settings.MLFLOW_TRACKING_URI, name, settings.XRAY_CHAMPION_ALIAS,
+    registry = MlflowRegistry(settings.MLFLOW_TRACKING_URI, settings.XRAY_MODEL_NAME, settings.XRAY_CHAMPION_ALIAS,
                               settings.XRAY_TORCH_THREADS, settings.XRAY_MAX_BATCH, settings.XRAY_FAST_PATH)
     return ChampionHolder(registry, settings.XRAY_CHAMPION_CHECK_SECONDS,
                           settings.XRAY_CHAMPION_RETRY_SECONDS, settings.XRAY_CHAMPION_LOAD_TIMEOUT)

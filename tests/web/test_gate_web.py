@@ -97,9 +97,9 @@ def test_site_reads_the_pipeline_settings_once_from_the_params_file(tmp_path):
     custom = config.apply_overrides(config.load_params(), {"data.max_pixels": 1234567, "registry.model_name": "other"})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(custom.to_dict()))
     code = ("import django; django.setup(); from django.conf import settings as s; "
-            "print(s.XRAY_MAX_PIXELS, s.XRAY_PIPELINE_PARAMS.registry.model_name)")
+            "print(s.XRAY_MAX_PIXELS, s.XRAY_MODEL_NAME)")
     env = {**os.environ, "XRAY_PARAMS": str(tmp_path / "params.yaml"), "DJANGO_SETTINGS_MODULE": "xray_site.settings"}
-    env.pop("XRAY_MAX_PIXELS", None)
+    env.pop("XRAY_MAX_PIXELS", None), env.pop("XRAY_MODEL_NAME", None)
     out = subprocess.run([sys.executable, "-c", code], cwd=config.REPO_ROOT / "django_app", env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["1234567", "other"], out.stderr[-2000:]
