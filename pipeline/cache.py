@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
@@ -85,15 +86,20 @@ class PreprocessCache:
     def _rows(self) -> int:
         return self.data_file.stat().st_size // self.row_bytes if self.data_file.exists() else 0
 
+    def _decode(self, path: Path) -> np.ndarray | preprocess.InvalidImage:
+        try:
+            return preprocess.load_array(path, self.image_size, **self.limits)
+        except preprocess.InvalidImage as exc:
+            return exc
+
     def _append(self, todo: dict[str, Path], next_row: int) -> dict:
         entries = {}
-        with open(self.data_file, "ab") as out:
+        # Pillow releases the GIL while it decodes and resizes: one thread per core, rows in order.
+        with open(self.data_file, "ab") as out, ThreadPoolExecutor(os.cpu_count() or 1) as pool:
             out.truncate(next_row * self.row_bytes)  # drop a partial row left by a crash
-            for digest, path in todo.items():
-                try:
-                    arr = preprocess.load_array(path, self.image_size, **self.limits)
-                except preprocess.InvalidImage as exc:
-                    entries[digest] = "error: " + exc.reason
+            for digest, arr in zip(todo, pool.map(self._decode, todo.values())):
+                if isinstance(arr, preprocess.InvalidImage):
+                    entries[digest] = "error: " + arr.reason
                     continue
                 out.write(arr.tobytes())
                 entries[digest] = next_row

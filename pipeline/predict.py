@@ -38,7 +38,9 @@ class NonFiniteOutput(RuntimeError):
 
 class Predictor:
     def __init__(self, model: torch.nn.Module, image_size: int, threshold: float, metadata: dict | None = None,
-                 device: str | None = None, intensity: str = "none", calibration: Calibration | None = None):
+                 device: str | None = None, *, intensity: str, calibration: Calibration | None = None):
+        # intensity has no default: a model trained on equalised films and fed raw ones answers
+        # plausibly and wrongly (a benchmark probe did, until 2026-11-24).
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.image_size = int(image_size)

@@ -203,7 +203,7 @@ def train_one_epoch(loop: Loop, x_train: np.ndarray, y_train: np.ndarray, epoch:
         loop.step += 1
         if on_step:
             try:
-                on_step(loop.step, model)
+                on_step(loop.step, loop.scored)
             except StopTraining:
                 stopped = True
                 break
@@ -242,8 +242,9 @@ def train(params: Params, data_root: str | Path, out_dir: str | Path,
 
     Writes to out_dir: model.pt, metrics.json, history.json, split.json, validation_report.json,
     plots/*.png. on_epoch_end receives each epoch's record (MLflow logging hooks in there);
-    on_step(global_step, model) runs after every optimiser step (benchmarks probe with it; raising
-    StopTraining ends training early, keeping the best model so far).
+    on_step(global_step, model) runs after every optimiser step with the weights training keeps (the
+    EMA's when there is one; benchmarks probe with it; raising StopTraining ends training early,
+    keeping the best model so far).
     """
     start = time.time()
     tp, out_dir = params.train, Path(out_dir)

@@ -187,6 +187,21 @@ def test_cache_reuses_and_invalidates_exactly_the_changed_entries(tmp_path):
     assert other.decoded == 5 and other.dir != cache.dir
 
 
+def test_cache_rows_belong_to_their_own_files_when_decoded_in_parallel(tmp_path):
+    """The cache decodes on several threads: every row must still be its own file's image, and a
+    bad file's reason must stay with that file."""
+    from pipeline import preprocess
+
+    paths = [write(tmp_path / f"{i}.png", png(7 * i, size=(96 + 8 * i, 80))) for i in range(12)]
+    paths.insert(5, write(tmp_path / "broken.png", b"\x89PNG not really"))
+    cache = PreprocessCache(tmp_path / "c", 32)
+    digests, index = cache.lookup(paths)
+    assert cache.decoded == 12 and index[digests[5]].startswith("error: ")
+    for path, digest in zip(paths, digests):
+        if path.name != "broken.png":
+            assert np.array_equal(cache.arrays([index[digest]])[0], preprocess.load_array(path, 32)), path.name
+
+
 def test_cache_survives_a_partial_row_from_a_crash(tmp_path):
     paths = [write(tmp_path / f"{i}.png", png(i)) for i in range(2)]
     cache = PreprocessCache(tmp_path / "c", 32)

@@ -22,7 +22,7 @@ def test_non_finite_output_is_refused(value):
     with torch.no_grad():
         for p in model.parameters():  # a corrupted checkpoint: every weight non-finite
             p.fill_(value)
-    predictor = Predictor(model, image_size=64, threshold=0.5, device="cpu")
+    predictor = Predictor(model, image_size=64, threshold=0.5, device="cpu", intensity="none")
     with pytest.raises(NonFiniteOutput):
         predictor.predict(xray_png())
     with pytest.raises(NonFiniteOutput):
@@ -30,5 +30,5 @@ def test_non_finite_output_is_refused(value):
 
 
 def test_finite_outputs_still_labelled():
-    predictor = Predictor(build_model("scratch"), image_size=64, threshold=0.5, device="cpu")
+    predictor = Predictor(build_model("scratch"), image_size=64, threshold=0.5, device="cpu", intensity="none")
     assert predictor.label_for(0.7).label == "PNEUMONIA" and predictor.label_for(0.2).label == "NORMAL"

@@ -64,6 +64,23 @@ def test_training_is_reproducible(small_dataset, tiny_params, tmp_path):
     assert a.history[0]["train_loss"] == pytest.approx(b.history[0]["train_loss"], rel=1e-5)
 
 
+def test_step_hook_sees_the_kept_weights_and_can_stop_training(small_dataset, tiny_params, tmp_path):
+    """Benchmarks judge time-to-quality through on_step: it must see the weights training keeps
+    (the EMA), and StopTraining must end training with them."""
+    params = config.apply_overrides(tiny_params, {"data.subset_per_class": 30, "gate.enabled": False})
+    seen = []
+
+    def hook(step, m):
+        seen.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        if step == 2:
+            raise train_mod.StopTraining
+
+    result = train_mod.train(params, small_dataset, tmp_path, progress=False, on_step=hook)
+    assert len(seen) == 2 and len(result.history) == 1
+    kept = torch.load(result.checkpoint, weights_only=True)["state_dict"]
+    assert all(torch.equal(kept[k], v) for k, v in seen[-1].items())
+
+
 def test_memory_ceiling_stops_training(small_dataset, tiny_params, tmp_path):
     params = config.apply_overrides(tiny_params, {"train.memory_limit_gb": 0.01})
     with pytest.raises(train_mod.MemoryCeilingExceeded, match="memory_limit_gb"):
