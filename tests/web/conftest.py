@@ -7,6 +7,7 @@ transaction that is rolled back (as django.test.TestCase does).
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -26,8 +27,9 @@ os.environ.pop("DATABASE_URL", None)
 os.environ.pop("XRAY_MODEL_NAME", None)  # tests name their model explicitly
 os.environ.setdefault("XRAY_MODEL_CACHE_DIR", str(WEB_TMP / "model-cache"))  # not the repo's .cache
 
-from webutil import (MODEL_NAME, ensure_champion, make_holder, make_user, register_version,  # noqa: E402
-                     set_champion, threshold_variant)
+from livesite import CHROMIUM, CHROMIUM_ARGS, Site, manage, site_env  # noqa: E402
+from webutil import (MODEL_NAME, ensure_champion, free_port, make_holder, make_user,  # noqa: E402
+                     register_version, set_champion, threshold_variant)
 
 
 @pytest.fixture(scope="session")
@@ -175,3 +177,33 @@ def media_files():
         return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
     return files
+
+
+# --- the site under gunicorn, and a real browser (tests/web/test_live.py, test_gate_web.py) ----------
+@pytest.fixture(scope="module")
+def live(registry, tmp_path_factory):
+    """gunicorn (2 sync workers) over SQLite, DEBUG off, champion from the real MLflow server."""
+    tmp = tmp_path_factory.mktemp("live")
+    port = free_port()
+    env = site_env(registry, tmp / "data", port)
+    set_champion(registry["uri"], registry["name"], registry["v1"])
+    site = Site(env, port, tmp / "web.log").wait_ready()
+    out = manage(env, "create_doctor", "api_client", "--password", "api-client-pass-77", "--token")
+    assert out.returncode == 0, out.stderr
+    site.token = re.search(r"API token \(shown once\): (\S+)", out.stdout).group(1)
+    yield site
+    site.stop()
+    set_champion(registry["uri"], registry["name"], registry["v1"])
+
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

@@ -10,8 +10,8 @@ import re
 import pytest
 from foreign_inputs import at_production_margin, foreign, grey_photos, misoriented, xray_dicom
 from PIL import Image
-from test_live import CHROMIUM_ARGS, DOCTOR, DOCTOR_PASSWORD, browser, live, manage, screenshot_dir  # noqa: F401
-from test_pages import api, upload
+from livesite import DOCTOR, DOCTOR_PASSWORD, manage, screenshot_dir
+from webutil import api, upload
 
 from pipeline.gate import PREFIX
 

@@ -3,107 +3,18 @@ real MLflow server; production settings on PostgreSQL; a real browser (Debian's 
 from __future__ import annotations
 
 import base64
-import os
 import re
-import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
 
+from livesite import DOCTOR, DOCTOR_PASSWORD, PY, REPO, Site, manage, predict, screenshot_dir, site_env, wait_serving
 from webutil import free_port, set_champion
-
-REPO = Path(__file__).resolve().parents[2]
-PY = sys.executable
-DOCTOR, DOCTOR_PASSWORD = "dr_live", "live-password-2031-xray"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-
-
-def site_env(registry, data_dir: Path, port: int, **extra) -> dict:
-    ours = ("XRAY_WEB_DATA_DIR", "XRAY_MEDIA_ROOT", "XRAY_MAX_UPLOAD_MB", "XRAY_MODEL_NAME", "DATABASE_URL")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_") and k not in ours}
-    env.update({
-        "DJANGO_ENV": "development", "DJANGO_DEBUG": "0", "DJANGO_SECRET_KEY": "live-test-" + "k" * 50,
-        "XRAY_WEB_DATA_DIR": str(data_dir), "MLFLOW_TRACKING_URI": registry["uri"],
-        "XRAY_MODEL_NAME": registry["name"], "XRAY_CHAMPION_CHECK_SECONDS": "1",
-        "WEB_BIND": f"127.0.0.1:{port}", "WEB_WORKERS": "2", "WEB_ACCESS_LOG": "",
-        "XRAY_DOCTOR_USERNAME": DOCTOR, "XRAY_DOCTOR_PASSWORD": DOCTOR_PASSWORD,
-        "PYTHON": PY,
-    })
-    env.update(extra)
-    return env
-
-
-def manage(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, "manage.py", *args], cwd=REPO / "django_app", env=env, capture_output=True,
-                          text=True, timeout=120)
-
-
-class Site:
-    def __init__(self, env: dict, port: int, log: Path):
-        self.env, self.url, self.log = env, f"http://127.0.0.1:{port}", log
-        self.proc = subprocess.Popen(["bash", str(REPO / "scripts" / "web_server.sh")], env=env,
-                                     stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_ready(self, path="/healthz?ready=1", timeout=150, headers=None):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"web_server.sh exited {self.proc.returncode}:\n{self.log.read_text()[-4000:]}")
-            try:
-                if requests.get(self.url + path, timeout=5, headers=headers).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(self.log.read_text()[-4000:])
-
-    def stop(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-
-
-@pytest.fixture(scope="module")
-def live(registry, tmp_path_factory):
-    """gunicorn (2 sync workers) over SQLite, DEBUG off, champion from the real MLflow server."""
-    tmp = tmp_path_factory.mktemp("live")
-    port = free_port()
-    env = site_env(registry, tmp / "data", port)
-    set_champion(registry["uri"], registry["name"], registry["v1"])
-    site = Site(env, port, tmp / "web.log").wait_ready()
-    out = manage(env, "create_doctor", "api_client", "--password", "api-client-pass-77", "--token")
-    assert out.returncode == 0, out.stderr
-    site.token = re.search(r"API token \(shown once\): (\S+)", out.stdout).group(1)
-    yield site
-    site.stop()
-    set_champion(registry["uri"], registry["name"], registry["v1"])
-
-
-def predict(site, data: bytes, name="x.jpeg", **params):
-    return requests.post(site.url + "/api/predict", files={"image": (name, data)}, params=params,
-                         headers={"Authorization": f"Token {site.token}"}, timeout=60)
-
-
-def wait_serving(site, version: int, data: bytes, timeout: float = 90) -> None:
-    """Until every gunicorn worker answers with `version` (8 answers in a row: the workers check
-    the alias each second and load a model in the background; a loaded machine takes longer)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if all(predict(site, data).json()["model_version"] == version for _ in range(8)):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"the site did not serve v{version} within {timeout:.0f}s")
 
 
 def test_gunicorn_serves_the_registry_champion(live, registry, fullres_images, xray_jpeg):
@@ -165,25 +76,6 @@ def test_alias_move_under_load_fails_no_request(live, registry, xray_jpeg):
     set_champion(registry["uri"], registry["name"], registry["v1"])
     wait_serving(live, registry["v1"], xray_jpeg)   # and back, for the tests after this one
 
-
-# --- a real browser ------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-def screenshot_dir(tmp_path: Path) -> Path:
-    """Screenshots go to the test's tmp dir, and also to $XRAY_SCREENSHOT_DIR when set."""
-    target = Path(os.environ["XRAY_SCREENSHOT_DIR"]) if os.environ.get("XRAY_SCREENSHOT_DIR") else tmp_path
-    target.mkdir(parents=True, exist_ok=True)
-    return target
 
 
 def test_doctor_in_a_real_browser(live, browser, registry, shared_datasets, tmp_path, xray_jpeg):

@@ -9,21 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from webutil import PASSWORD, bomb_png, make_holder, make_user, png_bytes, set_champion, truncated_jpeg
+from webutil import PASSWORD, api, bomb_png, make_holder, make_user, png_bytes, set_champion, truncated_jpeg, upload
 
 PAGES = ["/", "/upload/", "/history/", "/account/api-token/"]
-
-
-def upload(client, data: bytes, name: str = "chest.jpeg", **extra):
-    from django.core.files.uploadedfile import SimpleUploadedFile
-
-    return client.post("/upload/", {"images": SimpleUploadedFile(name, data)}, **extra)
-
-
-def api(client, data: bytes, name: str = "chest.jpeg", query: str = "", **extra):
-    from django.core.files.uploadedfile import SimpleUploadedFile
-
-    return client.post("/api/predict" + query, {"image": SimpleUploadedFile(name, data)}, **extra)
 
 
 def rows():

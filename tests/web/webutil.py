@@ -91,3 +91,13 @@ def make_holder(uri: str, name: str, check_seconds: float = 3600, retry_seconds:
                           retry_seconds=retry_seconds, load_timeout=120)
 
 
+def upload(client, data: bytes, name: str = "chest.jpeg", **extra):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return client.post("/upload/", {"images": SimpleUploadedFile(name, data)}, **extra)
+
+
+def api(client, data: bytes, name: str = "chest.jpeg", query: str = "", **extra):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return client.post("/api/predict" + query, {"image": SimpleUploadedFile(name, data)}, **extra)
