@@ -10,8 +10,8 @@ Three layers, cheapest first:
      ("eigen-chests", PCA); a photo, a page or a scan of another body part leaves a residual no
      chest film leaves. Independent of the network, so it holds where the network's features do
      not (a grey photo of a flower sat close to the X-rays in feature space);
-   from the ResNet's pooled features of the very forward pass that makes the prediction (a hook
-   on `avgpool`, so it costs one small matrix product):
+   from the ResNet's pooled features of the very forward pass that makes the prediction
+   (`model.logits_and_features`, so it costs one small matrix product):
    - a Mahalanobis distance to the training X-rays (mean + Ledoit-Wolf precision), refused above
      a threshold set on validation X-rays;
    - an orientation classifier (upright / rotated 90, 180, 270 / vertically flipped / inverted),
@@ -23,7 +23,6 @@ error row / a 422 / a message on the page. Lateral DICOM views are answered with
 """
 from __future__ import annotations
 
-import contextlib
 import io
 from dataclasses import dataclass, field
 
@@ -160,18 +159,6 @@ def check_array(arr: np.ndarray) -> None:
 
 
 # --- 3. learned: pooled features ----------------------------------------------------------------
-@contextlib.contextmanager
-def capture(model):
-    """Collect the pooled features ([N, 512]) of every forward pass run inside the block."""
-    chunks: list = []
-    handle = model.avgpool.register_forward_hook(
-        lambda m, i, o: chunks.append(o.detach().flatten(1).float().cpu()))
-    try:
-        yield lambda: np.concatenate([c.numpy() for c in chunks]) if chunks else np.zeros((0, 0), np.float32)
-    finally:
-        handle.remove()
-
-
 class Gate:
     """The fitted gate of one model (or the cheap checks only when `state` is None)."""
 

@@ -41,6 +41,26 @@ def build_model(init: str = "scratch") -> nn.Module:
     return model
 
 
+# Explicit passes instead of forward hooks: a hook lives on the shared module, so two threads
+# predicting at once (`mlflow models serve` runs requests in a thread pool) would each collect the
+# other's features, and the input gate would judge one patient's film by another's.
+def last_stage(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """conv1 .. layer4: the last residual stage's activations [N, 512, s, s] (Grad-CAM's layer)."""
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    return model.layer4(model.layer3(model.layer2(model.layer1(x))))
+
+
+def head(model: nn.Module, stage: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last-stage activations -> (logit [N], pooled features [N, 512], which the input gate judges)."""
+    features = torch.flatten(model.avgpool(stage), 1)
+    return model.fc(features)[:, 0], features
+
+
+def logits_and_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same numbers as model(x) [N, 1] (as [N]), with the pooled features of the same pass."""
+    return head(model, last_stage(model, x))
+
+
 def _imagenet_weights():
     """torchvision's own weights API; fails loudly offline, never falls back to random weights."""
     weights = ResNet18_Weights.IMAGENET1K_V1

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from pipeline import preprocess
+from pipeline.model import logits_and_features
 
 OPSET = 18
 LOGIT_TOLERANCE = 1e-3
@@ -39,11 +40,7 @@ class Network(torch.nn.Module):
         self.model = model
 
     def forward(self, x):
-        m = self.model
-        x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
-        x = m.layer4(m.layer3(m.layer2(m.layer1(x))))
-        features = torch.flatten(m.avgpool(x), 1)
-        return m.fc(features)[:, 0], features
+        return logits_and_features(self.model, x)
 
 
 def metadata(predictor) -> dict[str, str]:

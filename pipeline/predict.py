@@ -16,7 +16,7 @@ from PIL import Image
 
 from pipeline import config, gate, preprocess
 from pipeline.calibration import Calibration
-from pipeline.model import build_model, load_checkpoint
+from pipeline.model import build_model, head, last_stage, load_checkpoint, logits_and_features
 
 
 @dataclass
@@ -111,33 +111,35 @@ class Predictor:
     @torch.inference_mode()
     def reference_forward(self, arrays: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """forward() in float32 torch: what training and evaluation measured."""
-        out = []
-        with gate.capture(self.model) as feats:
-            for i in range(0, len(arrays), batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(arrays[i:i + batch_size])).to(self.device).unsqueeze(1)
-                x = preprocess.model_input(x, self.intensity).contiguous(memory_format=torch.channels_last)
-                out.append(self.model(x).float().squeeze(1).cpu())
-            logits = torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0, np.float64)
-            return logits, feats()
+        logits, feats = [], []
+        for i in range(0, len(arrays), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(arrays[i:i + batch_size])).to(self.device).unsqueeze(1)
+            x = preprocess.model_input(x, self.intensity).contiguous(memory_format=torch.channels_last)
+            logit, feat = logits_and_features(self.model, x)
+            logits.append(logit.float().cpu())
+            feats.append(feat.float().cpu())
+        if not logits:
+            return np.zeros(0, np.float64), np.zeros((0, 0), np.float32)
+        return torch.cat(logits).numpy().astype(np.float64), torch.cat(feats).numpy()
 
     def gradcam(self, img: Image.Image) -> tuple[Prediction, np.ndarray]:
         """Prediction and Grad-CAM heat map (float32 [S, S] in [0, 1]) of the last residual stage:
         where the evidence for PNEUMONIA lies (for a NORMAL answer: what argued against it least)."""
+        return self.gradcam_features(img)[:2]
+
+    def gradcam_features(self, img: Image.Image) -> tuple[Prediction, np.ndarray, np.ndarray]:
+        """gradcam(), and the pooled features [1, 512] of the same pass for the input gate."""
         arr = preprocess.to_array(img, self.image_size)
         x = preprocess.to_tensor(arr, self.intensity).unsqueeze(0).to(self.device).contiguous(memory_format=torch.channels_last)
-        saved = {}
-        layer = self.model.layer4
-        handle = layer.register_forward_hook(lambda m, i, o: saved.update(act=o))
-        try:
-            with torch.enable_grad():
-                x.requires_grad_(True)
-                logit = self.model(x)[0, 0]
-                grad = torch.autograd.grad(logit, saved["act"])[0]
-        finally:
-            handle.remove()
+        with torch.enable_grad():
+            x.requires_grad_(True)
+            stage = last_stage(self.model, x)
+            logit, feats = head(self.model, stage)
+            grad = torch.autograd.grad(logit[0], stage)[0]
         weights = grad.mean(dim=(2, 3), keepdim=True)
-        cam = torch.relu((weights * saved["act"]).sum(dim=1, keepdim=True))
+        cam = torch.relu((weights * stage).sum(dim=1, keepdim=True))
         cam = torch.nn.functional.interpolate(cam, size=arr.shape, mode="bilinear", align_corners=False)[0, 0]
         cam = cam.detach().cpu().numpy()
         cam = cam / cam.max() if cam.max() > 0 else cam
-        return self.label_for(float(self.calibration.probability(float(logit.detach())))), cam.astype(np.float32)
+        prediction = self.label_for(float(self.calibration.probability(float(logit[0].detach()))))
+        return prediction, cam.astype(np.float32), feats.detach().float().cpu().numpy()

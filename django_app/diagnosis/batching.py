@@ -2,11 +2,10 @@
 
 Under gunicorn's threaded workers several requests reach the same model at once. Running them
 one by one wastes the CPU (a batch of 4 costs far less than 4 single images), and running them
-in parallel in the request threads oversubscribes the cores and races Grad-CAM's hook on the
-shared network. So every model call goes through this queue: a single thread takes everything
+in parallel in the request threads oversubscribes the cores. So every model call goes through this queue: a single thread takes everything
 that is waiting (no added wait: a lone request runs at once) and answers each request's future.
 
-The numbers are `pipeline.predict.Predictor`'s own (`probabilities`, `gradcam`): batching
+The numbers are `pipeline.predict.Predictor`'s own (`forward`, `gradcam_features`): batching
 changes how many images one forward pass carries, not what it computes.
 """
 from __future__ import annotations
@@ -35,7 +34,7 @@ class ModelRunner:
         self._state_lock = threading.Lock()
         self._start_lock = threading.Lock()
         # one forward pass at a time on this model: the draining thread and late inline callers
-        # would otherwise run it (and Grad-CAM's hook) concurrently
+        # would otherwise run it concurrently and oversubscribe the cores
         self._model_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._name = name
@@ -124,8 +123,6 @@ class ModelRunner:
     def _run_locked(self, batch) -> None:
         probs = [(job, fut) for job, fut in batch if job[0] == "prob"]
         cams = [(job, fut) for job, fut in batch if job[0] == "cam"]
-        from pipeline.gate import capture  # the gate's features come from the same forward pass
-
         if probs:
             try:
                 logits, feats = self.predictor.forward(np.stack([job[1] for job, _ in probs]))
@@ -139,8 +136,6 @@ class ModelRunner:
                     fut.set_exception(exc)
         for job, fut in cams:
             try:
-                with capture(self.predictor.model) as feats:
-                    prediction, cam = self.predictor.gradcam(job[1])
-                fut.set_result((prediction, cam, feats()))
+                fut.set_result(self.predictor.gradcam_features(job[1]))
             except BaseException as exc:
                 fut.set_exception(exc)
