@@ -2,8 +2,9 @@
 
 Under gunicorn's threaded workers several requests reach the same model at once. Running them
 one by one wastes the CPU (a batch of 4 costs far less than 4 single images), and running them
-in parallel in the request threads oversubscribes the cores. So every model call goes through this queue: a single thread takes everything
-that is waiting (no added wait: a lone request runs at once) and answers each request's future.
+in parallel in the request threads oversubscribes the cores. So every model call goes through
+this queue: a single thread takes everything that is waiting (no added wait: a lone request runs
+at once) and answers each request's future.
 
 The numbers are `pipeline.predict.Predictor`'s own (`forward`, `gradcam_features`): batching
 changes how many images one forward pass carries, not what it computes.
