@@ -1,19 +1,21 @@
 """gunicorn settings for the doctors' site, from the environment (docs/configuration.md, "The web site").
 
-Layout: few processes, several threads each. Each worker holds one copy of the model and one
-inference thread that batches the requests its threads bring (diagnosis.batching), running torch
-on cores/workers threads, so concurrent requests share forward passes instead of fighting over
-the cores. Default: one worker per 4 cores (1 on a 2-core box, with 2 torch threads), 8 request
-threads each. Measured on 2 cores (docs/benchmarks.md): this layout gave 43 req/s at concurrency 8
-against 30 req/s for 2 workers x 1 torch thread, at the same p50 (~45 ms) at concurrency 1.
+Layout: one worker per core (at most 8: each holds its own copy of torch and the model, ~0.6 GB
+of memory of its own), 4 request threads each. Each worker has one inference thread that batches the requests
+its threads bring (diagnosis.batching), running the model on cores/workers threads, so
+concurrent requests share forward passes instead of fighting over the cores. Why one per core:
+a request spends ~10 ms in Python (decoding, the gate, Django, storage) against ~1 ms of int8
+inference, and one process runs Python on one core at a time (the GIL). Measured on 2 cores
+(docs/benchmarks.md, 2026-11-25): 2 workers x 4 threads gave 145 req/s at concurrency 8 against
+108 for 1 x 8 on the int8 fast path, and 72 against 57 on the float32 reference.
 """
 import os
 
 _cores = os.cpu_count() or 1
 
 bind = os.environ.get("WEB_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("WEB_WORKERS", str(max(1, _cores // 4))))
-threads = int(os.environ.get("WEB_THREADS", "8"))
+workers = int(os.environ.get("WEB_WORKERS", str(min(_cores, 8))))
+threads = int(os.environ.get("WEB_THREADS", "4"))
 worker_class = "gthread" if threads > 1 else "sync"
 timeout = int(os.environ.get("WEB_TIMEOUT", "120"))  # first request of a worker may load the model
 graceful_timeout = 30

@@ -23,15 +23,18 @@ def fast_path_report(version: int, splits, params: Params, cache, name: str | No
     name = _name(name=name)
     try:
         predictor, _ = load_version(version, name)
-        onnx_file = onnx_in(download_version(version, name))
+        local = download_version(version, name)
+        onnx_file = onnx_in(local)
         if onnx_file is None:
             raise FileNotFoundError("the version has no ONNX export")
         held = evaluate.sample_arrays(splits.test, predictor.image_size, params, cache)
         shifted = quality.stress_set(splits.test, params, predictor.image_size)
         stress = (np.concatenate(list(shifted.arrays.values())), np.tile(shifted.labels, len(shifted.arrays)))
-        return _jsonable(fastpath.check(predictor, onnx_file, {"held-out": held, "stress": stress}))
+        return _jsonable(fastpath.check(predictor, onnx_file, {"held-out": held, "stress": stress},
+                                        int8_path=onnx_in(local, int8=True)))
     except Exception as exc:  # noqa: BLE001
-        return {"ok": False, "reason": f"check failed: {type(exc).__name__}: {exc}", "precision": "", "sets": {}}
+        return {"ok": False, "reason": f"check failed: {type(exc).__name__}: {exc}", "precision": "", "sets": {},
+                "tried": {}}
 
 
 def check_fast_path(version: int, splits, params: Params, cache, name: str | None = None) -> dict:

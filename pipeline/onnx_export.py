@@ -11,6 +11,12 @@ the file's metadata (`image_size`, `intensity`, `mean`, `std`, `calibration_a/_b
 `validate` runs the file in ONNX Runtime against PyTorch on real X-rays; registration refuses a
 file whose logits differ by more than LOGIT_TOLERANCE (float32 vs float32: ~1e-5 is usual, the
 tolerance leaves room for other kernels, and is 1/1000 of a typical decision margin).
+
+`quantize` writes an int8 copy of the file (NNCF post-training quantization: QuantizeLinear /
+DequantizeLinear pairs, which OpenVINO and ONNX Runtime both run as int8 kernels), its activation
+ranges calibrated on training X-rays. It is ~2x faster than bfloat16 on CPUs with VNNI/AMX. It
+is not validated against a tolerance here: whether it may answer doctors is decided by the
+fast-path agreement check (pipeline.fastpath), on the held-out patients and every stress shift.
 """
 from __future__ import annotations
 
@@ -25,7 +31,9 @@ from pipeline.model import logits_and_features
 
 OPSET = 18
 LOGIT_TOLERANCE = 1e-3
+CALIBRATION_IMAGES = 300   # training X-rays that set the int8 activation ranges (NNCF's default)
 INPUT, OUTPUTS = "image", ("logit", "features")
+FILE, INT8_FILE = "model.onnx", "model_int8.onnx"   # their names on every registered version
 
 
 class OnnxMismatch(RuntimeError):
@@ -68,6 +76,24 @@ def export(predictor, path: str | Path) -> Path:
     onnx.save_model(proto, str(path))
     onnx.checker.check_model(str(path))
     return path
+
+
+def quantize(path: str | Path, arrays: np.ndarray, intensity: str, out: str | Path) -> Path:
+    """An int8 copy of the exported file at `out`, activation ranges calibrated on uint8 [N, S, S]
+    training X-rays (never the held-out patients: they judge the result). Metadata is kept."""
+    import logging
+
+    import nncf
+    import onnx
+
+    nncf.set_log_level(logging.ERROR)
+    x = preprocess.model_input(torch.from_numpy(np.ascontiguousarray(arrays))[:, None], intensity).numpy()
+    dataset = nncf.Dataset([x[i:i + 1] for i in range(len(x))], lambda item: {INPUT: item})
+    model = nncf.quantize(onnx.load(str(path)), dataset, subset_size=len(x))
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, "precision": "int8"})
+    out = Path(out)
+    onnx.save_model(model, str(out))
+    return out
 
 
 def session(path: str | Path, threads: int = 0):

@@ -39,6 +39,7 @@ INPUT_COLUMN = "image"
 OUTPUT_COLUMNS = ("probability", "label", "threshold", "error", "warning", "gate_score")
 CHECKPOINT_ARTIFACT = "checkpoint"      # key in `artifacts`; the file lands in <model>/artifacts/model.pt
 ONNX_ARTIFACT = "onnx"                  # <model>/artifacts/model.onnx: the network for other runtimes
+ONNX_INT8_ARTIFACT = "onnx_int8"        # <model>/artifacts/model_int8.onnx: its int8 copy (onnx_export.quantize)
 
 
 def _as_bytes(value) -> bytes:
@@ -135,12 +136,14 @@ def _pipeline_source(dest: Path) -> Path:
 
 
 def log_pyfunc(checkpoint: str | Path, input_example: bytes | None = None, name: str = "model",
-               onnx: str | Path | None = None, **kwargs) -> "mlflow.models.model.ModelInfo":
-    """Log the checkpoint (and its ONNX export, pipeline.onnx_export) as a pyfunc model under the
-    active run (kwargs go to log_model, e.g. registered_model_name, tags, params)."""
+               onnx: str | Path | None = None, onnx_int8: str | Path | None = None,
+               **kwargs) -> "mlflow.models.model.ModelInfo":
+    """Log the checkpoint (and its ONNX export and int8 copy, pipeline.onnx_export) as a pyfunc
+    model under the active run (kwargs go to log_model, e.g. registered_model_name, tags, params)."""
     artifacts = {CHECKPOINT_ARTIFACT: str(checkpoint)}
-    if onnx is not None:
-        artifacts[ONNX_ARTIFACT] = str(onnx)
+    for key, path in ((ONNX_ARTIFACT, onnx), (ONNX_INT8_ARTIFACT, onnx_int8)):
+        if path is not None:
+            artifacts[key] = str(path)
     with tempfile.TemporaryDirectory(prefix="xray-pyfunc-") as tmp:
         code = _pipeline_source(Path(tmp))
         example = pd.DataFrame({INPUT_COLUMN: [input_example]}) if input_example is not None else None
@@ -166,7 +169,10 @@ def checkpoint_in(model_dir: str | Path) -> Path:
     return found[0]
 
 
-def onnx_in(model_dir: str | Path) -> Path | None:
-    """Path of the ONNX export inside a downloaded pyfunc model directory (None: older versions)."""
-    found = sorted(Path(model_dir).glob("artifacts/*.onnx"))
-    return found[0] if found else None
+def onnx_in(model_dir: str | Path, int8: bool = False) -> Path | None:
+    """Path of the ONNX export (int8: its int8 copy) inside a downloaded pyfunc model directory
+    (None: a version without it)."""
+    from pipeline.onnx_export import FILE, INT8_FILE
+
+    path = Path(model_dir) / "artifacts" / (INT8_FILE if int8 else FILE)
+    return path if path.is_file() else None

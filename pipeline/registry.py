@@ -222,11 +222,12 @@ def load_version(version: int, name: str | None = None, device=None, tracking_ur
     local = download_version(int(mv.version), name, client)
     predictor = Predictor.from_checkpoint(checkpoint_in(local), device=device)
     tags = mv.tags or {}
-    if fast and tags.get(FAST_PATH_TAG) == "on" and onnx_in(local) is not None:
+    precision = tags.get(f"{FAST_PATH_TAG}.precision") or None
+    onnx_file = onnx_in(local, int8=precision == "int8")
+    if fast and tags.get(FAST_PATH_TAG) == "on" and onnx_file is not None:
         from pipeline.fastpath import FastEngine
 
-        predictor.engine = FastEngine(onnx_in(local), predictor.intensity,
-                                      precision=tags.get(f"{FAST_PATH_TAG}.precision"), threads=threads)
+        predictor.engine = FastEngine(onnx_file, predictor.intensity, precision=precision, threads=threads)
     return predictor, mv
 
 

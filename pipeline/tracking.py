@@ -1,6 +1,6 @@
 """Run logging and lineage in MLflow: a training run with its parameters, metrics, plots, data
-version and system facts, and the new registered version (pyfunc + validated ONNX export) that
-it produces, aliased `challenger`.
+version and system facts, and the new registered version (pyfunc + validated ONNX export and its
+int8 copy) that it produces, aliased `challenger`.
 
 Who calls it: the DAG's train task and `python -m pipeline train --mlflow` (tracked_train);
 imports of models trained elsewhere, tests and benchmarks (register_checkpoint).
@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import getpass
 import io
+import logging
 import socket
 import subprocess
 import tempfile
@@ -23,8 +24,7 @@ from pipeline.params import Params
 from pipeline.registry import (CHALLENGER, METRIC_KEYS, _client, _finite, _jsonable, _name, check_server,
                                log_version_scores)
 
-
-
+log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
 
@@ -83,13 +83,12 @@ def _dataset_input(splits, data_root: Path, digest: str, name: str):
                                    source=source, targets="label", name=name, digest=digest[:36])
 
 
-def _validation_arrays(data_root: Path | None, image_size: int, n: int = 32):
-    """(uint8 [n, S, S], where from): n real X-rays spread over the data, else a synthetic set."""
+def _real_arrays(files: list[Path], image_size: int, n: int):
+    """uint8 [<= n, S, S]: n real X-rays spread over `files` (unreadable ones skipped), None if none."""
     import numpy as np
 
     from pipeline.preprocess import load_array
 
-    files = sorted(Path(data_root).rglob("*.jpeg")) if data_root else []
     arrays = []
     for path in files[::max(1, len(files) // n)]:
         try:
@@ -98,32 +97,56 @@ def _validation_arrays(data_root: Path | None, image_size: int, n: int = 32):
             continue
         if len(arrays) == n:
             break
-    if arrays:
-        return np.stack(arrays), f"{len(arrays)} real X-rays of {data_root}"
+    return np.stack(arrays) if arrays else None
+
+
+def _validation_arrays(data_root: Path | None, image_size: int, n: int = 32):
+    """(uint8 [n, S, S], where from): n real X-rays spread over the data, else a synthetic set."""
+    import numpy as np
+
+    arrays = _real_arrays(sorted(Path(data_root).rglob("*.jpeg")), image_size, n) if data_root else None
+    if arrays is not None:
+        return arrays, f"{len(arrays)} real X-rays of {data_root}"
     rng = np.random.default_rng(0)  # no data given (imports, benchmarks): textured grey images
     ramp = np.linspace(0, 255, image_size)[None, :, None]
     return np.clip(ramp + rng.normal(0, 40, (n, image_size, image_size)), 0, 255).astype(np.uint8), "synthetic"
 
 
-def _export_onnx(checkpoint: Path, out_dir: Path, data_root: Path | None) -> tuple[Path, dict[str, str]]:
-    """The checkpoint's ONNX export, validated by ONNX Runtime (raises onnx_export.OnnxMismatch)."""
+def _export_onnx(checkpoint: Path, out_dir: Path, data_root: Path | None,
+                 calibration: list[Path] | None = None) -> tuple[Path, Path | None, dict[str, str]]:
+    """The checkpoint's ONNX export, validated by ONNX Runtime (raises onnx_export.OnnxMismatch),
+    and its int8 copy calibrated on the `calibration` X-rays (training patients' files; None: no
+    int8 copy). A failed quantization is logged and leaves the version without the int8 copy:
+    like the whole fast path, it is an optimisation, never a requirement."""
     import mlflow
 
     from pipeline import onnx_export
     from pipeline.predict import Predictor
 
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
-    path = onnx_export.export(predictor, out_dir / "model.onnx")
+    path = onnx_export.export(predictor, out_dir / onnx_export.FILE)
     arrays, source = _validation_arrays(data_root, predictor.image_size)
     report = onnx_export.validate(path, predictor, arrays)
     mlflow.log_dict({**report, "images": source}, "onnx/validation.json")
-    return path, {"onnx.max_abs_logit_diff": f"{report['max_abs_logit_diff']:.1e}", "onnx.validated_on": source}
+    tags = {"onnx.max_abs_logit_diff": f"{report['max_abs_logit_diff']:.1e}", "onnx.validated_on": source}
+    int8 = None
+    images = _real_arrays(sorted(calibration), predictor.image_size, onnx_export.CALIBRATION_IMAGES) \
+        if calibration else None
+    if images is not None:
+        try:
+            int8 = onnx_export.quantize(path, images, predictor.intensity, out_dir / onnx_export.INT8_FILE)
+            tags["onnx.int8_calibrated_on"] = f"{len(images)} training X-rays"
+        except Exception as exc:  # noqa: BLE001
+            log.warning("int8 copy not made: %s: %s", type(exc).__name__, exc)
+            tags["onnx.int8_calibrated_on"] = f"failed: {type(exc).__name__}: {exc}"[:250]
+    return path, int8, tags
 
 
 def _register(client, name: str, checkpoint: Path, run_id: str, example: bytes | None,
-              version_tags: dict[str, str], data_root: Path | None = None) -> Any:
-    """Log the pyfunc (with its validated ONNX export) under the active run, register it as a new
-    version, alias it challenger."""
+              version_tags: dict[str, str], data_root: Path | None = None,
+              calibration: list[Path] | None = None) -> Any:
+    """Log the pyfunc (with its validated ONNX export and int8 copy) under the active run, register
+    it as a new version, alias it challenger."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -138,8 +161,9 @@ def _register(client, name: str, checkpoint: Path, run_id: str, example: bytes |
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     with tempfile.TemporaryDirectory(prefix="xray-onnx-") as tmp:
-        onnx_file, onnx_tags = _export_onnx(checkpoint, Path(tmp), data_root)
-        info = log_pyfunc(checkpoint, input_example=example, name=MODEL_ARTIFACT, onnx=onnx_file)
+        onnx_file, int8_file, onnx_tags = _export_onnx(checkpoint, Path(tmp), data_root, calibration)
+        info = log_pyfunc(checkpoint, input_example=example, name=MODEL_ARTIFACT, onnx=onnx_file,
+                          onnx_int8=int8_file)
     tags = {"run_id": run_id, **onnx_tags, **version_tags}
     mv = mlflow.register_model(info.model_uri, name, tags=tags)
     client.set_registered_model_alias(name, CHALLENGER, mv.version)
@@ -294,7 +318,7 @@ def _register_trained(client, name: str, result, metrics: dict, params: Params, 
     mv = _register(client, name, Path(result.checkpoint), run_id, _example_bytes(data_root, image_size), {
         "data.version": data_version or "none", "data.fingerprint": fingerprint or "none",
         "git_commit": commit, "trigger": trigger,
-    }, data_root=data_root)
+    }, data_root=data_root, calibration=[s.path for s in result.splits.train] if result.splits else None)
     log_version_scores(client, name, int(mv.version), {f"test.{k}": metrics[k] for k in METRIC_KEYS
                                                       if k in metrics})
     mlflow.set_tags({"registered_model": name, "registered_version": str(mv.version)})
@@ -305,10 +329,11 @@ def _register_trained(client, name: str, result, metrics: dict, params: Params, 
 
 
 def register_checkpoint(checkpoint, params: Params, run_name: str | None = None, tags: dict | None = None,
-                        metrics: dict | None = None, data_root=None) -> dict:
+                        metrics: dict | None = None, data_root=None, calibration: list[Path] | None = None) -> dict:
     """Log an existing model.pt as a run + new registered version (alias `challenger`).
 
     For models trained elsewhere (and for tests/benchmarks: degraded models). No training.
+    calibration: training X-rays for the int8 copy (None: the version gets none).
     """
     import mlflow
 
@@ -324,6 +349,6 @@ def register_checkpoint(checkpoint, params: Params, run_name: str | None = None,
             mlflow.log_metrics({f"test_{k}": float(v) for k, v in metrics.items() if _finite(v)})
         example = _example_bytes(Path(data_root), params.preprocess.image_size) if data_root else None
         mv = _register(client, name, Path(checkpoint), run.info.run_id, example, {"trigger": tags["trigger"]},
-                       data_root=Path(data_root) if data_root else None)
+                       data_root=Path(data_root) if data_root else None, calibration=calibration)
     return {"run_id": run.info.run_id, "version": int(mv.version), "model_name": name,
             "model_uri": f"models:/{name}/{mv.version}"}

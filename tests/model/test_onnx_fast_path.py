@@ -1,5 +1,6 @@
-"""The ONNX export (pipeline.onnx_export) and the site's fast path (pipeline.fastpath) on real
-X-rays: ONNX Runtime matches PyTorch, the fast path agrees with the float32 reference or is not used."""
+"""The ONNX export (pipeline.onnx_export), its int8 copy and the site's fast path (pipeline.fastpath)
+on real X-rays: ONNX Runtime matches PyTorch, the fast path agrees with the float32 reference or is
+not used, and an int8 copy that disagrees gives way to the float32 file."""
 from __future__ import annotations
 
 import numpy as np
@@ -29,6 +30,14 @@ def xrays(shared_datasets, predictor) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def onnx_file(predictor, tmp_path_factory):
     return onnx_export.export(predictor, tmp_path_factory.mktemp("onnx") / "model.onnx")
+
+
+@pytest.fixture(scope="module")
+def training_xrays(shared_datasets, predictor) -> np.ndarray:
+    """Calibration images for the int8 copy: training films only, none of `xrays`' own test films."""
+    files = sorted((shared_datasets / "chest_xray" / "train" / "NORMAL").glob("*.jpeg"))[8:28]
+    files += sorted((shared_datasets / "chest_xray" / "train" / "PNEUMONIA").glob("*.jpeg"))[8:28]
+    return np.stack([preprocess.load_array(f, predictor.image_size) for f in files])
 
 
 def test_onnx_runtime_matches_pytorch_on_real_xrays(predictor, xrays, onnx_file):
@@ -65,6 +74,9 @@ def test_fast_path_agrees_with_the_reference_or_is_refused(predictor, xrays, onn
     assert not fastpath.verdict({"a": {**ok, "label_agreement": 0.99}})[0]
     assert not fastpath.verdict({"a": {**ok, "gate_agreement": 0.99}})[0]
     assert "AUC" in fastpath.verdict({"a": ok, "b": {**ok, "auc_delta": 0.003}})[1]
+    # and the confidence stays calibrated: ECE may grow by 0.01, not more
+    assert fastpath.verdict({"a": {**ok, "ece_reference": 0.02, "ece_fast": 0.03}})[0]
+    assert "calibration" in fastpath.verdict({"a": {**ok, "ece_reference": 0.02, "ece_fast": 0.035}})[1]
 
 
 def test_predictor_on_the_fast_engine_answers_like_the_reference(predictor, xrays, onnx_file, tiny_checkpoint):
@@ -75,3 +87,40 @@ def test_predictor_on_the_fast_engine_answers_like_the_reference(predictor, xray
     ref_logits, ref_feats = predictor.forward(xrays[0])
     assert logits == pytest.approx(ref_logits, abs=1e-3)
     assert np.abs(feats - ref_feats).max() < 1e-2
+
+
+def test_int8_copy_is_quantized_keeps_the_metadata_and_runs_in_onnx_runtime(predictor, xrays, onnx_file,
+                                                                            training_xrays, tmp_path):
+    int8 = onnx_export.quantize(onnx_file, training_xrays, predictor.intensity, tmp_path / onnx_export.INT8_FILE)
+    model = onnx.load(str(int8))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["precision"] == "int8" and meta["threshold"] == repr(predictor.threshold)
+    x = preprocess.model_input(torch.from_numpy(xrays[0])[:, None], predictor.intensity).numpy()
+    logit, feats = onnx_export.session(int8).run(None, {"image": x})
+    ref_logits, _ = predictor.reference_forward(xrays[0])
+    assert logit.shape == (24,) and feats.shape == (24, 512)
+    # a quantized copy of the same network: not equal to it, but ranking the films alike
+    assert np.abs(logit - ref_logits).max() > 0
+    assert np.corrcoef(logit, ref_logits)[0, 1] > 0.95
+
+
+def test_fast_path_check_tries_int8_first_and_falls_back_when_it_disagrees(predictor, xrays, onnx_file,
+                                                                          training_xrays, tiny_checkpoint,
+                                                                          tmp_path):
+    good = onnx_export.quantize(onnx_file, training_xrays, predictor.intensity, tmp_path / "good.onnx")
+    result = fastpath.check(predictor, onnx_file, {"held-out": xrays}, int8_path=good)
+    assert next(iter(result["tried"])) == "int8"
+    assert (result["precision"] == "int8") == result["tried"]["int8"]["ok"]
+    # an int8 file of another network (its logits negated) must not answer for this one
+    other = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    with torch.no_grad():
+        other.model.fc.weight.neg_()
+        other.model.fc.bias.neg_()
+    bad = onnx_export.quantize(onnx_export.export(other, tmp_path / "other.onnx"), training_xrays,
+                               predictor.intensity, tmp_path / "bad.onnx")
+    result = fastpath.check(predictor, onnx_file, {"held-out": xrays}, int8_path=bad)
+    assert list(result["tried"]) == ["int8", result["precision"]] and result["precision"] in ("bf16", "f32")
+    assert not result["tried"]["int8"]["ok"] and result["reason"].startswith("int8: ")
+    assert result["ok"] == result["tried"][result["precision"]]["ok"]

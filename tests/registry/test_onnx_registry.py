@@ -18,6 +18,11 @@ def test_registered_version_carries_a_validated_onnx_file(mlflow_server, trained
     local = registry.download_version(trained["version"], name)
     onnx_file = onnx_in(local)
     assert onnx_file is not None and onnx_file.name == "model.onnx"
+    # and its int8 copy, calibrated on the run's training patients (tracked_train passes them)
+    int8_file = onnx_in(local, int8=True)
+    assert int8_file is not None and int8_file.name == "model_int8.onnx"
+    n_calibration = int(mv.tags["onnx.int8_calibrated_on"].split()[0])
+    assert 0 < n_calibration <= onnx_export.CALIBRATION_IMAGES
     # run by ONNX Runtime straight from the registry's copy, it answers like the registered network
     predictor, _ = registry.load_version(trained["version"], name)
     arrays = np.stack([preprocess.load_array(p, predictor.image_size)
@@ -44,6 +49,9 @@ def test_fast_path_check_tags_the_version_and_loading_follows_the_tag(mlflow_ser
     assert fast.engine is not None and fast.engine_name.startswith("openvino-")
     reference, _ = registry.load_version(version, name)  # fast=False: the reference, whatever the tag
     assert reference.engine is None
+    client.set_model_version_tag(name, str(version), "fast_path.precision", "int8")  # the int8 copy's verdict
+    assert registry.load_version(version, name, fast=True)[0].engine_name == "openvino-int8"
+    client.set_model_version_tag(name, str(version), "fast_path.precision", tags["fast_path.precision"])
     client.set_model_version_tag(name, str(version), "fast_path", "off")
     assert registry.load_version(version, name, fast=True)[0].engine is None
     client.set_model_version_tag(name, str(version), "fast_path", tags["fast_path"])
