@@ -149,6 +149,8 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("DATA", REPO.parent / "shared" / "datasets"
                                                                      / "chest_xray")),
                     help="dataset whose held-out patients (and their stress shifts) score the fast path")
+    ap.add_argument("--no-int8", action="store_true",
+                    help="register the checkpoint without its int8 copy (the fast path is then bf16/f32)")
     ap.add_argument("--json", type=Path, help="write the figures here too")
     args = ap.parse_args()
 
@@ -182,7 +184,8 @@ def main() -> int:
             env_name = os.environ.pop("XRAY_MODEL_NAME", None)
             splits, _report, cache = data.load(args.data, params)
             version = tracking.register_checkpoint(ckpt, reg_params, tags={"trigger": "bench"}, data_root=args.data,
-                                                   calibration=[s.path for s in splits.train])["version"]
+                                                   calibration=None if args.no_int8 else
+                                                   [s.path for s in splits.train])["version"]
             candidates.check_fast_path(version, splits, params, cache, name)
             registry.promote(version, name=name, force=True)
             if env_name is not None:

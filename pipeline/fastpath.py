@@ -2,9 +2,9 @@
 
 The fast path runs the version's own ONNX files (`pipeline.onnx_export`, the files hospitals get)
 compiled by OpenVINO: the int8 copy, or the float32 file in bfloat16 where the CPU has it
-(AVX-512 BF16 / AMX), float32 otherwise. Measured on 2 cores (docs/benchmarks.md): a 160 px
-ResNet18 forward pass of eight images takes ~90 ms in float32, ~20 ms in bf16 and ~9 ms in int8
-on a Xeon with AMX; one image ~13, ~3 and ~2 ms.
+(AVX-512 BF16 / AMX), float32 otherwise. Measured on 2 cores of a Xeon with AMX
+(benchmarks/bench_engines.py): a 160 px ResNet18 forward pass of eight images takes 62 ms in
+PyTorch float32, 11 ms in OpenVINO bf16 and 7.2 ms in int8; one image 11.8, 3.0 and 2.1 ms.
 
 Decision: the float32 PyTorch network stays the reference (training, evaluation, the pyfunc,
 Grad-CAM). When the DAG evaluates a new version, `check` scores the fast path against that
