@@ -15,8 +15,9 @@ tolerance leaves room for other kernels, and is 1/1000 of a typical decision mar
 `quantize` writes an int8 copy of the file (NNCF post-training quantization: QuantizeLinear /
 DequantizeLinear pairs, which OpenVINO and ONNX Runtime both run as int8 kernels), its activation
 ranges calibrated on training X-rays (1.4-1.5x faster than bfloat16 on a Xeon with AMX,
-benchmarks/bench_engines.py). It is not validated against a tolerance here: whether it may answer doctors is decided by the
-fast-path agreement check (pipeline.fastpath), on the held-out patients and every stress shift.
+benchmarks/bench_engines.py). It is not validated against a tolerance here: whether it may
+answer doctors is decided by the fast-path agreement check (pipeline.fastpath), on the held-out
+patients and every stress shift.
 """
 from __future__ import annotations
 
