@@ -11,9 +11,9 @@ Grad-CAM). When the DAG evaluates a new version, `check` scores the fast path ag
 reference on the held-out patients and every stress shift, int8 first, then bf16/f32; a
 precision passes only if the labels agree on >= MIN_LABEL_AGREEMENT of the images, the AUC moves
 by <= MAX_AUC_DELTA, the calibration error grows by <= MAX_ECE_INCREASE and the input gate
-refuses the same images (>= MIN_LABEL_AGREEMENT). The
-version is tagged `fast_path=on` with the first precision that passes; the site uses the fast
-path for versions tagged `on`, at that precision; any other version is served by the reference.
+refuses the same images (>= MIN_LABEL_AGREEMENT). The version is tagged `fast_path=on` with the
+first precision that passes; the site uses the fast path for versions tagged `on`, at that
+precision; any other version is served by the reference.
 """
 from __future__ import annotations
 
