@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pipeline import config, fastpath, onnx_export, preprocess
@@ -54,9 +53,8 @@ def main() -> None:
         predictor = Predictor(build_model("scratch"), params.preprocess.image_size, 0.5, device="cpu",
                               intensity=params.preprocess.intensity)
     size = predictor.image_size
-    files = sorted((args.data / "train").rglob("*.jpeg"))
-    files = files[::max(1, len(files) // onnx_export.CALIBRATION_IMAGES)][:onnx_export.CALIBRATION_IMAGES]
-    calibration = np.stack([preprocess.load_array(f, size) for f in files])
+    calibration = preprocess.load_spread(sorted((args.data / "train").rglob("*.jpeg")), size,
+                                         onnx_export.CALIBRATION_IMAGES)
     images = calibration[:8]
     with tempfile.TemporaryDirectory(prefix="bench-engines-") as tmp:
         f32 = onnx_export.export(predictor, Path(tmp) / onnx_export.FILE)

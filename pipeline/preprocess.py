@@ -221,6 +221,20 @@ def load_array(source: bytes | str | Path, size: int, **limits) -> np.ndarray:
     return to_array(load_image(source, draft_size=size, **limits), size)
 
 
+def load_spread(files: list[Path], size: int, n: int) -> np.ndarray | None:
+    """uint8 [<= n, size, size]: n images spread evenly over `files` (unreadable ones skipped);
+    None if none could be read. Validation and calibration samples of a dataset."""
+    arrays = []
+    for path in files[::max(1, len(files) // n)]:
+        try:
+            arrays.append(load_array(path, size))
+        except Exception:  # noqa: BLE001 - an unusable file: the next one
+            continue
+        if len(arrays) == n:
+            break
+    return np.stack(arrays) if arrays else None
+
+
 def preprocess(source: bytes | str | Path, size: int, mode: str = "none", **limits):
     """bytes or path -> float32 tensor [1, size, size], ready for a model using intensity `mode`."""
     return to_tensor(load_array(source, size, **limits), mode)

@@ -83,28 +83,13 @@ def _dataset_input(splits, data_root: Path, digest: str, name: str):
                                    source=source, targets="label", name=name, digest=digest[:36])
 
 
-def _real_arrays(files: list[Path], image_size: int, n: int):
-    """uint8 [<= n, S, S]: n real X-rays spread over `files` (unreadable ones skipped), None if none."""
-    import numpy as np
-
-    from pipeline.preprocess import load_array
-
-    arrays = []
-    for path in files[::max(1, len(files) // n)]:
-        try:
-            arrays.append(load_array(path, image_size))
-        except Exception:  # noqa: BLE001 - an unusable file: the next one
-            continue
-        if len(arrays) == n:
-            break
-    return np.stack(arrays) if arrays else None
-
-
 def _validation_arrays(data_root: Path | None, image_size: int, n: int = 32):
     """(uint8 [n, S, S], where from): n real X-rays spread over the data, else a synthetic set."""
     import numpy as np
 
-    arrays = _real_arrays(sorted(Path(data_root).rglob("*.jpeg")), image_size, n) if data_root else None
+    from pipeline.preprocess import load_spread
+
+    arrays = load_spread(sorted(Path(data_root).rglob("*.jpeg")), image_size, n) if data_root else None
     if arrays is not None:
         return arrays, f"{len(arrays)} real X-rays of {data_root}"
     rng = np.random.default_rng(0)  # no data given (imports, benchmarks): textured grey images
@@ -122,6 +107,7 @@ def _export_onnx(checkpoint: Path, out_dir: Path, data_root: Path | None,
 
     from pipeline import onnx_export
     from pipeline.predict import Predictor
+    from pipeline.preprocess import load_spread
 
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
     path = onnx_export.export(predictor, out_dir / onnx_export.FILE)
@@ -130,7 +116,7 @@ def _export_onnx(checkpoint: Path, out_dir: Path, data_root: Path | None,
     mlflow.log_dict({**report, "images": source}, "onnx/validation.json")
     tags = {"onnx.max_abs_logit_diff": f"{report['max_abs_logit_diff']:.1e}", "onnx.validated_on": source}
     int8 = None
-    images = _real_arrays(sorted(calibration), predictor.image_size, onnx_export.CALIBRATION_IMAGES) \
+    images = load_spread(sorted(calibration), predictor.image_size, onnx_export.CALIBRATION_IMAGES) \
         if calibration else None
     if images is not None:
         try:

@@ -2,6 +2,9 @@
 tags the version, and only a version tagged `fast_path=on` is loaded on the fast engine."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -21,8 +24,8 @@ def test_registered_version_carries_a_validated_onnx_file(mlflow_server, trained
     # and its int8 copy, calibrated on the run's training patients (tracked_train passes them)
     int8_file = onnx_in(local, int8=True)
     assert int8_file is not None and int8_file.name == "model_int8.onnx"
-    n_calibration = int(mv.tags["onnx.int8_calibrated_on"].split()[0])
-    assert 0 < n_calibration <= onnx_export.CALIBRATION_IMAGES
+    n_train = len(json.loads(Path(trained["out_dir"], "split.json").read_text())["train"])
+    assert mv.tags["onnx.int8_calibrated_on"] == f"{min(n_train, onnx_export.CALIBRATION_IMAGES)} training X-rays"
     # run by ONNX Runtime straight from the registry's copy, it answers like the registered network
     predictor, _ = registry.load_version(trained["version"], name)
     arrays = np.stack([preprocess.load_array(p, predictor.image_size)
