@@ -9,8 +9,9 @@ An upload is untrusted, so nothing is decoded before the header says it fits the
   most header + pixel budget bytes of work, never inflated whole.
 - frames x rows x columns x samples x bytes is checked against the pixel budget before any
   decoding, and only the first frame is decoded (compressed multi-frame files cost one frame).
-- For JPEG-family frames the codestream's own size must match Rows x Columns, since the codec
-  allocates what the codestream says, not what the DICOM header says.
+- For JPEG-family frames the codestream's own size and components must match the header, since
+  the codec allocates what the codestream says, not what the DICOM header says; a JPEG frame's
+  scans and a JPEG 2000 frame's tiles are counted, and its bit depth checked (`_check_codestream`).
 
 Intensity: see `to_uint8`. The Modality LUT (or Rescale Slope/Intercept) is applied first, then
 the VOI LUT or window when the file has one (the radiographer's chosen display range), else the
@@ -24,6 +25,8 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+
+from pipeline import imagefile
 
 HEADER_BUDGET = 1 << 20        # bytes of (inflated) header before Pixel Data
 TRAILER_SLACK = 64 << 10       # bytes allowed after the pixel data of a deflated file
@@ -222,8 +225,10 @@ def check_budget(h: DicomHeader, max_pixels: int, min_side: int) -> None:
                          f"> {budget / 2**20:.0f} MB limit")
 
 
-def _check_codestream(ds, h: DicomHeader) -> None:
-    """A JPEG / JPEG-LS / JPEG 2000 frame must be the size the header declares (bounded work)."""
+def _check_codestream(ds, h: DicomHeader, max_pixels: int) -> None:
+    """A JPEG / JPEG-LS / JPEG 2000 frame must be what the header declares (size, components, bit
+    depth), with a bounded amount of work (scans, tiles): the codec allocates and loops over what
+    the codestream says, not what the DICOM header says."""
     from pydicom.encaps import generate_frames
     from pydicom.uid import UID
 
@@ -233,23 +238,51 @@ def _check_codestream(ds, h: DicomHeader) -> None:
         frame = next(generate_frames(ds.PixelData, number_of_frames=h.frames))
     except Exception as exc:
         raise DicomError(f"corrupt encapsulated pixel data: {exc}") from None
-    size = _codestream_size(frame)
-    if size is not None and size != (h.rows, h.columns):
-        raise DicomError(f"compressed frame is {size[1]}x{size[0]}, header says {h.columns}x{h.rows}")
-
-
-def _codestream_size(frame: bytes) -> tuple[int, int] | None:
-    """(rows, columns) from a JPEG/JPEG-LS SOF or a JPEG 2000 SIZ marker; None for other codecs."""
-    from pydicom.pixels.utils import _get_jpg_parameters
-
     if frame[:2] == b"\xff\xd8":
-        p = _get_jpg_parameters(frame)
-        return (p["height"], p["width"]) if "height" in p else (-1, -1)
+        _check_jpeg_frame(frame, h, max_pixels)
+        return
     j2k = frame.find(b"\xff\x4f\xff\x51", 0, 256)  # SOC + SIZ (a JP2 box header may precede it)
-    if j2k >= 0 and len(frame) >= j2k + 22:
-        x1, y1, x0, y0 = np.frombuffer(frame, ">u4", 4, j2k + 8).tolist()
-        return y1 - y0, x1 - x0
-    return None
+    if j2k >= 0:
+        _check_siz(frame[j2k + 4:], h)
+
+
+def _check_jpeg_frame(frame: bytes, h: DicomHeader, max_pixels: int) -> None:
+    try:
+        info = imagefile.jpeg_info(frame)
+        imagefile.check_jpeg(info, max_pixels)
+    except imagefile.FileStructureError as exc:
+        raise DicomError(f"compressed frame: {exc}") from None
+    if (info.height, info.width) != (h.rows, h.columns):
+        raise DicomError(f"compressed frame is {info.width}x{info.height}, header says {h.columns}x{h.rows}")
+    if info.components != h.samples:
+        raise DicomError(f"compressed frame has {info.components} components, header says {h.samples} samples")
+
+
+MAX_J2K_TILES = 4096
+
+
+def _check_siz(siz: bytes, h: DicomHeader) -> None:
+    """JPEG 2000 SIZ marker segment (ISO 15444-1 A.5.1): image and tile geometry, then per component
+    its depth. Components must equal SamplesPerPixel, depth must not exceed BitsStored."""
+    if len(siz) < 38:
+        raise DicomError("corrupt JPEG 2000 codestream: SIZ marker truncated")
+    x1, y1, x0, y0, tw, th, tx0, ty0 = np.frombuffer(siz, ">u4", 8, 4).tolist()
+    components = int.from_bytes(siz[36:38], "big")
+    if (y1 - y0, x1 - x0) != (h.rows, h.columns):
+        raise DicomError(f"compressed frame is {x1 - x0}x{y1 - y0}, header says {h.columns}x{h.rows}")
+    if components != h.samples:
+        raise DicomError(f"JPEG 2000 frame declares {components} components, header says {h.samples} samples")
+    if len(siz) < 38 + 3 * components:
+        raise DicomError("corrupt JPEG 2000 codestream: SIZ marker truncated")
+    bits = h.bits_stored if 0 < h.bits_stored <= h.bits_allocated else h.bits_allocated
+    depth = max((siz[38 + 3 * c] & 0x7F) + 1 for c in range(components))
+    if depth > bits:
+        raise DicomError(f"JPEG 2000 frame declares {depth}-bit samples, header says {bits} bits stored")
+    if tw == 0 or th == 0 or tx0 > x0 or ty0 > y0:
+        raise DicomError("corrupt JPEG 2000 codestream: invalid tile grid")
+    tiles = -(-(x1 - tx0) // tw) * -(-(y1 - ty0) // th)
+    if tiles > MAX_J2K_TILES:
+        raise DicomError(f"JPEG 2000 frame of {tiles} tiles (at most {MAX_J2K_TILES}): refused")
 
 
 def decode(data: bytes, max_pixels: int, min_side: int, force: bool = False) -> np.ndarray:
@@ -286,7 +319,7 @@ def _decode(data: bytes, max_pixels: int, min_side: int, force: bool) -> np.ndar
     ds.file_meta = meta
     if "PixelData" not in ds:
         raise DicomError("DICOM file without pixel data")
-    _check_codestream(ds, h)
+    _check_codestream(ds, h, max_pixels)
     pixels = pixel_array(ds, index=0)  # the first frame only, whatever the frame count
     return to_uint8(pixels, ds, h)
 

@@ -2,7 +2,8 @@
 
 Three layers, cheapest first:
 1. the file itself: DICOM header (Modality, BodyPartExamined, ViewPosition, photometric layout,
-   frames), colourfulness of colour-encoded JPEG/PNG, aspect ratio. No model needed: old
+   frames) and aspect ratio before decoding, colourfulness of colour-encoded JPEG/PNG on a reduced
+   copy of the decoded image (pipeline.upload runs them in that order). No model needed: old
    checkpoints without a fitted gate get these checks only.
 2. the model input: how many grey levels it uses (drawings, text and logos use few).
 3. learned, fitted at training time on the training X-rays:
@@ -23,13 +24,13 @@ error row / a 422 / a message on the page. Lateral DICOM views are answered with
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
-from pipeline.preprocess import InvalidImage, is_dicom
+from pipeline.dicom import DicomHeader
+from pipeline.preprocess import InvalidImage
 
 PREFIX = "this does not look like a frontal chest radiograph: "
 ACCEPTED_MODALITIES = {"CR", "DX"}  # computed / digital radiography
@@ -43,6 +44,7 @@ CHEST_PARTS = {"CHEST", "THORAX", "LUNG", "LUNGS", "PORT CHEST", "TORSO"}
 LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD"}
 ORIENTATIONS = ("upright", "rotated 90 degrees", "upside down (rotated 180 degrees)",
                 "rotated 270 degrees", "flipped top to bottom", "inverted (a negative: bone dark)")
+COLOUR_MODES = ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr")
 MAX_COLOURFULNESS = 15.0   # Hasler-Suesstrunk; RGB-encoded X-rays measure ~0-3, photos 20-100+
 MAX_ASPECT = 4.0           # long side / short side; most films are 1-2:1, a real one is 3.2:1
 MIN_GREY_ENTROPY = 4.0     # bits; X-rays use most of the 256 levels (>6 bits), drawings a few
@@ -60,7 +62,10 @@ class NotAChestXray(InvalidImage):
 
     def __init__(self, why: str, score: float | None = None):
         super().__init__(PREFIX + why)
-        self.score = score
+        self.why, self.score = why, score
+
+    def __reduce__(self):  # crosses the decoder's process boundary (pipeline.isolation) intact
+        return type(self), (self.why, self.score)
 
 
 @dataclass
@@ -74,73 +79,65 @@ class Verdict:
         return "; ".join(self.warnings)
 
 
-# --- 1. the file --------------------------------------------------------------------------------
-def check_file(data: bytes) -> list[str]:
-    """Header-level checks of the raw upload. Returns warnings; raises NotAChestXray."""
-    if is_dicom(data) or data[1:2] == b"\x00" and data[0:1] in (b"\x02", b"\x08"):
-        return _check_dicom(data)
-    try:
-        img = Image.open(io.BytesIO(data))
-    except Exception:
-        return []  # not decodable: preprocess gives the precise reason
-    _check_aspect(img.size)
-    if img.mode in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr"):
-        score = colourfulness(img)
-        if score > MAX_COLOURFULNESS:
-            raise NotAChestXray(f"it is a colour picture (colourfulness {score:.0f}; "
-                                f"radiographs are grey, <= {MAX_COLOURFULNESS:.0f})")
-    return []
+# --- 1. the file: its header, before any decoding (pipeline.upload calls these in order) -------
+def check_dicom_header(h: DicomHeader) -> list[str]:
+    """The DICOM header's word on what the image is (read by the bounded parser, dicom.read_header).
+    Returns warnings; raises NotAChestXray."""
+    if h.modality and h.modality not in ACCEPTED_MODALITIES:
+        what = MODALITY_NAMES.get(h.modality, f"a {h.modality} image")
+        raise NotAChestXray(f"the DICOM file is {what} (modality {h.modality}); only radiographs (CR, DX) "
+                            f"can be analysed")
+    if not h.photometric.startswith("MONOCHROME"):
+        raise NotAChestXray(f"the DICOM image is in colour ({h.photometric}); radiographs are MONOCHROME")
+    if h.frames > 1:
+        raise NotAChestXray(f"the DICOM file holds {h.frames} frames (a series or a cine), not one film")
+    if h.body_part and h.body_part not in CHEST_PARTS:
+        raise NotAChestXray(f"the DICOM header says the body part examined is {h.body_part}, not the chest")
+    if h.rows and h.columns:
+        check_aspect((h.columns, h.rows))
+    warnings = []
+    if h.view_position in LATERAL_VIEWS:
+        warnings.append(f"lateral view ({h.view_position}): the model was trained on frontal (PA/AP) films "
+                        f"only, read this answer with extra caution")
+    if not h.modality:
+        warnings.append("the DICOM header names no modality")
+    return warnings
 
 
-def colourfulness(img: Image.Image, side: int = 128) -> float:
-    """Hasler & Suesstrunk (2003) colourfulness of a small copy (JPEG: decoded at 1/8 scale)."""
-    if img.format in ("JPEG", "MPO"):
-        img.draft("RGB", (side, side))
-    img = img.convert("RGBA").convert("RGB") if img.mode in ("P", "PA") else img.convert("RGB")
-    img.thumbnail((side, side))
-    rgb = np.asarray(img, dtype=np.float32)
-    rg = rgb[..., 0] - rgb[..., 1]
-    yb = 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
-    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
-
-
-def _check_aspect(size: tuple[int, int]) -> None:
+def check_aspect(size: tuple[int, int]) -> None:
     w, h = size
     if min(w, h) > 0 and max(w, h) / min(w, h) > MAX_ASPECT:
         raise NotAChestXray(f"its shape ({w}x{h}, {max(w, h) / min(w, h):.1f}:1) is far from a film's")
 
 
-def _check_dicom(data: bytes) -> list[str]:
-    import pydicom
+def check_colour(img: Image.Image) -> None:
+    """A decoded colour-encoded JPEG/PNG: radiographs stored in RGB are grey in every pixel."""
+    if img.mode in COLOUR_MODES:
+        score = colourfulness(img)
+        if score > MAX_COLOURFULNESS:
+            raise NotAChestXray(f"it is a colour picture (colourfulness {score:.0f}; "
+                                f"radiographs are grey, <= {MAX_COLOURFULNESS:.0f})")
 
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=not is_dicom(data))
-    except Exception:
-        return []  # unreadable: preprocess reports it
-    modality = str(ds.get("Modality", "") or "").strip().upper()
-    if modality and modality not in ACCEPTED_MODALITIES:
-        what = MODALITY_NAMES.get(modality, f"a {modality} image")
-        raise NotAChestXray(f"the DICOM file is {what} (modality {modality}); only radiographs (CR, DX) "
-                            f"can be analysed")
-    photometric = str(ds.get("PhotometricInterpretation", "") or "").upper()
-    if photometric and not photometric.startswith("MONOCHROME"):
-        raise NotAChestXray(f"the DICOM image is in colour ({photometric}); radiographs are MONOCHROME")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise NotAChestXray(f"the DICOM file holds {frames} frames (a series or a cine), not one film")
-    part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
-    if part and part not in CHEST_PARTS:
-        raise NotAChestXray(f"the DICOM header says the body part examined is {part}, not the chest")
-    if "Rows" in ds and "Columns" in ds:
-        _check_aspect((int(ds.Columns), int(ds.Rows)))
-    warnings = []
-    view = str(ds.get("ViewPosition", "") or "").strip().upper()
-    if view in LATERAL_VIEWS:
-        warnings.append(f"lateral view ({view}): the model was trained on frontal (PA/AP) films only, "
-                        f"read this answer with extra caution")
-    if not modality:
-        warnings.append("the DICOM header names no modality")
-    return warnings
+
+def colourfulness(img: Image.Image, side: int = 128) -> float:
+    """Hasler & Suesstrunk (2003) colourfulness, on a reduced copy (a palette image: on its palette,
+    weighted by use), so it never costs a full-size colour copy of the upload."""
+    if img.mode in ("P", "PA"):
+        palette = np.asarray(img.getpalette("RGB") or [0] * 768, np.float32).reshape(-1, 3)
+        counts = np.asarray(img.histogram()[:len(palette)], np.float64)  # PA: its first band, the index
+        return _colourfulness(palette[:len(counts)], counts)
+    small = img.reduce(max(1, min(img.size) // side)) if min(img.size) > 2 * side else img
+    rgb = np.asarray(small.convert("RGB"), np.float32).reshape(-1, 3)
+    return _colourfulness(rgb, np.ones(len(rgb)))
+
+
+def _colourfulness(rgb: np.ndarray, weight: np.ndarray) -> float:
+    w = weight / max(weight.sum(), 1e-12)
+    rg = rgb[:, 0] - rgb[:, 1]
+    yb = 0.5 * (rgb[:, 0] + rgb[:, 1]) - rgb[:, 2]
+    m_rg, m_yb = float(w @ rg), float(w @ yb)
+    s_rg, s_yb = np.sqrt(w @ (rg - m_rg) ** 2), np.sqrt(w @ (yb - m_yb) ** 2)
+    return float(np.hypot(s_rg, s_yb) + 0.3 * np.hypot(m_rg, m_yb))
 
 
 # --- 2. the model input -------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline import config, gate, preprocess
+from pipeline import config, gate, preprocess, upload
 from pipeline.calibration import Calibration
 from pipeline.model import build_model, head, last_stage, load_checkpoint, logits_and_features
 
@@ -73,9 +73,8 @@ class Predictor:
     def predict(self, source: bytes | str | Path) -> Prediction:
         """Raises preprocess.InvalidImage for anything that is not a usable X-ray, and its
         subclass gate.NotAChestXray for a readable file that is not a frontal chest film."""
-        data = preprocess.read_bytes(source)
-        warnings = gate.check_file(data)
-        return self.gated(preprocess.load_array(data, self.image_size), warnings)
+        decoded = upload.decode_untrusted(preprocess.read_bytes(source), self.image_size)
+        return self.gated(decoded.array, decoded.warnings)
 
     def predict_image(self, img: Image.Image) -> Prediction:
         return self.gated(preprocess.to_array(img, self.image_size))

@@ -27,9 +27,9 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageChops, ImageFile, ImageOps
 
-from pipeline import dicom
+from pipeline import dicom, imagefile
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never silently grey
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
@@ -37,7 +37,8 @@ DEFAULT_MAX_PIXELS = 40_000_000
 MIN_SIDE = 64
 # Grayscale equivalent of the ImageNet statistics, so `imagenet` init sees familiar inputs.
 MEAN, STD = 0.449, 0.226
-ACCEPTED_FORMATS = {"JPEG", "PNG", "MPO"}  # MPO: multi-picture JPEG written by some cameras
+OPENED_FORMATS = ("JPEG", "PNG")  # Pillow's JPEG opener also gives MPO (multi-picture, some cameras)
+DECODED_BYTES_PER_PIXEL = 2       # decoded bytes allowed per pixel of the limit (as dicom.py)
 
 
 class InvalidImage(ValueError):
@@ -72,8 +73,14 @@ def load_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
     min_side: int = MIN_SIDE,
+    inspect=None,
 ) -> Image.Image:
     """Decode and validate one X-ray (JPEG, PNG or DICOM); returns a fully loaded "L" image.
+
+    What decoding will cost is checked from the file's structure first (format, size, pixel and
+    byte budget, JPEG scans; DICOM: dicom.py), then it is decoded once. `inspect(img)`, when
+    given, sees the picture before it becomes grey (the input gate's colour and shape checks):
+    a JPEG in colour through a separate 1/8-scale colour decode, a PNG as decoded.
 
     Raises InvalidImage for empty, oversized, non-image, corrupt, truncated or bomb files.
     """
@@ -81,24 +88,71 @@ def load_image(
     if is_dicom(data):
         return _dicom_image(data, max_pixels, min_side)
     try:
-        img = Image.open(io.BytesIO(data))
+        img = open_image(data, max_pixels, min_side)
+    except InvalidImage:
+        if dicom.looks_like_headerless(data):
+            return _dicom_image(data, max_pixels, min_side, force=True)
+        raise
+    jpeg = img.format in ("JPEG", "MPO")
+    if inspect is not None and jpeg:
+        if img.mode == "L":
+            inspect(img)  # a grey JPEG: its header is all there is to check
+        else:
+            preview = open_image(data, max_pixels, min_side)
+            preview.draft("RGB", (128, 128))
+            inspect(_loaded(preview, max_pixels))
+    if draft_size and jpeg:
+        img.draft("L", (draft_size, draft_size))
+    _loaded(img, max_pixels)
+    if inspect is not None and not jpeg:
+        inspect(img)
+    bits = imagefile.png_significant_bits(data) if img.mode.startswith("I") and not jpeg else None
+    img = ImageOps.exif_transpose(img)
+    return _not_blank(to_grayscale(img, bits))
+
+
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE) -> Image.Image:
+    """A JPEG or PNG upload opened lazily (header only), its geometry and structure checked."""
+    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own guard agrees with ours (it refuses at 2x)
+    try:
+        img = Image.open(io.BytesIO(data), formats=OPENED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise InvalidImage(f"decompression bomb: {exc}") from None
     except Exception:
-        if dicom.looks_like_headerless(data):
-            return _dicom_image(data, max_pixels, min_side, force=True)
-        raise InvalidImage("not an image (expected JPEG, PNG or DICOM)") from None
-    if img.format not in ACCEPTED_FORMATS:
-        raise InvalidImage(f"unsupported format {img.format} (expected JPEG, PNG or DICOM)")
+        raise InvalidImage(f"{_sniffed(data)} (expected JPEG, PNG or DICOM)") from None
     _check_geometry(img.size, max_pixels, min_side)
-    if draft_size and img.format in ("JPEG", "MPO"):
-        img.draft("L", (draft_size, draft_size))
+    try:
+        if img.format in ("JPEG", "MPO"):
+            imagefile.check_jpeg(imagefile.jpeg_info(data), max_pixels)
+    except imagefile.FileStructureError as exc:
+        raise InvalidImage(str(exc)) from None
+    return img
+
+
+def _sniffed(data: bytes) -> str:
+    """What a refused file is, in words, from its first bytes."""
+    for magic, name in ((b"GIF8", "GIF"), (b"II*\0", "TIFF"), (b"MM\0*", "TIFF"), (b"BM", "BMP"),
+                        (b"\0\0\0\x0cjP  ", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"), (b"%PDF", "PDF")):
+        if data.startswith(magic):
+            return f"unsupported format {name}"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "unsupported format WEBP"
+    return "not an image"
+
+
+def _loaded(img: Image.Image, max_pixels: int) -> Image.Image:
+    """Decode, once the decoded size (after any draft) fits the byte budget: a colour or 16-bit
+    image may use what an 8-bit grey one of the pixel limit does, twice over (as dicom.py)."""
+    bands = len(img.getbands()) * (2 if img.mode.startswith("I;16") else 4 if img.mode in ("I", "F") else 1)
+    decoded = img.size[0] * img.size[1] * bands
+    if decoded > DECODED_BYTES_PER_PIXEL * max_pixels:
+        raise InvalidImage(f"decompression bomb: {img.size[0]}x{img.size[1]} {img.mode} = "
+                           f"{decoded / 2**20:.0f} MB decoded > {DECODED_BYTES_PER_PIXEL * max_pixels / 2**20:.0f} MB limit")
     try:
         img.load()
-    except Exception as exc:  # truncated data, broken Huffman tables, CRC errors...
-        raise InvalidImage(f"corrupt or truncated image: {exc}") from None
-    img = ImageOps.exif_transpose(img)
-    return _not_blank(to_grayscale(img))
+    except Exception as exc:  # truncated data, broken Huffman tables, CRC errors, bombs...
+        raise InvalidImage(f"corrupt or truncated image: {exc}"[:300]) from None
+    return img
 
 
 def _not_blank(img: Image.Image) -> Image.Image:
@@ -119,22 +173,46 @@ def _check_geometry(size: tuple[int, int], max_pixels: int, min_side: int) -> No
         raise InvalidImage(f"image too small: {width}x{height} (minimum side {min_side} px)")
 
 
-def to_grayscale(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> "L" (see the module docstring for the rules)."""
+def to_grayscale(img: Image.Image, significant_bits: int | None = None) -> Image.Image:
+    """Any Pillow mode -> "L" (see the module docstring for the rules). `significant_bits`: a 16-bit
+    PNG's sBIT, its declared range when the samples were stored unscaled (imagefile)."""
     if img.mode == "L":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit PNG ("I" holds them in some versions)
-        return _scaled(np.asarray(img), 0, 65535)
+        return _scaled(np.asarray(img), 0, sixteen_bit_range(img, significant_bits))
     if img.mode == "F":  # no declared range: taken as 0..1
         return _scaled(np.asarray(img), 0.0, 1.0)
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA"):
-        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
-        img = Image.alpha_composite(background, img.convert("RGBA"))
+    if img.mode == "P":  # through the palette: one byte per pixel in, one out (never a full RGBA copy)
+        return Image.fromarray(_palette_grey(img)[np.asarray(img)], mode="L")
+    if img.mode in ("RGBA", "LA", "PA"):  # composited onto black: grey x alpha
+        alpha = img.getchannel("A")
+        return ImageChops.multiply(img.convert("RGB" if img.mode == "PA" else img.mode[:-1]).convert("L"), alpha)
     if img.mode == "CMYK":
         img = img.convert("RGB")
     return img.convert("L")
+
+
+def sixteen_bit_range(img: Image.Image, significant_bits: int | None) -> int:
+    """The top of a 16-bit PNG's declared range: 65535, or 2**sBIT - 1 when sBIT says fewer bits are
+    significant and the samples are stored unscaled (every value fits in them: a 12-bit film
+    exported as 0..4095). The PNG standard has encoders scale such samples up to 16 bits; many
+    medical exporters do not, and then 65535 would show the film as grey levels 0-15."""
+    if significant_bits and 0 < significant_bits < 16:
+        top = (1 << significant_bits) - 1
+        if img.getextrema()[1] <= top:
+            return top
+    return 65535
+
+
+def _palette_grey(img: Image.Image) -> np.ndarray:
+    """uint8 [256]: the grey level of each palette entry, transparency composited onto black."""
+    swatch = Image.new("P", (256, 1))
+    swatch.putdata(list(range(256)))
+    swatch.putpalette(img.getpalette("RGB") or [0] * 768)
+    if "transparency" in img.info:
+        swatch.info["transparency"] = img.info["transparency"]
+        swatch = Image.alpha_composite(Image.new("RGBA", swatch.size, (0, 0, 0, 255)), swatch.convert("RGBA"))
+    return np.asarray(swatch.convert("L"))[0]
 
 
 def _scaled(pixels: np.ndarray, lo: float, hi: float) -> Image.Image:

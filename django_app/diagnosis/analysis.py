@@ -7,7 +7,6 @@ image and heat map under MEDIA_ROOT, derived display images, and nothing stored 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import tempfile
@@ -60,24 +59,12 @@ def read_upload(upload) -> bytes:
     return upload.read()
 
 
-def _limits() -> dict:
-    return {"max_pixels": settings.XRAY_MAX_PIXELS, "max_bytes": settings.XRAY_MAX_UPLOAD_BYTES,
-            "min_side": settings.XRAY_MIN_SIDE}
+def limits():
+    """The site's upload limits (settings), for pipeline.upload."""
+    from pipeline.upload import Limits
 
-
-def decode(data: bytes, draft_size: int | None):
-    """bytes -> (validated "L" image, format, (width, height)); UploadRejected otherwise."""
-    from pipeline import preprocess
-
-    try:
-        img = preprocess.load_image(data, draft_size=draft_size, **_limits())
-    except preprocess.InvalidImage as exc:
-        raise UploadRejected(exc.reason) from None
-    if preprocess.is_dicom(data):
-        return img, "DICOM", img.size
-    with Image.open(io.BytesIO(data)) as header:  # header only: the format and full size
-        fmt = "JPEG" if header.format == "MPO" else header.format
-        return img, fmt, header.size
+    return Limits(max_bytes=settings.XRAY_MAX_UPLOAD_BYTES, max_pixels=settings.XRAY_MAX_PIXELS,
+                  min_side=settings.XRAY_MIN_SIDE)
 
 
 def stored_name(name: str | None, fmt: str) -> str:
@@ -90,27 +77,31 @@ def stored_name(name: str | None, fmt: str) -> str:
 
 def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatmap: bool = True) -> Diagnosis:
     """Analyse one image with the given champion and record it. Raises UploadRejected; stores
-    nothing unless the whole analysis succeeded."""
-    from pipeline import gate
+    nothing unless the whole analysis succeeded. The file is checked and decoded by
+    pipeline.upload in a decoder process with hard limits; what is stored is its pixels only
+    (no EXIF, text chunks or DICOM header: they may name the patient)."""
+    from pipeline import gate, preprocess, upload
 
     check_size(len(data))
     t0 = time.perf_counter()
-    fmt = _sniff_format(data)  # for the refusal record: the decoder may never run
     try:  # the input gate: file checks before decoding, feature checks on the forward pass
-        warnings = gate.check_file(data)
-        img, fmt, (width, height) = decode(data, draft_size=champion.predictor.image_size)
+        decoded = upload.decode_untrusted(data, champion.predictor.image_size, limits(), keep=True)
         started = time.perf_counter()
         cam = None
         if heatmap:
-            prediction, cam = champion.gradcam(img, warnings)
+            prediction, cam = champion.gradcam(decoded.image, decoded.warnings)
         else:
-            prediction = champion.predict(img, warnings)
+            prediction = champion.predict(decoded.image, decoded.warnings)
     except gate.NotAChestXray as exc:
-        Refusal.objects.create(owner=owner, source=source, file_format=fmt, size_bytes=len(data),
+        Refusal.objects.create(owner=owner, source=source, file_format=_sniff_format(data), size_bytes=len(data),
                                reason=exc.reason[:500], gate_score=exc.score, model_name=champion.name,
                                model_version=str(champion.version))
         raise UploadRefused(exc.reason) from None
+    except preprocess.InvalidImage as exc:
+        raise UploadRejected(exc.reason) from None
     inference_ms = (time.perf_counter() - started) * 1000
+    fmt = decoded.format
+    width, height = decoded.size
 
     diagnosis = Diagnosis(
         owner=owner, source=source, original_name=stored_name(name, fmt), file_format=fmt,
@@ -123,10 +114,7 @@ def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatm
     )
     stored = []
     try:
-        if fmt == "DICOM":
-            diagnosis.image.save("image.png", ContentFile(png_bytes(img)), save=False)
-        else:
-            diagnosis.image.save(f"image.{EXTENSIONS.get(fmt, 'bin')}", ContentFile(data), save=False)
+        diagnosis.image.save(f"image.{EXTENSIONS[decoded.stored_format]}", ContentFile(decoded.stored), save=False)
         stored.append(diagnosis.image)
         if cam is not None:
             diagnosis.heatmap.save("heatmap.png", ContentFile(heatmap_png(cam)), save=False)
@@ -144,21 +132,10 @@ def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatm
 
 
 def _sniff_format(data: bytes) -> str:
-    from pipeline import preprocess
-
-    if preprocess.is_dicom(data):
+    """The format a refused file claims to be, from its first bytes (for the refusal record)."""
+    if data[128:132] == b"DICM":
         return "DICOM"
-    try:
-        with Image.open(io.BytesIO(data)) as header:
-            return "JPEG" if header.format == "MPO" else (header.format or "")[:16]
-    except Exception:
-        return ""
-
-
-def png_bytes(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=3)
-    return buf.getvalue()
+    return {b"\xff\xd8": "JPEG", b"\x89P": "PNG"}.get(data[:2], "")
 
 
 def colormap(x: np.ndarray) -> np.ndarray:
@@ -175,6 +152,8 @@ def heatmap_png(cam: np.ndarray, side: int = 512) -> bytes:
     """Grad-CAM [S, S] in [0, 1] -> smooth RGBA PNG (stretched over the X-ray, as the model squashed it)."""
     big = Image.fromarray((np.clip(cam, 0, 1) * 255).astype(np.uint8), mode="L").resize(
         (side, side), Image.Resampling.BICUBIC)
+    from pipeline.upload import png_bytes
+
     rgba = colormap(np.asarray(big, dtype=np.float32) / 255.0)
     return png_bytes(Image.fromarray(rgba, mode="RGBA"))
 
@@ -199,7 +178,9 @@ def derived_path(diagnosis: Diagnosis, kind: str) -> Path:
 def _render(source: Path, target: Path, side: int) -> None:
     from pipeline import preprocess
 
-    img = preprocess.load_image(source, draft_size=side, **_limits())  # what the model saw, grey
+    lim = limits()  # a file the site stored itself, metadata-free: decoded in process
+    img = preprocess.load_image(source, draft_size=side, max_pixels=lim.max_pixels, max_bytes=lim.max_bytes,
+                                min_side=lim.min_side)  # what the model saw, grey
     img.thumbnail((side, side), Image.Resampling.LANCZOS)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
     try:

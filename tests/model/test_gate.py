@@ -10,7 +10,7 @@ import torch
 from foreign_inputs import at_production_margin, foreign, grey_photos, misoriented, xray_dicom
 from PIL import Image, ImageFilter
 
-from pipeline import config, data, drift, gate, preprocess
+from pipeline import config, data, drift, gate, preprocess, upload
 from pipeline.predict import Predictor
 
 
@@ -38,7 +38,7 @@ def test_file_checks_refuse_without_a_model():
         if name in ("text page", "drawing"):  # grey graphics: caught on the model input (grey levels)
             continue
         with pytest.raises(gate.NotAChestXray):
-            gate.check_file(blob)
+            upload.decode(blob, 64)
 
 
 def test_file_checks_pass_every_real_upload(fullres):
@@ -46,7 +46,7 @@ def test_file_checks_pass_every_real_upload(fullres):
     rgb = 0
     for path in fullres:
         blob = path.read_bytes()
-        assert gate.check_file(blob) == [], path.name
+        assert upload.decode(blob, 64).warnings == [], path.name
         rgb += Image.open(io.BytesIO(blob)).mode == "RGB"
     assert rgb == 10
 

@@ -79,7 +79,7 @@ def test_png_crc_corruption_is_reported():
 @pytest.mark.parametrize("payload,reason", [
     (b"", "empty file"),
     (b"this is a text file, not an X-ray" * 10, "not an image"),
-    (b"%PDF-1.4\n" + b"0" * 500, "not an image"),
+    (b"%PDF-1.4\n" + b"0" * 500, "unsupported format PDF"),
 ])
 def test_non_images(payload, reason):
     with pytest.raises(InvalidImage, match=reason):

@@ -1,0 +1,177 @@
+"""JPEG and PNG files read as structures, before any pixel is decoded.
+
+An upload is untrusted: what a codec will cost is read from the file's own markers and chunks
+first, and refused when it is out of budget (the counterpart of dicom.py's header checks):
+- JPEG: the frame header (size, components, precision) and the number of scans. A progressive
+  JPEG can repeat cheap "no-op" scans thousands of times; each one makes the decoder walk every
+  block of the image, so 500 KB can cost minutes of CPU. Scans x pixels is bounded.
+- PNG: the header, and sBIT (how many bits of a 16-bit sample are significant).
+- `strip`: what the site keeps of an upload, the pixels and nothing else. EXIF, XMP, ICC,
+  comments and PNG text chunks can hold patient identifiers (scanners and phones write names,
+  dates, places); bytes after the end of the image can hold anything. Only the segments a decoder
+  needs are copied, byte for byte (no re-compression, so the pixels stay exactly as uploaded),
+  plus an orientation tag where the file had one, since it decides how the film is shown.
+"""
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+
+MAX_SCANS = 32                 # libjpeg's progressive modes write 6-10 scans, mozjpeg ~13
+SCAN_PIXEL_BUDGET = 16         # scans x pixels <= this x the pixel limit (16 full-size scans)
+# the segments a JPEG decoder needs: SOF0-15 (less the DHT/JPG/DAC codes), DHT, DAC, DQT, DRI,
+# DNL, SOS; APP14 "Adobe" says whether 3/4 components are transformed (RGB vs YCbCr, CMYK vs YCCK)
+_JPEG_KEEP = {0xC4, 0xCC, 0xDB, 0xDD, 0xDC} | {m for m in range(0xC0, 0xD0) if m not in (0xC4, 0xC8, 0xCC)}
+_SOF = {m for m in range(0xC0, 0xD0) if m not in (0xC4, 0xC8, 0xCC)}
+_SOF_LS = 0xF7  # JPEG-LS (DICOM's 1.2.840.10008.1.2.4.80/81): same frame header
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # in entropy data: FF00 is a stuffed FF, RSTn go on
+_NEXT_MARKER_LS = re.compile(rb"\xff[\x80-\xcf\xd8-\xfe]")  # JPEG-LS stuffs a 0 bit: FF then < 0x80 is data
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_KEEP = {b"IHDR", b"PLTE", b"tRNS", b"sBIT", b"IDAT", b"IEND"}
+
+
+class FileStructureError(ValueError):
+    """The file's structure is refused; the message says why (callers make it an InvalidImage)."""
+
+
+@dataclass(frozen=True)
+class JpegInfo:
+    width: int
+    height: int
+    components: int
+    precision: int
+    progressive: bool
+    scans: int
+
+
+def jpeg_info(data: bytes) -> JpegInfo:
+    """The frame header and scan count of a JPEG codestream, by walking its markers (no decoding)."""
+    if data[:2] != b"\xff\xd8":
+        raise FileStructureError("not a JPEG codestream")
+    frame, scans, pos = None, 0, 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise FileStructureError(f"corrupt JPEG: no marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:  # EOI
+            break
+        if marker in (0x01, *range(0xD0, 0xD8)):  # stand-alone markers
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if length < 2 or pos + 2 + length > len(data):
+            raise FileStructureError("corrupt or truncated JPEG segment")
+        if (marker in _SOF or marker == _SOF_LS) and frame is None and length >= 8:
+            precision, height, width, components = struct.unpack(">BHHB", data[pos + 4:pos + 10])
+            frame = (width, height, components, precision, marker in (0xC2, 0xC6, 0xCA, 0xCE))
+            next_marker = _NEXT_MARKER_LS if marker == _SOF_LS else _NEXT_MARKER
+        pos += 2 + length
+        if marker == 0xDA:  # start of scan: entropy-coded data runs to the next real marker
+            scans += 1
+            found = (next_marker if frame else _NEXT_MARKER).search(data, pos)
+            pos = found.start() if found else len(data)
+    if frame is None:
+        raise FileStructureError("corrupt JPEG: no frame header")
+    return JpegInfo(*frame[:4], progressive=frame[4], scans=scans)
+
+
+def check_jpeg(info: JpegInfo, max_pixels: int) -> None:
+    """Refuse a codestream whose scans would cost more than SCAN_PIXEL_BUDGET full decodes."""
+    pixels = max(1, info.width * info.height)
+    if info.scans > MAX_SCANS or info.scans * pixels > SCAN_PIXEL_BUDGET * max_pixels:
+        raise FileStructureError(
+            f"JPEG with {info.scans} scans of {info.width}x{info.height} px: refused, decoding it would "
+            f"cost over {SCAN_PIXEL_BUDGET} full decodes (at most {MAX_SCANS} scans)")
+
+
+def png_chunks(data: bytes):
+    """(type, payload, start, end) of each chunk of a PNG file, up to IEND (CRCs not checked here:
+    the decoder checks them)."""
+    if not data.startswith(_PNG_SIGNATURE):
+        raise FileStructureError("not a PNG file")
+    pos = len(_PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        end = pos + 12 + length
+        if end > len(data):
+            raise FileStructureError("corrupt or truncated PNG chunk")
+        yield kind, data[pos + 8:pos + 8 + length], pos, end
+        if kind == b"IEND":
+            return
+        pos = end
+
+
+def png_significant_bits(data: bytes) -> int | None:
+    """sBIT of a greyscale PNG (the significant bits of each sample), None when absent. It comes
+    before the image data, so only the chunks ahead of the first IDAT are read."""
+    for kind, payload, _, _ in png_chunks(data):
+        if kind == b"sBIT" and payload:
+            return payload[0]
+        if kind == b"IDAT":
+            return None
+    return None
+
+
+def strip(data: bytes, fmt: str, orientation: int = 1) -> bytes:
+    """The upload without metadata (see the module docstring); `orientation` (EXIF 1-8) is kept."""
+    return _strip_jpeg(data, orientation) if fmt == "JPEG" else _strip_png(data, orientation)
+
+
+def _exif_orientation(orientation: int) -> bytes:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = int(orientation)
+    return exif.tobytes()  # b"Exif\0\0" + a TIFF header holding that one tag
+
+
+def _strip_jpeg(data: bytes, orientation: int) -> bytes:
+    out = [b"\xff\xd8"]
+    if orientation != 1:
+        app1 = _exif_orientation(orientation)
+        out.append(b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1)
+    pos = 2
+    while pos + 4 <= len(data):
+        marker = data[pos + 1]
+        if data[pos] != 0xFF or marker == 0xD9:
+            break
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):
+            out.append(data[pos:pos + 2])
+            pos += 2
+            continue
+        end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker in _JPEG_KEEP or marker == 0xDA or (marker == 0xEE and data[pos + 4:pos + 9] == b"Adobe"):
+            out.append(data[pos:end])
+        pos = end
+        if marker == 0xDA:
+            found = _NEXT_MARKER.search(data, pos)
+            stop = found.start() if found else len(data)
+            out.append(data[pos:stop])
+            pos = stop
+    out.append(b"\xff\xd9")
+    return b"".join(out)
+
+
+def _strip_png(data: bytes, orientation: int) -> bytes:
+    out = [_PNG_SIGNATURE]
+    for kind, _, start, end in png_chunks(data):
+        if kind in _PNG_KEEP:
+            if kind == b"IDAT" and orientation != 1:  # eXIf must come before the image data
+                exif = _exif_orientation(orientation)[6:]  # eXIf holds the TIFF data without "Exif\0\0"
+                out.append(_png_chunk(b"eXIf", exif))
+                orientation = 1
+            out.append(data[start:end])
+    return b"".join(out)
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
