@@ -106,7 +106,10 @@ def load_image(
     _loaded(img, max_pixels)
     if inspect is not None and not jpeg:
         inspect(img)
-    bits = imagefile.png_significant_bits(data) if img.mode.startswith("I") and not jpeg else None
+    try:
+        bits = imagefile.png_significant_bits(data) if img.mode.startswith("I") and not jpeg else None
+    except imagefile.FileStructureError as exc:
+        raise InvalidImage(str(exc)) from None
     img = ImageOps.exif_transpose(img)
     return _not_blank(to_grayscale(img, bits))
 

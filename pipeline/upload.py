@@ -59,7 +59,10 @@ def decode(data: bytes, size: int, limits: Limits = Limits(), keep: bool = False
         fmt = "JPEG" if header.format == "MPO" else header.format
         full_size = header.size
         orientation = header.getexif().get(0x0112, 1) if keep else 1
-    stored = imagefile.strip(data, fmt, orientation) if keep else b""
+    try:
+        stored = imagefile.strip(data, fmt, orientation) if keep else b""
+    except imagefile.FileStructureError as exc:
+        raise preprocess.InvalidImage(str(exc)) from None
     return Decoded(preprocess.to_array(img, size), fmt, full_size, [], stored, fmt if keep else "")
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import preprocess
+from pipeline import preprocess, upload
 from pipeline.preprocess import InvalidImage
 from tests.pipeline import dicom_samples
 
@@ -116,7 +116,7 @@ def test_fuzz_preprocessing_path():
             _reset_peak()
             before = _status_kb("VmRSS")
         try:
-            preprocess.load_array(data, 64)
+            upload.decode(data, 64, keep=True)  # the whole upload path: checks, gate rules, decode, strip
             outcomes["ok"] += 1
         except InvalidImage:
             outcomes["invalid"] += 1
