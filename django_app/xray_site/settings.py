@@ -190,6 +190,11 @@ _IMAGE_LIMITS = XRAY_PIPELINE_PARAMS.data
 XRAY_MAX_UPLOAD_MB = env_number("XRAY_MAX_UPLOAD_MB", _IMAGE_LIMITS.max_file_mb)
 XRAY_MAX_UPLOAD_BYTES = int(XRAY_MAX_UPLOAD_MB * 1024 * 1024)
 XRAY_MAX_FILES = int(env_number("XRAY_MAX_FILES_PER_UPLOAD", 10, int))
+# upload rate limits (diagnosis/ratelimit.py); counted in CACHES: Redis when XRAY_CACHE_URL is set
+XRAY_UPLOADS_PER_MINUTE = int(env_number("XRAY_UPLOADS_PER_MINUTE", 120, int))
+XRAY_TOKEN_UPLOADS_PER_MINUTE = int(env_number("XRAY_TOKEN_UPLOADS_PER_MINUTE", 120, int))
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": os.environ["XRAY_CACHE_URL"]}
+          if os.environ.get("XRAY_CACHE_URL") else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 XRAY_MAX_PIXELS = int(env_number("XRAY_MAX_PIXELS", _IMAGE_LIMITS.max_pixels, int))
 XRAY_MIN_SIDE = _IMAGE_LIMITS.min_side
 # A request body above this is refused before it is parsed (one file at the limit + form overhead).

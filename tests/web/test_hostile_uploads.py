@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import io
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
 from livesite import DOCTOR, DOCTOR_PASSWORD, predict
-from hostile_files import hostile, twelve_bit_png
+from hostile_files import PeakMemory, hostile, twelve_bit_png
 
 SECONDS = 2.0
 MEMORY_MIB = 200
@@ -20,52 +19,6 @@ MEMORY_MIB = 200
 @pytest.fixture(scope="module")
 def files():
     return hostile()
-
-
-def _tree(root: int) -> list[int]:
-    """root and every process below it (gunicorn master, workers, their decoder processes)."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parents[int(stat.parent.name)] = int(fields[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    found, frontier = [root], [root]
-    while frontier:
-        frontier = [pid for pid, ppid in parents.items() if ppid in frontier]
-        found += frontier
-    return found
-
-
-def _kb(pid: int, field: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-class PeakMemory:
-    """Growth of peak resident memory (VmHWM) over a block, summed over a process tree (Linux)."""
-
-    def __init__(self, root: int):
-        self.root = root
-
-    def __enter__(self):
-        self.before = {}
-        for pid in _tree(self.root):
-            try:
-                Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
-            except OSError:
-                continue
-            self.before[pid] = _kb(pid, "VmRSS")
-        return self
-
-    def __exit__(self, *exc):
-        self.mib = sum(max(0, _kb(pid, "VmHWM") - self.before.get(pid, 0)) for pid in _tree(self.root)) / 1024
 
 
 def _login(site) -> requests.Session:
