@@ -128,6 +128,10 @@ def _alias_version(client, name: str, alias: str) -> int | None:
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
+        # MLflow's auth app answers 403, not 404, for a model that does not exist yet (a non-admin
+        # login such as the trainer, before its first registration): that is "no champion" too
+        if exc.error_code == "PERMISSION_DENIED" and not client.search_registered_models(f"name = '{name}'"):
+            return None
         raise
 
 

@@ -468,3 +468,10 @@ def test_forwarded_headers_are_not_trusted_from_everyone():
     out = subprocess.run([sys.executable, "-c", "import runpy; print(runpy.run_path('django_app/gunicorn.conf.py')"
                           "['forwarded_allow_ips'])"], cwd=REPO, env=env, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "127.0.0.1", out.stderr
+
+
+def test_mlflow_trainer_manages_the_served_model():
+    """Issue 25 item 12: the trainer's MANAGE grant names the model the stack serves."""
+    services = compose_model()["services"]
+    assert services["mlflow"]["environment"]["MLFLOW_TRAINER_MODELS"] == \
+        services["web"]["environment"]["XRAY_MODEL_NAME"] == "${XRAY_MODEL_NAME:-chest-xray-resnet18}"
