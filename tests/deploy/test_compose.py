@@ -475,3 +475,23 @@ def test_mlflow_trainer_manages_the_served_model():
     services = compose_model()["services"]
     assert services["mlflow"]["environment"]["MLFLOW_TRAINER_MODELS"] == \
         services["web"]["environment"]["XRAY_MODEL_NAME"] == "${XRAY_MODEL_NAME:-chest-xray-resnet18}"
+
+
+def test_drift_dag_reads_the_web_database_as_the_read_only_role():
+    """Issue 25 item 7: the drift DAG's site database is the web database (not an empty SQLite file
+    of the Airflow image), as the read-only role that init-databases.sh creates and web-init grants."""
+    services = compose_model()["services"]
+    url = services["airflow-worker"]["environment"]["XRAY_SITE_DATABASE_URL"]
+    assert url.startswith("postgres://${WEB_DB_READER_USER:-web_reader}:${WEB_DB_READER_PASSWORD:?")
+    assert url.endswith("@postgres:5432/${WEB_DB_NAME:-web}")
+    assert services["postgres"]["environment"]["WEB_DB_READER_USER"] == "${WEB_DB_READER_USER:-web_reader}"
+    assert services["web-init"]["environment"]["WEB_DB_READER_USER"] == "${WEB_DB_READER_USER:-web_reader}"
+    assert "WEB_DB_READER_PASSWORD" not in services["web"]["environment"]
+    assert "WEB_DB_READER_PASSWORD" in (REPO / "docker/postgres/secure-entrypoint.sh").read_text()
+    assert "grant_reader.py" in (REPO / "docker/web/init.sh").read_text()
+    assert "XRAY_SITE_DATABASE_URL" in (REPO / "dags/xray_drift.py").read_text()
+    proc = run_compose("config")
+    assert proc.returncode == 0, proc.stderr
+    rendered = yaml.safe_load(proc.stdout)["services"]
+    assert rendered["airflow-scheduler"]["environment"]["XRAY_SITE_DATABASE_URL"] == \
+        f"postgres://web_reader:{env_example()['WEB_DB_READER_PASSWORD']}@postgres:5432/web"
