@@ -462,8 +462,8 @@ def test_sqlalchemy_urls_name_the_installed_driver():
 
 def test_forwarded_headers_are_not_trusted_from_everyone():
     """Issue 11 item 16: no default trusts X-Forwarded-* from any address (`*`)."""
-    assert "WEB_FORWARDED_ALLOW_IPS:-127.0.0.1}" in compose_text()
-    assert env_example()["WEB_FORWARDED_ALLOW_IPS"] not in ("*", "")
+    assert "WEB_FORWARDED_ALLOW_IPS: ${XRAY_PROXY_ADDRESS:-172.31.250.2}" in compose_text()
+    assert env_example()["XRAY_PROXY_ADDRESS"] not in ("*", "")
     env = {k: v for k, v in os.environ.items() if k != "WEB_FORWARDED_ALLOW_IPS"}
     out = subprocess.run([sys.executable, "-c", "import runpy; print(runpy.run_path('django_app/gunicorn.conf.py')"
                           "['forwarded_allow_ips'])"], cwd=REPO, env=env, capture_output=True, text=True)
