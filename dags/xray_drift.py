@@ -3,8 +3,8 @@
 One task. It reads the site's records of the window (answers with their gate score, refusals with
 their reason; never an image) from the site's database (XRAY_SITE_DATABASE_URL, in compose a
 read-only role; else DATABASE_URL, as the site itself), the champion's reference from the
-registry (stored in its checkpoint by training, pipeline.gate), computes pipeline.drift's report, logs it to MLflow (experiment `<registry.experiment>-drift`)
-and notifies (pipeline/notify.py) when a limit of params.yaml `drift:` is crossed.
+registry (stored in its checkpoint by training, pipeline.gate), computes pipeline.drift's report,
+logs it to MLflow (experiment `<registry.experiment>-drift`) and notifies (pipeline/notify.py) when a limit of params.yaml `drift:` is crossed.
 Nothing heavy is imported when this file is parsed.
 """
 from __future__ import annotations

@@ -540,3 +540,12 @@ def test_code_tree_is_owned_by_root_and_not_writable_by_the_app_user():
     assert "COPY --chown=xray" not in text
     assert "chmod -R go-w /opt/xray" in text
     assert "chmod -R g=u /opt/xray " not in text and "chown xray:0 /opt/xray;" not in text
+
+
+def test_no_end_of_life_nginx():
+    """Issue 25 item 20: nginx 1.27 (mainline, end of life) is gone everywhere an image is named."""
+    for path in ("docker-compose.yaml", ".env.example", "scripts/stack_test.sh", "scripts/docker_bases.sh",
+                 "docker/local-bases/nginx.Dockerfile"):
+        assert "nginx:1.27" not in (REPO / path).read_text(), path
+    assert "${NGINX_IMAGE:-nginx:1.28-bookworm}" in compose_text()
+    assert env_example()["NGINX_IMAGE"] == "nginx:1.28-bookworm"
