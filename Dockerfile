@@ -68,21 +68,23 @@ ENV PATH=/opt/venv/bin:$PATH \
     GIT_PYTHON_REFRESH=quiet
 WORKDIR /opt/xray
 # The code last, so editing it never re-installs dependencies. .dockerignore keeps the venv,
-# data, caches, runs and secrets out.
-COPY --chown=xray:0 . /opt/xray
+# data, caches, runs and secrets out. Owned by root and not writable by group or others: the app
+# user (group 0) runs this code but cannot change it (issue 25 item 9).
+COPY --chown=root:root . /opt/xray
 # the project itself, editable (the dependencies are the venv's, from the lock): `pipeline`,
 # `diagnosis` and `xray_site` importable from anywhere, no PYTHONPATH
 RUN pip install --no-deps --no-build-isolation --no-cache-dir -e /opt/xray
-# Mount points of the named volumes, owned by the app user so new volumes inherit it.
+# Code read-only to the app user; then the mount points of the named volumes (and the few state
+# dirs), owned by the app user so new volumes inherit it.
 RUN set -eux; \
-    mkdir -p /opt/xray/runs /opt/xray/.cache /opt/xray/.mlflow /opt/xray/media /opt/xray/staticfiles \
-             /opt/xray-repo /opt/dvc-remote /home/xray/.cache; \
-    chown xray:0 /opt/xray; \
-    chown -R xray:0 /opt/xray/runs /opt/xray/.cache /opt/xray/.mlflow /opt/xray/media \
-                    /opt/xray/staticfiles /opt/xray-repo /opt/dvc-remote /home/xray; \
-    chmod -R g=u /opt/xray /home/xray; \
-    chmod 0755 docker/*.py docker/*.sh docker/*/*.sh; \
-    if ls scripts/*.sh >/dev/null 2>&1; then chmod 0755 scripts/*.sh; fi
+    chmod -R go-w /opt/xray; \
+    chmod 0755 docker/*.py docker/*.sh docker/*/*.sh docker/*/*.py; \
+    if ls scripts/*.sh >/dev/null 2>&1; then chmod 0755 scripts/*.sh; fi; \
+    state="/opt/xray/runs /opt/xray/.cache /opt/xray/.mlflow /opt/xray/media /opt/xray/staticfiles \
+           /opt/xray/.local /opt/xray-repo /opt/dvc-remote /home/xray"; \
+    mkdir -p $state /home/xray/.cache; \
+    chown -R xray:0 $state; \
+    chmod -R g=u $state
 USER xray
 ENTRYPOINT ["/usr/bin/tini", "--", "/opt/xray/docker/entrypoint.sh"]
 

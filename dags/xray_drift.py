@@ -1,10 +1,10 @@
 """The daily input-drift DAG: were yesterday's requests still like the champion's training X-rays?
 
 One task. It reads the site's records of the window (answers with their gate score, refusals with
-their reason; never an image) from the site's database (DATABASE_URL, as the site itself), the
-champion's reference from the registry (stored in its checkpoint by training, pipeline.gate),
-computes pipeline.drift's report, logs it to MLflow (experiment `<registry.experiment>-drift`)
-and notifies (pipeline/notify.py) when a limit of params.yaml `drift:` is crossed.
+their reason; never an image) from the site's database (XRAY_SITE_DATABASE_URL, in compose a
+read-only role; else DATABASE_URL, as the site itself), the champion's reference from the
+registry (stored in its checkpoint by training, pipeline.gate), computes pipeline.drift's report,
+logs it to MLflow (experiment `<registry.experiment>-drift`) and notifies (pipeline/notify.py) when a limit of params.yaml `drift:` is crossed.
 Nothing heavy is imported when this file is parsed.
 """
 from __future__ import annotations
@@ -23,7 +23,10 @@ from pipeline.notify import XrayNotifier  # noqa: E402
 
 
 def site_records(since, until) -> list[dict]:
-    """The site's records in [since, until), through its own models (django_app/diagnosis)."""
+    """The site's records in [since, until), through its own models (django_app/diagnosis).
+    XRAY_SITE_DATABASE_URL (compose: a read-only role on the web database) wins over DATABASE_URL."""
+    if os.environ.get("XRAY_SITE_DATABASE_URL"):
+        os.environ["DATABASE_URL"] = os.environ["XRAY_SITE_DATABASE_URL"]
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xray_site.settings")
     import django
 

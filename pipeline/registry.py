@@ -16,10 +16,12 @@ Registry layout (one registered model, name = params registry.model_name or $XRA
 
 Concurrency. Two promotions may race (a manual `promote` while the DAG promotes). Every alias
 change (promote, rollback) runs under a registry-wide mutex: a registered model named
-`<name>.promotion-lock`, created with create_registered_model. Its name is the primary key of the
-registry table, so creation is atomic in the backend database (SQLite or PostgreSQL): exactly one
-process creates it, the others get RESOURCE_ALREADY_EXISTS and wait. A lock older than
-LOCK_STALE_S (crashed holder) is broken. Under the lock, a decision is applied only if the champion
+`locks.promotion.<name>` (lock_name), created with create_registered_model. Its name is the primary
+key of the registry table, so creation is atomic in the backend database (SQLite or PostgreSQL):
+exactly one process creates it, the others get RESOURCE_ALREADY_EXISTS and wait. The lock lives
+outside the served model's name (no `<name>` prefix), so searches or grants by that name never meet
+it. A lock older than LOCK_STALE_S on the server's clock (crashed holder) is broken; LOCK_STALE_S
+must be shorter than LOCK_WAIT_S. Under the lock, a decision is applied only if the champion
 it was computed against is still the champion (compare-and-set); otherwise it is "stale" and is
 tagged and reported, not applied. Aliases are written previous_champion first, champion second, and
 read back afterwards; readers never see `champion` on a half-registered version.
@@ -52,8 +54,10 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 FAST_PATH_TAG = "fast_path"  # version tag set by check_fast_path: "on" | "off"
 PREVIOUS = "previous_champion"
-LOCK_SUFFIX = ".promotion-lock"
-LOCK_STALE_S = float(os.environ.get("XRAY_PROMOTION_LOCK_STALE_S", 300))   # a holder never takes this long
+LOCK_PREFIX = "locks.promotion."
+# The lease must be shorter than the wait, or a crashed holder's lock outlives every waiter. A live
+# holder makes a dozen REST calls (seconds), far below the lease.
+LOCK_STALE_S = float(os.environ.get("XRAY_PROMOTION_LOCK_STALE_S", 60))
 LOCK_WAIT_S = float(os.environ.get("XRAY_PROMOTION_LOCK_WAIT_S", 120))
 # the figures logged on a version's model (test.<key> at registration; challenger./champion.<key> at decision)
 METRIC_KEYS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "threshold", "ece",
@@ -123,6 +127,10 @@ def _alias_version(client, name: str, alias: str) -> int | None:
         return int(client.get_model_version_by_alias(name, alias).version)
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        # MLflow's auth app answers 403, not 404, for a model that does not exist yet (a non-admin
+        # login such as the trainer, before its first registration): that is "no champion" too
+        if exc.error_code == "PERMISSION_DENIED" and not client.search_registered_models(f"name = '{name}'"):
             return None
         raise
 
@@ -257,15 +265,27 @@ def champion_version(name: str | None = None, tracking_uri: str | None = None) -
 
 # ----------------------------------------------------------------------------- alias changes
 # --- hardening (issue 11 items 8, 13, 16): lock, idempotent promote, serving check -----------
+def lock_name(name: str) -> str:
+    """The promotion lock of registered model `name`: a name that does not start with `name`."""
+    return f"{LOCK_PREFIX}{name}"
+
+
+def _lock_age_ms(client, lock: str, owner: str):
+    """(creation timestamp, age in ms) of the held lock, both on the MLflow server's clock: touching
+    the lock's description makes the server stamp last_updated_timestamp with its own now. The
+    client's clock never enters (a skewed host neither breaks a live lock nor keeps a dead one)."""
+    held = client.update_registered_model(lock, description=f"promotion lock; last seen by {owner}")
+    stamp = int(held.creation_timestamp or 0)
+    return held, stamp, int(held.last_updated_timestamp or 0) - stamp
+
+
 @contextmanager
 def promotion_lock(client, name: str, wait_s: float | None = None, stale_s: float | None = None):
-    """Registry-wide mutex: an atomically created registered model `<name>.promotion-lock`.
+    """Registry-wide mutex: an atomically created registered model `lock_name(name)`.
 
-    Staleness is measured on this waiter's own monotonic clock: a lock is broken once this
-    process has seen the *same* lock (same server creation time) held for stale_s. Comparing
-    time.time() with the server's creation timestamp mixed two clocks: a client clock ahead of the
-    server's broke live locks. The cost: a crashed holder's lock is broken stale_s after a waiter
-    first sees it, not stale_s after it was taken.
+    A lease: a lock whose age on the server's clock (_lock_age_ms) reaches stale_s is broken, so a
+    crashed holder's lock is broken by the first waiter that sees it that old. stale_s < wait_s is
+    required: otherwise waiters give up before a dead lock can be broken.
     Breaking is serialised by a second atomic create, `<lock>.break-<creation ms>`: without it two
     waiters could both see the stale lock, one break it and take a new one, and the other then
     delete that new lock and enter too.
@@ -274,13 +294,15 @@ def promotion_lock(client, name: str, wait_s: float | None = None, stale_s: floa
 
     wait_s = LOCK_WAIT_S if wait_s is None else wait_s
     stale_s = LOCK_STALE_S if stale_s is None else stale_s
-    lock = f"{name}{LOCK_SUFFIX}"
+    if stale_s >= wait_s:
+        raise ValueError(f"promotion lock: stale_s ({stale_s:.0f}s, XRAY_PROMOTION_LOCK_STALE_S) must be "
+                         f"shorter than wait_s ({wait_s:.0f}s, XRAY_PROMOTION_LOCK_WAIT_S)")
+    lock = lock_name(name)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     deadline = time.monotonic() + wait_s
-    seen: dict[int, float] = {}   # lock creation timestamp (ms, server) -> first seen (monotonic, here)
     while True:
         try:
-            client.create_registered_model(lock, tags={"owner": owner, "acquired_at": f"{time.time():.3f}"},
+            client.create_registered_model(lock, tags={"owner": owner},
                                            description="transient: held while an alias of "
                                                        f"'{name}' changes (pipeline.registry)")
             break
@@ -294,17 +316,15 @@ def promotion_lock(client, name: str, wait_s: float | None = None, stale_s: floa
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         try:
-            held = client.get_registered_model(lock)
+            held, stamp, age_ms = _lock_age_ms(client, lock, owner)
         except MlflowException:
             continue  # released between our create and our read: try again at once
-        stamp = int(held.creation_timestamp or 0)
-        age = time.monotonic() - seen.setdefault(stamp, time.monotonic())
-        if age >= stale_s:
-            _break_stale_lock(client, lock, stamp, held.tags.get("owner"), age)
+        if age_ms >= stale_s * 1000:
+            _break_stale_lock(client, lock, stamp, held.tags.get("owner"), age_ms / 1000)
             continue
         if time.monotonic() > deadline:
-            raise PromotionError(f"promotion lock {lock} held by {held.tags.get('owner')} for {age:.0f}s "
-                                 f"(seen here); gave up after {wait_s:.0f}s")
+            raise PromotionError(f"promotion lock {lock} held by {held.tags.get('owner')} for {age_ms / 1000:.0f}s "
+                                 f"(server clock); gave up after {wait_s:.0f}s")
         time.sleep(0.1 + random.random() * 0.3)
     try:
         yield owner
@@ -329,7 +349,7 @@ def _break_stale_lock(client, lock: str, stamp: int, holder: str | None, age: fl
         return   # another waiter is breaking this lock (or has): go back to waiting for it
     try:
         if client.get_registered_model(lock).creation_timestamp == stamp:
-            log.warning("breaking stale promotion lock %s held by %s (seen for %.0fs)", lock, holder, age)
+            log.warning("breaking stale promotion lock %s held by %s (%.0fs old, server clock)", lock, holder, age)
             client.delete_registered_model(lock)
     except MlflowException:
         pass   # already released by its holder

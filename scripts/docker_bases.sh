@@ -5,7 +5,7 @@
 #   PYTHON_IMAGE=xray-local/python:3.11-bookworm   (build arg of the Dockerfile; public: python:3.11-slim-bookworm)
 #   POSTGRES_IMAGE=xray-local/postgres:15-bookworm (public: postgres:15-bookworm; same POSTGRES_* contract)
 #   REDIS_IMAGE=xray-local/redis:bookworm          (public: redis:7.2-bookworm; Debian ships 7.0)
-#   NGINX_IMAGE=xray-local/nginx:bookworm          (public: nginx:1.27-bookworm; Debian ships 1.22)
+#   NGINX_IMAGE=xray-local/nginx:bookworm          (public: nginx:1.28-bookworm; Debian ships 1.22)
 # Idempotent: an image that exists is kept (XRAY_REBUILD_BASES=1 rebuilds them all).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

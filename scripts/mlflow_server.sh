@@ -101,6 +101,8 @@ prepare() {
   if [[ "${MLFLOW_AUTH:-0}" == 1 ]]; then
     : "${MLFLOW_FLASK_SERVER_SECRET_KEY:?MLFLOW_AUTH=1 needs MLFLOW_FLASK_SERVER_SECRET_KEY (the auth app CSRF key)}"
     export MLFLOW_AUTH_CONFIG_PATH="$MLFLOW_DIR/basic_auth.ini"
+    # the ini names mlflow_auth:authenticate (the reader's no-write rule) as the auth function
+    export PYTHONPATH="$REPO/scripts${PYTHONPATH:+:$PYTHONPATH}"
     "$PYTHON" "$REPO/scripts/mlflow_auth.py" "$MLFLOW_AUTH_CONFIG_PATH" "$MLFLOW_DIR"
   fi
   echo "mlflow_server: backend $(redact "$BACKEND"), artifacts $ARTIFACTS, http://$HOST:$PORT" >&2

@@ -64,7 +64,7 @@ cat >> "$ENV_FILE" <<ENV
 PYTHON_IMAGE=${PYTHON_IMAGE:-python:3.11-slim-bookworm}
 POSTGRES_IMAGE=$([[ "${STACK_PUBLIC_IMAGES:-0}" == 1 ]] && echo postgres:15-bookworm || echo xray-local/postgres:15-bookworm)
 REDIS_IMAGE=$([[ "${STACK_PUBLIC_IMAGES:-0}" == 1 ]] && echo redis:7.2-bookworm || echo xray-local/redis:bookworm)
-NGINX_IMAGE=$([[ "${STACK_PUBLIC_IMAGES:-0}" == 1 ]] && echo nginx:1.27-bookworm || echo xray-local/nginx:bookworm)
+NGINX_IMAGE=$([[ "${STACK_PUBLIC_IMAGES:-0}" == 1 ]] && echo nginx:1.28-bookworm || echo xray-local/nginx:bookworm)
 TORCH_INDEX_URL=$TORCH_INDEX_URL
 XRAY_IMAGE_PREFIX=$PROJECT
 XRAY_IMAGE_TAG=test

@@ -1,5 +1,5 @@
-# Stand-in for nginx:1.27-bookworm from Debian's nginx (1.22): sites from /etc/nginx/conf.d/*.conf,
-# foreground, logs to stdout/stderr, as in the official image.
+# Stand-in for nginx:1.28-bookworm from Debian bookworm's nginx (1.22 + Debian security fixes):
+# sites from /etc/nginx/conf.d/*.conf, foreground, logs to stdout/stderr, as in the official image.
 ARG BASE=xray-local/debian:bookworm
 FROM ${BASE}
 RUN set -eux; \

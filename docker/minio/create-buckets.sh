@@ -13,6 +13,14 @@ set -eu
 : "${MLFLOW_S3_SECRET_ACCESS_KEY:?MLFLOW_S3_SECRET_ACCESS_KEY is not set (see .env.example)}"
 : "${DVC_S3_ACCESS_KEY_ID:?DVC_S3_ACCESS_KEY_ID is not set (see .env.example)}"
 : "${DVC_S3_SECRET_ACCESS_KEY:?DVC_S3_SECRET_ACCESS_KEY is not set (see .env.example)}"
+# the root password and the two keys this job creates: no placeholders (issue 25 item 10)
+. "${XRAY_WEAK_SECRET_SH:-/docker/weak_secret.sh}"
+bad=0
+for var in MINIO_ROOT_PASSWORD MLFLOW_S3_SECRET_ACCESS_KEY DVC_S3_SECRET_ACCESS_KEY; do
+    eval "value=\${$var}"
+    if weak_secret "$var" "$value"; then bad=1; fi
+done
+[ "$bad" = 0 ] || exit 78
 MLFLOW_BUCKET="${MLFLOW_BUCKET:-mlflow}"
 DVC_BUCKET="${DVC_BUCKET:-dvc}"
 MINIO_URL="${MINIO_URL:-http://minio:9000}"

@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "${APP_HOME:-/opt/xray}"
 python django_app/manage.py migrate --noinput
+# the drift DAG's read-only role: SELECT on the columns it reads, after the schema exists
+python docker/web/grant_reader.py
 if [[ -n "${XRAY_DOCTOR_USERNAME:-}" ]]; then
     : "${XRAY_DOCTOR_PASSWORD:?DOCTOR_USERNAME is set but DOCTOR_PASSWORD is empty (see .env.example)}"
     python django_app/manage.py create_doctor "$XRAY_DOCTOR_USERNAME" --update

@@ -462,9 +462,90 @@ def test_sqlalchemy_urls_name_the_installed_driver():
 
 def test_forwarded_headers_are_not_trusted_from_everyone():
     """Issue 11 item 16: no default trusts X-Forwarded-* from any address (`*`)."""
-    assert "WEB_FORWARDED_ALLOW_IPS:-127.0.0.1}" in compose_text()
-    assert env_example()["WEB_FORWARDED_ALLOW_IPS"] not in ("*", "")
+    assert "WEB_FORWARDED_ALLOW_IPS: ${XRAY_PROXY_ADDRESS:-172.31.250.2}" in compose_text()
+    assert env_example()["XRAY_PROXY_ADDRESS"] not in ("*", "")
     env = {k: v for k, v in os.environ.items() if k != "WEB_FORWARDED_ALLOW_IPS"}
     out = subprocess.run([sys.executable, "-c", "import runpy; print(runpy.run_path('django_app/gunicorn.conf.py')"
                           "['forwarded_allow_ips'])"], cwd=REPO, env=env, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "127.0.0.1", out.stderr
+
+
+def test_mlflow_trainer_manages_the_served_model():
+    """Issue 25 item 12: the trainer's MANAGE grant names the model the stack serves."""
+    services = compose_model()["services"]
+    assert services["mlflow"]["environment"]["MLFLOW_TRAINER_MODELS"] == \
+        services["web"]["environment"]["XRAY_MODEL_NAME"] == "${XRAY_MODEL_NAME:-chest-xray-resnet18}"
+
+
+def test_drift_dag_reads_the_web_database_as_the_read_only_role():
+    """Issue 25 item 7: the drift DAG's site database is the web database (not an empty SQLite file
+    of the Airflow image), as the read-only role that init-databases.sh creates and web-init grants."""
+    services = compose_model()["services"]
+    url = services["airflow-worker"]["environment"]["XRAY_SITE_DATABASE_URL"]
+    assert url.startswith("postgres://${WEB_DB_READER_USER:-web_reader}:${WEB_DB_READER_PASSWORD:?")
+    assert url.endswith("@postgres:5432/${WEB_DB_NAME:-web}")
+    assert services["postgres"]["environment"]["WEB_DB_READER_USER"] == "${WEB_DB_READER_USER:-web_reader}"
+    assert services["web-init"]["environment"]["WEB_DB_READER_USER"] == "${WEB_DB_READER_USER:-web_reader}"
+    assert "WEB_DB_READER_PASSWORD" not in services["web"]["environment"]
+    assert "WEB_DB_READER_PASSWORD" in (REPO / "docker/postgres/secure-entrypoint.sh").read_text()
+    assert "grant_reader.py" in (REPO / "docker/web/init.sh").read_text()
+    assert "XRAY_SITE_DATABASE_URL" in (REPO / "dags/xray_drift.py").read_text()
+    proc = run_compose("config")
+    assert proc.returncode == 0, proc.stderr
+    rendered = yaml.safe_load(proc.stdout)["services"]
+    assert rendered["airflow-scheduler"]["environment"]["XRAY_SITE_DATABASE_URL"] == \
+        f"postgres://web_reader:{env_example()['WEB_DB_READER_PASSWORD']}@postgres:5432/web"
+
+
+# ----------------------------------------------------------------------------- container hardening
+# Capabilities a service may add back after `cap_drop: [ALL]`, and why (docs/operations.md):
+# postgres/redis entry points start as root, chown their data and socket dirs, then drop to their
+# user (gosu / setuid); nginx's master chowns its temp dirs and setuids its workers.
+CAPS_ALLOWED = {"postgres": {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID"},
+                "redis": {"CHOWN", "SETUID", "SETGID"},
+                "proxy": {"CHOWN", "SETUID", "SETGID"}}
+# Airflow writes airflow.cfg into AIRFLOW_HOME and git/DVC state under HOME at run time, and the
+# worker runs training: a writable root filesystem, still without capabilities.
+WRITABLE_ROOT = {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+                 "airflow-triggerer", "airflow-worker", "airflow-worker-gpu"}
+
+
+@pytest.mark.parametrize("name", sorted(compose_model()["services"]))
+def test_every_service_is_confined(name):
+    """Issue 25 item 9: limits, no capabilities, no privilege gain, read-only root with tmpfs."""
+    svc = compose_model()["services"][name]
+    for key in ("mem_limit", "cpus", "pids_limit"):
+        assert svc.get(key), f"{name}: no {key}"
+    assert svc.get("cap_drop") == ["ALL"], name
+    assert set(svc.get("cap_add", [])) <= CAPS_ALLOWED.get(name, set()), name
+    assert "no-new-privileges:true" in svc.get("security_opt", []), name
+    if name in WRITABLE_ROOT:
+        assert not svc.get("read_only"), name
+    else:
+        assert svc.get("read_only") is True, name
+        assert any(t.split(":")[0] == "/tmp" for t in svc.get("tmpfs", [])), name
+
+
+def test_confinement_renders():
+    proc = run_compose("--profile", "minio", "--profile", "gpu", "config")
+    assert proc.returncode == 0, proc.stderr
+    for name, svc in yaml.safe_load(proc.stdout)["services"].items():
+        assert svc.get("cap_drop") == ["ALL"] and svc.get("pids_limit"), name
+
+
+def test_code_tree_is_owned_by_root_and_not_writable_by_the_app_user():
+    """The app user (uid 50000, group 0) cannot rewrite the code it runs: COPY as root, go-w."""
+    text = DOCKERFILE.read_text()
+    assert "COPY --chown=root:root . /opt/xray" in text
+    assert "COPY --chown=xray" not in text
+    assert "chmod -R go-w /opt/xray" in text
+    assert "chmod -R g=u /opt/xray " not in text and "chown xray:0 /opt/xray;" not in text
+
+
+def test_no_end_of_life_nginx():
+    """Issue 25 item 20: nginx 1.27 (mainline, end of life) is gone everywhere an image is named."""
+    for path in ("docker-compose.yaml", ".env.example", "scripts/stack_test.sh", "scripts/docker_bases.sh",
+                 "docker/local-bases/nginx.Dockerfile"):
+        assert "nginx:1.27" not in (REPO / path).read_text(), path
+    assert "${NGINX_IMAGE:-nginx:1.28-bookworm}" in compose_text()
+    assert env_example()["NGINX_IMAGE"] == "nginx:1.28-bookworm"

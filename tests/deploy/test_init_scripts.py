@@ -84,10 +84,10 @@ def test_postgres_init_creates_one_private_database_per_service(postgres_cluster
     creds = {"airflow": "pw-airflow 'quoted\"", "mlflow": "pw-mlflow", "web": "pw-web"}
     env = {**os.environ, "POSTGRES_USER": "postgres", "PGHOST": c["socket"], "PGPORT": str(c["port"]),
            "AIRFLOW_DB_PASSWORD": creds["airflow"], "MLFLOW_DB_PASSWORD": creds["mlflow"],
-           "WEB_DB_PASSWORD": creds["web"]}
+           "WEB_DB_PASSWORD": creds["web"], "WEB_DB_READER_PASSWORD": "pw-reader"}
     script = REPO / "docker/postgres/init-databases.sh"
     keep = ["POSTGRES_USER", "PGHOST", "PGPORT", "AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "WEB_DB_PASSWORD",
-            "PATH"]
+            "WEB_DB_READER_PASSWORD", "PATH"]
     argv = ["bash", str(script)]
     if c["as_user"]:  # psql over the socket as the superuser, as the postgres image's entrypoint does
         argv = [*c["as_user"], "env", *[f"{k}={env[k]}" for k in keep], *argv]
@@ -227,3 +227,50 @@ def test_gen_env_writes_fresh_secrets_that_compose_accepts(tmp_path):
                                 str(REPO / "docker-compose.yaml"), "--env-file", str(out), "config", "--quiet"],
                                capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
         assert check.returncode == 0, check.stderr
+
+
+def test_drift_reader_role_selects_the_drift_columns_and_writes_nothing(postgres_cluster, tmp_path):
+    """Issue 25 item 7: the drift DAG reads the site's database as `web_reader`, created by
+    init-databases.sh and granted, after the site's migrations (docker/web/grant_reader.py), SELECT
+    on the columns the drift report reads, and nothing else: no writes, no logins or sessions."""
+    c = postgres_cluster
+    creds = {"airflow": "pw-airflow-0123456789", "mlflow": "pw-mlflow-0123456789", "web": "pw-web-0123456789",
+             "web_reader": "pw-reader-0123456789"}
+    env = {"PATH": os.environ["PATH"], "POSTGRES_USER": "postgres", "PGHOST": c["socket"], "PGPORT": str(c["port"]),
+           "AIRFLOW_DB_PASSWORD": creds["airflow"], "MLFLOW_DB_PASSWORD": creds["mlflow"],
+           "WEB_DB_PASSWORD": creds["web"], "WEB_DB_READER_PASSWORD": creds["web_reader"]}
+    argv = ["bash", str(REPO / "docker/postgres/init-databases.sh")]
+    if c["as_user"]:
+        argv = [*c["as_user"], "env", *[f"{k}={v}" for k, v in env.items()], *argv]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # the site's tables, made by its migrations as the owner, then the reader's grants (web-init)
+    owner_url = f"postgres://web:{creds['web']}@127.0.0.1:{c['port']}/web"
+    site = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": f"{REPO}:{REPO / 'django_app'}",
+            "DATABASE_URL": owner_url, "XRAY_WEB_DATA_DIR": str(tmp_path / "site"), "DJANGO_ENV": "development",
+            "WEB_DB_READER_USER": "web_reader"}
+    for cmd in (["django_app/manage.py", "migrate", "--noinput"], ["docker/web/grant_reader.py"]):
+        proc = subprocess.run([sys.executable, *cmd], cwd=REPO, env=site, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    ok = psql_tcp(c, "web", creds["web"], "web",
+                  "WITH u AS (INSERT INTO auth_user (password, is_superuser, username, first_name, last_name, "
+                  "email, is_staff, is_active, date_joined) VALUES ('x', false, 'doc', '', '', '', false, true, "
+                  "now()) RETURNING id) INSERT INTO diagnosis_refusal (created, owner_id, source, file_format, "
+                  "size_bytes, reason, gate_score, model_name, model_version) "
+                  "SELECT now(), id, 'web', 'png', 1, 'a drawing', 0.5, 'm', '1' FROM u RETURNING 1")
+    assert ok.returncode == 0, ok.stderr
+    # the drift DAG's own query, through Django, as the reader
+    reader_url = f"postgres://web_reader:{creds['web_reader']}@127.0.0.1:{c['port']}/web"
+    query = ("import django, datetime as d; django.setup(); from diagnosis import monitoring; "
+             "now = d.datetime.now(d.timezone.utc); "
+             "print(len(monitoring.records(now - d.timedelta(days=1), now + d.timedelta(days=1))))")
+    proc = subprocess.run([sys.executable, "-c", query], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**site, "DATABASE_URL": reader_url, "DJANGO_SETTINGS_MODULE": "xray_site.settings"})
+    assert proc.returncode == 0 and proc.stdout.split()[-1] == "1", proc.stdout + proc.stderr
+    for sql in ("UPDATE diagnosis_refusal SET reason = 'x'",
+                "DELETE FROM diagnosis_refusal", "SELECT password FROM auth_user", "SELECT * FROM django_session",
+                "SELECT image FROM diagnosis_diagnosis", "CREATE TABLE t (x int)"):
+        denied = psql_tcp(c, "web_reader", creds["web_reader"], "web", sql)
+        assert denied.returncode != 0 and ("permission denied" in denied.stderr
+                                           or "read-only transaction" in denied.stderr), (sql, denied.stderr)
+    assert psql_tcp(c, "web_reader", creds["web_reader"], "airflow", "SELECT 1").returncode != 0

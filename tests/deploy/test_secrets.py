@@ -97,3 +97,42 @@ def test_django_production_refuses_weak_secret_key(key, ok):
     assert (proc.returncode == 0) is ok, proc.stderr[-500:]
     if not ok:
         assert "DJANGO_SECRET_KEY" in proc.stderr
+
+
+GOOD = "S0meRandom-Token_value-xyz"
+
+
+def run_sh(script: str, env: dict, *args: str) -> subprocess.CompletedProcess:
+    # POSIX sh, as the MinIO and mc images have no bash
+    return subprocess.run(["sh", str(REPO / script), *args], capture_output=True, text=True, timeout=30,
+                          env={"PATH": os.environ["PATH"], "XRAY_WEAK_SECRET_SH": str(REPO / "docker/weak_secret.sh"),
+                               **env})
+
+
+@pytest.mark.parametrize("password", ["change-me-minio-root", "minioadmin", "short"])
+def test_minio_refuses_a_placeholder_root_password(password):
+    """Issue 25 item 10: MinIO starts only with a real root password."""
+    proc = run_sh("docker/minio/secure-entrypoint.sh", {"MINIO_ROOT_PASSWORD": password}, "echo", "started")
+    assert proc.returncode == 78 and "MINIO_ROOT_PASSWORD" in proc.stderr and "started" not in proc.stdout
+    ok = run_sh("docker/minio/secure-entrypoint.sh", {"MINIO_ROOT_PASSWORD": GOOD}, "echo", "started")
+    assert ok.returncode == 0 and ok.stdout.strip() == "started", ok.stderr
+
+
+@pytest.mark.parametrize("weak", ["MINIO_ROOT_PASSWORD", "MLFLOW_S3_SECRET_ACCESS_KEY", "DVC_S3_SECRET_ACCESS_KEY"])
+def test_bucket_job_refuses_placeholder_secrets(weak):
+    """The bucket job refuses the root password and the two service keys it creates, before any call."""
+    env = {"MINIO_ROOT_USER": "minio-admin", "MINIO_ROOT_PASSWORD": GOOD, "MLFLOW_S3_ACCESS_KEY_ID": "xray-mlflow",
+           "MLFLOW_S3_SECRET_ACCESS_KEY": GOOD + "1", "DVC_S3_ACCESS_KEY_ID": "xray-dvc",
+           "DVC_S3_SECRET_ACCESS_KEY": GOOD + "2", weak: "change-me-x"}
+    proc = run_sh("docker/minio/create-buckets.sh", env)
+    assert proc.returncode == 78 and weak in proc.stderr, proc.stderr
+
+
+def test_minio_services_run_the_checks():
+    import yaml
+
+    services = yaml.safe_load((REPO / "docker-compose.yaml").read_text())["services"]
+    assert services["minio"]["entrypoint"][-1] == "/docker/minio/secure-entrypoint.sh"
+    for name in ("minio", "createbuckets"):
+        mounts = services[name]["volumes"]
+        assert "./docker/weak_secret.sh:/docker/weak_secret.sh:ro" in mounts, name

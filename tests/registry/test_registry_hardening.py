@@ -103,7 +103,7 @@ class SlowClient:
         return model
 
     def delete_registered_model(self, name):
-        if name.endswith(registry.LOCK_SUFFIX):
+        if name.startswith(registry.LOCK_PREFIX) and ".break-" not in name:
             try:
                 owner = self._client.get_registered_model(name).tags.get("owner")
             except Exception:  # noqa: BLE001 - already gone
@@ -119,7 +119,7 @@ def test_a_stale_lock_is_broken_by_one_waiter_only(mlflow_server, model_name):
     """Item 16: six waiters find a crashed holder's lock; one breaks it, and no waiter deletes the
     new lock of the one that got in (they enter one at a time)."""
     client = registry._client(mlflow_server)
-    client.create_registered_model(f"{model_name}{registry.LOCK_SUFFIX}", tags={"owner": "crashed"})
+    client.create_registered_model(registry.lock_name(model_name), tags={"owner": "crashed"})
     slow = SlowClient(client)
 
     def on_enter(owner):
@@ -129,19 +129,25 @@ def test_a_stale_lock_is_broken_by_one_waiter_only(mlflow_server, model_name):
     assert not errors and len(done) == 6, (errors, done)
     assert slow.stolen == [] and not overlaps, (slow.stolen, overlaps)
     assert slow.broken == ["crashed"]
-    leftovers = [m.name for m in client.search_registered_models(f"name LIKE '{model_name}.%'")]
+    leftovers = [m.name for m in client.search_registered_models(f"name LIKE '{registry.lock_name(model_name)}%'")]
     assert leftovers == []
 
 
 def test_a_client_clock_ahead_does_not_break_a_live_lock(mlflow_server, model_name, register, monkeypatch):
-    """Item 16: lock age is measured on the waiter's own clock, not client time - server time."""
+    """Item 16 / issue 25 item 11: lock age is server time - server time (the lock model's creation
+    and last_updated timestamps), never this host's clock: an hour ahead changes nothing."""
     v = register("constant")
-    MlflowClient(mlflow_server).create_registered_model(f"{model_name}{registry.LOCK_SUFFIX}",
-                                                        tags={"owner": "alive"})
+    client = MlflowClient(mlflow_server)
+    client.create_registered_model(registry.lock_name(model_name), tags={"owner": "alive"})
     skewed = types.SimpleNamespace(time=lambda: time.time() + 3600, monotonic=time.monotonic,
                                    sleep=time.sleep, perf_counter=time.perf_counter)
     monkeypatch.setattr(registry, "time", skewed)          # this host's wall clock is an hour ahead
-    monkeypatch.setattr(registry, "LOCK_WAIT_S", 1.5)
-    with pytest.raises(registry.PromotionError, match="held by alive"):
-        registry.promote(v, {"reason": "skewed clock"}, force=True)
-    assert registry.champion_version() is None
+    monkeypatch.setattr(registry, "LOCK_STALE_S", 5.0)
+    monkeypatch.setattr(registry, "LOCK_WAIT_S", 8.0)
+    # the live holder releases after 2 s: the waiter must wait for that, not break its lock
+    release = threading.Timer(2.0, client.delete_registered_model, args=[registry.lock_name(model_name)])
+    release.start()
+    start = time.monotonic()
+    assert registry.promote(v, {"reason": "skewed clock"}, force=True)["promoted"]
+    release.join()
+    assert 1.5 < time.monotonic() - start < 4.5
