@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -128,7 +129,12 @@ def test_golden_settings_are_typed_and_not_overridable_in_a_dag_run():
     assert golden.load(params) is None   # off: nothing checked, nothing dropped
     with pytest.raises(config.ParamsError, match="golden_floors.auroc"):
         config.apply_overrides(params, {"promotion.golden_floors": {"auroc": 0.9}})
-    retrain = pytest.importorskip("dags.retrain_xray")
+    import importlib.util
+
+    pytest.importorskip("airflow")
+    spec = importlib.util.spec_from_file_location("retrain_xray", config.REPO_ROOT / "dags" / "retrain_xray.py")
+    retrain = importlib.util.module_from_spec(spec)   # a DAG file is a script, not a package module
+    spec.loader.exec_module(retrain)
     assert retrain.check_overrides(["evaluate.golden_dir=", "evaluate.golden_fingerprint=abc",
                                     "promotion.golden_no_worse=false"]) == [
         "evaluate.golden_dir=", "evaluate.golden_fingerprint=abc", "promotion.golden_no_worse=false"]
@@ -155,3 +161,39 @@ def test_challengers_training_run_is_scored_on_the_golden_set(tmp_path, small_da
     from pipeline import model_card
 
     assert "**Golden set**" in model_card.render(1, m, tiny_params, "x", result.dataset["counts"])
+
+
+def test_detect_pulls_the_golden_set_from_its_own_remote(tmp_path, monkeypatch):
+    """versioning.pull_golden (the DAG's detect task): `dvc pull data/golden.dvc` from the remote its
+    pointer names, never the data engineers' remote ($XRAY_DVC_REMOTE)."""
+    import subprocess
+    import sys
+
+    from pipeline import versioning
+
+    repo = tmp_path / "repo"
+    (repo / "data" / "golden" / "NORMAL").mkdir(parents=True)
+    (repo / "data" / "golden" / "NORMAL" / "IM-0001-0001.txt").write_text("film")
+
+    def dvc(*args):
+        subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, check=True, capture_output=True)
+
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    dvc("init", "-q")
+    dvc("remote", "add", "-d", "local", str(tmp_path / "data-remote"))
+    dvc("remote", "add", "golden", str(tmp_path / "golden-remote"))
+    dvc("add", "-q", "data/golden")
+    pointer = repo / "data" / "golden.dvc"
+    pointer.write_text(pointer.read_text().replace("  path: golden", "  path: golden\n  remote: golden"))
+    dvc("push", "-q", "data/golden.dvc")
+    assert (tmp_path / "golden-remote").is_dir() and not (tmp_path / "data-remote").exists()
+    pin = golden.fingerprint(repo / "data" / "golden")[0]
+    for path in [repo / "data" / "golden", repo / ".dvc" / "cache"]:
+        shutil.rmtree(path)
+
+    monkeypatch.setenv("XRAY_DVC_REMOTE", str(tmp_path / "data-remote"))   # the data's remote: not used
+    assert versioning.pull_golden("", repo=repo) is None                   # no golden set configured
+    assert versioning.pull_golden("elsewhere", repo=repo) is None          # not DVC-tracked: nothing to pull
+    pulled = versioning.pull_golden("data/golden", repo=repo)
+    assert pulled["path"] == "data/golden" and pulled["nfiles"] == 1
+    assert golden.fingerprint(repo / "data" / "golden")[0] == pin
