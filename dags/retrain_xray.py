@@ -54,7 +54,7 @@ better** on the same held-out data. Doctors are served `models:/<name>@champion`
 | `detect` | `git pull` (if the repo has an upstream), `dvc pull data/chest_xray`; compares the dataset hash with the `data_version` tag of the champion and of every decided (promoted/rejected) version. **Skips the rest** when that data was already decided, unless the run param `force` is true. | retried with back-off |
 | `validate` | decodes every image; the report (rejected files + reasons) is in this task's log; fails when more than `data.max_rejected_fraction` is rejected | no retry: fix the data |
 | `train` | trains a challenger, logs it to MLflow, registers a model version | no retry; `execution_timeout` |
-| `evaluate` | scores challenger **and** champion now, on the same held-out split | retried |
+| `evaluate` | scores challenger **and** champion now, on the same held-out split and the fixed golden set (`evaluate.golden_dir`, refused when its content differs from the pinned fingerprint) | retried |
 | `decide` | applies the policy: branch to `promote` or `reject` | |
 | `promote` / `reject` | moves `champion` (old one becomes `previous_champion`) / sets `challenger`, with the reason as tags | retried |
 | `notify` | posts the decision with metrics and MLflow links (log; webhook / e-mail when configured) | |
@@ -136,6 +136,9 @@ def xray_retrain():
             from airflow.sdk.exceptions import AirflowFailException
 
             raise AirflowFailException(str(exc)) from exc
+        # the golden evaluation set: its own pointer and remote (read-only credentials); checked
+        # against its pinned fingerprint by validate, train and evaluate
+        info["golden"] = versioning.pull_golden(params.evaluate.golden_dir)
         # the model of this run's params ($XRAY_PARAMS), passed to every registry call: the registry
         # never guesses it from the default params.yaml
         name = config.model_name(params)
@@ -162,18 +165,17 @@ def xray_retrain():
         from pipeline import data
 
         params = _context_params(get_current_context())
-        samples = data.subset(data.discover(info["data_root"]), params.data.subset_per_class,
-                              params.data.seed)
-        try:
-            _, report = data.validate(samples, params, root=info["data_root"])
-        except data.DatasetError as exc:
+        try:   # the golden set is verified against its pin first; its patients are dropped
+            _, report = data.prepare(info["data_root"], params)
+        except data.DatasetError as exc:   # incl. golden.GoldenSetError (missing, unpinned, edited)
             from airflow.sdk.exceptions import AirflowFailException
 
             raise AirflowFailException(f"dataset {info['hash'][:8]} rejected: {exc}") from exc
         print(report.summary())
         summary = report.to_dict()
         return {"checked": summary.get("checked"), "rejected": len(report.rejected),
-                "duplicates": len(getattr(report, "duplicates", []) or []), "counts": summary.get("counts")}
+                "duplicates": len(getattr(report, "duplicates", []) or []), "counts": summary.get("counts"),
+                "golden_excluded": len(report.golden_excluded), "golden": report.golden or None}
 
     # queue: with the CeleryExecutor a (GPU) worker listening on `training` takes this task alone;
     # the LocalExecutor ignores it.
@@ -201,10 +203,15 @@ def xray_retrain():
     @task(**RETRY)
     def evaluate(info: dict, trained: dict) -> dict:
         """Score the challenger and the current champion on the same held-out split, now."""
-        from pipeline import candidates
+        from pipeline import candidates, golden
 
         params = _context_params(get_current_context())
-        return candidates.evaluate_candidates(trained["version"], params, Path(info["data_root"]))
+        try:
+            return candidates.evaluate_candidates(trained["version"], params, Path(info["data_root"]))
+        except golden.GoldenSetError as exc:   # edited since validate: no retry can fix it
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(str(exc)) from exc
 
     @task.branch
     def decide(scores: dict) -> str:

@@ -54,14 +54,15 @@ def check_fast_path(version: int, splits, params: Params, cache, name: str | Non
 
 def evaluate_candidates(challenger_version: int, params: Params, data_root) -> dict:
     """Score the challenger and the current champion now, on the same held-out patients, the same
-    patients under every stress shift and any external set, each at its own stored threshold; and
-    compare them paired on those same images (DeLong for held-out and external, a patient bootstrap
-    for the mean AUC under shift). Returns plain JSON (the DAG passes it through XCom)."""
+    patients under every stress shift, any external set and the golden set (pipeline.golden, when
+    configured: verified against its pin first), each at its own stored threshold; and compare them
+    paired on those same images (DeLong for held-out, external and golden, a patient bootstrap for
+    the mean AUC under shift). Returns plain JSON (the DAG passes it through XCom)."""
     from pipeline import compare, data, quality
 
     client = _client(check_server())
     name = _name(params)
-    splits, _report, cache = data.load(Path(data_root), params)
+    splits, report, cache = data.load(Path(data_root), params)   # golden set verified against its pin
     champion = _alias_version(client, name, CHAMPION)
     level = params.promotion.confidence
 
@@ -73,6 +74,8 @@ def evaluate_candidates(challenger_version: int, params: Params, data_root) -> d
     fast = check_fast_path(int(challenger_version), splits, params, cache, name)
     out = {"model_name": name, "data_root": str(data_root), "n_test": len(splits.test),
            "n_stress": ch["stress"]["n"], "n_external": len(getattr(splits, "external", []) or []),
+           "n_golden": len(splits.golden), "golden": report.golden or None,
+           "golden_excluded": len(report.golden_excluded),
            "challenger": {"version": int(challenger_version), "metrics": quality.flat_metrics(ch)},
            "champion": None, "comparison": None,
            "fast_path": {k: fast[k] for k in ("ok", "reason", "precision")}}
@@ -84,8 +87,8 @@ def evaluate_candidates(challenger_version: int, params: Params, data_root) -> d
                       "stress": compare.paired_bootstrap(
                           a["stress"]["y"], a["stress"]["p"], b["stress"]["p"],
                           params.promotion.bootstrap_samples, params.data.seed, level).to_dict()}
-        if "external" in a:
-            comparison["external"] = compare.delong(a["external"]["y"], a["external"]["p"], b["external"]["p"],
-                                                    level).to_dict()
+        for key in ("external", "golden"):
+            if key in a:
+                comparison[key] = compare.delong(a[key]["y"], a[key]["p"], b[key]["p"], level).to_dict()
         out["comparison"] = comparison
     return _jsonable(out)

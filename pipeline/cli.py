@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "on a split of the dataset, re-split exactly as training does.")
     _common(p)
     p.add_argument("--model", required=True, help="model.pt path or models:/<name>@<alias>")
-    p.add_argument("--split", choices=["train", "val", "test", "external"], default="test")
+    p.add_argument("--split", choices=["train", "val", "test", "external", "golden"], default="test")
     p.add_argument("--out", type=Path, help="write metrics JSON here (and plots beside it)")
 
     p = sub.add_parser("predict", help="classify X-ray files (JPEG, PNG, DICOM)",
@@ -105,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_validate(args, params, data_root) -> int:
     from pipeline import data
 
-    samples = data.subset(data.discover(data_root), params.data.subset_per_class,
-                          params.data.seed)
-    _, report = data.validate(samples, params, root=data_root)
+    _, report = data.prepare(data_root, params)   # golden set verified, its patients dropped
     print(report.summary())
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
@@ -165,10 +163,11 @@ def cmd_evaluate(args, params, data_root) -> int:
               f"{t['specificity']:.3f}  at threshold {predictor.threshold:.3f}  ECE {t['ece']:.3f}  Brier {t['brier']:.3f}")
         print(f"stress ({scored['stress']['n']} held-out images x {scored['stress']['shifts']} shifts):")
         print(stress.format_table(scored["stress"]))
-        if scored["external"]:
-            e = scored["external"]
-            print(f"external ({e['n']} images): AUC {e['auc']:.4f}  sensitivity {e['sensitivity']:.3f}  "
-                  f"specificity {e['specificity']:.3f}  ECE {e['ece']:.3f}")
+        for name in ("external", "golden"):
+            if scored[name]:
+                e = scored[name]
+                print(f"{name} ({e['n']} images): AUC {e['auc']:.4f}  sensitivity {e['sensitivity']:.3f}  "
+                      f"specificity {e['specificity']:.3f}  ECE {e['ece']:.3f}")
         probs = scored["probs"]["test"]
         plots = lambda out: evaluate.save_plots(probs["y"], probs["p"], predictor.threshold, [], out)  # noqa: E731
     if args.out:

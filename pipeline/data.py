@@ -60,6 +60,8 @@ class ValidationReport:
     conflicts: list[dict] = field(default_factory=list)    # same bytes under both labels: all dropped
     no_patient_id: int = 0                                 # usable images without a patient id
     counts: dict = field(default_factory=dict)             # usable images per class
+    golden_excluded: list[dict] = field(default_factory=list)  # dropped: golden patients / images
+    golden: dict = field(default_factory=dict)             # the golden set checked (pipeline.golden)
 
     @property
     def rejected_fraction(self) -> float:
@@ -76,6 +78,12 @@ class ValidationReport:
                  f"rejected {len(self.rejected)}, exact duplicates dropped {len(self.duplicates)}, "
                  f"same file under both labels dropped {len(self.conflicts)}, "
                  f"without a patient id {self.no_patient_id} (each its own patient)"]
+        if self.golden:
+            patients = len({g["patient"] for g in self.golden_excluded})
+            lines.append(f"golden set {self.golden.get('root')} (fingerprint {str(self.golden.get('fingerprint'))[:12]}, "
+                         f"{self.golden.get('images')} images) verified; dropped from this data version: "
+                         f"{len(self.golden_excluded)} images of {patients} golden patients")
+            lines += [f"  golden {g['why']} {g['path']}" for g in self.golden_excluded[:20]]
         lines += [f"  label conflict {c['path']}: {', '.join(c['labels'])}" for c in self.conflicts[:20]]
         lines += [f"  rejected {r['path']}: {r['reason']}" for r in self.rejected[:50]]
         if len(self.rejected) > 50:
@@ -89,10 +97,12 @@ class Splits:
     val: list[Sample]
     test: list[Sample]
     external: list[Sample] = field(default_factory=list)   # a provided test/ folder, scored apart
+    golden: list[Sample] = field(default_factory=list)     # the fixed golden set (pipeline.golden), scored apart
 
     def items(self):
         parts = (("train", self.train), ("val", self.val), ("test", self.test))
-        return parts + ((("external", self.external),) if self.external else ())
+        return (parts + ((("external", self.external),) if self.external else ())
+                + ((("golden", self.golden),) if self.golden else ()))
 
     def counts(self) -> dict:
         return {name: {c: sum(s.label == i for s in part) for i, c in enumerate(config.CLASSES)}
@@ -327,14 +337,36 @@ def link_subset(source: str | Path, dest: str | Path, per_class: int, seed: int 
     return created
 
 
-def load(root: str | Path, params: Params) -> tuple[Splits, ValidationReport, PreprocessCache]:
-    """discover -> subset -> validate -> split: what training and evaluation start from."""
+def prepare(root: str | Path, params: Params, cache: PreprocessCache | None = None, golden=None):
+    """discover -> drop golden patients -> subset -> validate -> drop copies of golden images:
+    the usable samples of a data version and the report (what the DAG's validate task, `python -m
+    pipeline validate` and `load` run). `golden`: a loaded pipeline.golden.GoldenSet; by default the
+    one params configure, verified against its pin first (GoldenSetError when it changed)."""
+    from pipeline import golden as golden_set
+
     root = Path(root)
-    samples = discover(root)
+    cache = cache or open_cache(params)
+    golden = golden_set.load(params, cache) if golden is None else golden
+    samples, dropped = golden_set.exclude(discover(root), golden)
     samples = subset(samples, params.data.subset_per_class, params.data.seed)
-    cache = open_cache(params)
     usable, report = validate(samples, params, cache, root)
-    return split(usable, params), report, cache
+    usable, copies = golden_set.exclude(usable, golden)
+    report.golden_excluded = dropped + copies
+    report.golden = golden.summary() if golden else {}
+    return usable, report
+
+
+def load(root: str | Path, params: Params) -> tuple[Splits, ValidationReport, PreprocessCache]:
+    """prepare (discover, golden exclusion, subset, validate) -> split, with the golden set (when
+    one is configured) attached as `splits.golden`: what training and evaluation start from."""
+    from pipeline import golden as golden_set
+
+    cache = open_cache(params)
+    golden = golden_set.load(params, cache)
+    usable, report = prepare(root, params, cache, golden)
+    splits = split(usable, params)
+    splits.golden = golden.samples if golden else []
+    return splits, report, cache
 
 
 def arrays(samples: list[Sample], cache: PreprocessCache) -> tuple[np.ndarray, np.ndarray]:

@@ -46,6 +46,10 @@ def render(version: int | str, metrics: dict, params: Params, data_version: str,
         lines.append(row + (f" {_num(metrics.get(f'external_{key}'))} |" if ext else ""))
     lines.append(f"| ECE (10 bins) | {_num(metrics.get('ece'))} | | {_num(metrics.get('stress_mean_ece'))} |"
                  + (f" {_num(metrics.get('external_ece'))} |" if ext else ""))
+    if "golden_auc" in metrics:
+        lines += ["", f"**Golden set** (fixed, {metrics.get('golden_n')} images, patients never in any data "
+                      f"version): AUC {_num(metrics.get('golden_auc'))}, sensitivity {_num(metrics.get('golden_sensitivity'))}, "
+                      f"specificity {_num(metrics.get('golden_specificity'))}, ECE {_num(metrics.get('golden_ece'))}."]
     lines += [
         "",
         f"**Threshold.** PNEUMONIA when P >= {_num(metrics.get('threshold'), 3)}: the highest threshold whose "

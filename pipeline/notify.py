@@ -107,7 +107,8 @@ def decision_message(summary: dict) -> tuple[str, str]:
             lines.append(f"{who} v{entry.get('version')} on {summary['scores'].get('n_test', '?')} held-out images:")
             shown = {k: scores[k] for k in ("auc", "sensitivity", "specificity", "threshold", "ece",
                                             "stress_mean_auc", "stress_worst_auc", "stress_worst_sensitivity",
-                                            "external_auc") if isinstance(scores.get(k), (int, float))}
+                                            "external_auc", "golden_auc", "golden_sensitivity",
+                                            "golden_specificity") if isinstance(scores.get(k), (int, float))}
             lines.append("  " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()))
     lines.append(f"Data version: {data} ({summary.get('nfiles', '?')} files); trigger: {summary.get('trigger')}")
     for label, link in (("MLflow run", summary.get("run_link")), ("Model version", summary.get("model_link"))):

@@ -99,6 +99,10 @@ class Evaluate:
     stress_families: list[str]
     stress_source_max_side: int = within(32)
     batch_size: int = within(1)
+    # the fixed golden evaluation set (pipeline/golden.py): "" = none; a folder NORMAL/ PNEUMONIA/,
+    # relative to the repository ($XRAY_REPO) unless absolute, whose content must match the pin
+    golden_dir: str
+    golden_fingerprint: str
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,8 @@ class Promotion:
     floors: dict[str, float]
     stress_floors: dict[str, float]
     external_floors: dict[str, float]
+    golden_floors: dict[str, float]
+    golden_no_worse: bool
     non_inferiority_margin: float = within(0, 1)
     confidence: float = within(0.5, 0.9999)
     bootstrap_samples: int = within(10)

@@ -66,26 +66,31 @@ def fit_operating_point(predictor, splits, params: Params, cache) -> dict:
             "val_ece_after": calibration.ece(y_val, p_val)}
 
 
+def _score_set(predictor, samples, params: Params, cache) -> tuple[dict, dict]:
+    """(figures, probabilities) of one set of validated images at the predictor's stored threshold:
+    AUC, sensitivity, specificity, ..., confusion matrix, ECE, Brier. The one scoring of held-out,
+    external and golden images."""
+    y, p = evaluate.predict_samples(predictor, samples, params, cache)
+    figures = evaluate.compute_metrics(y, p, predictor.threshold)
+    figures.update(ece=calibration.ece(y, p), brier=calibration.brier(y, p))
+    return figures, {"keys": [s.digest for s in samples], "y": y, "p": p}
+
+
 def score(predictor, splits, params: Params, cache) -> dict:
-    """Held-out, stress and external figures of `predictor` at its stored threshold, plus the
-    per-image probabilities ("probs") that a paired comparison of two models needs."""
+    """Held-out, stress, external and golden figures of `predictor` at its stored threshold, plus
+    the per-image probabilities ("probs") that a paired comparison of two models needs."""
     bs = params.evaluate.batch_size
-    y_test, p_test = evaluate.predict_samples(predictor, splits.test, params, cache)
-    test = evaluate.compute_metrics(y_test, p_test, predictor.threshold)
-    test.update(ece=calibration.ece(y_test, p_test), brier=calibration.brier(y_test, p_test))
+    test, probs_test = _score_set(predictor, splits.test, params, cache)
     held_stress = stress_set(splits.test, params, predictor.image_size)
     p_stress = {k: predictor.calibration.probability(v) for k, v in stress.logits(predictor, held_stress, bs).items()}
     out = {"test": test, "stress": stress.report(held_stress.labels, p_stress, predictor.threshold),
-           "external": None,
-           "probs": {"test": {"keys": [s.digest for s in splits.test], "y": y_test, "p": p_test},
+           "external": None, "golden": None,
+           "probs": {"test": probs_test,
                      "stress": {"keys": held_stress.keys, "y": held_stress.labels, "p": p_stress}}}
-    external = getattr(splits, "external", None) or []
-    if external:
-        y_ext, p_ext = evaluate.predict_samples(predictor, external, params, cache)
-        ext = evaluate.compute_metrics(y_ext, p_ext, predictor.threshold)
-        ext.update(ece=calibration.ece(y_ext, p_ext), brier=calibration.brier(y_ext, p_ext))
-        out["external"] = ext
-        out["probs"]["external"] = {"keys": [s.digest for s in external], "y": y_ext, "p": p_ext}
+    for name in ("external", "golden"):   # a provided test/ folder; the fixed golden set (pipeline.golden)
+        samples = getattr(splits, name, None) or []
+        if samples:
+            out[name], out["probs"][name] = _score_set(predictor, samples, params, cache)
     return out
 
 
@@ -99,6 +104,11 @@ def flat_metrics(scored: dict) -> dict:
     m["stress_per_shift"] = st["per_shift"]
     if scored.get("external"):
         m.update({f"external_{k}": v for k, v in scored["external"].items() if k != "confusion_matrix"})
+    if scored.get("golden"):   # golden_auc, golden_sensitivity, ..., golden_ece, golden_n and its counts
+        g = scored["golden"]
+        m.update({f"golden_{k}": v for k, v in g.items() if k != "confusion_matrix"})
+        (tn, fp), (fn, tp) = g["confusion_matrix"]
+        m.update(golden_tn=tn, golden_fp=fp, golden_fn=fn, golden_tp=tp)
     return m
 
 
@@ -131,8 +141,9 @@ def save_quality_plots(scored: dict, fitted: dict, out_dir: Path) -> list[Path]:
     sets = {"held-out": (probs["test"]["y"], probs["test"]["p"]),
             "stress (pooled)": (np.concatenate([probs["stress"]["y"]] * len(probs["stress"]["p"])),
                                 np.concatenate(list(probs["stress"]["p"].values())))}
-    if "external" in probs:
-        sets["external"] = (probs["external"]["y"], probs["external"]["p"])
+    for name in ("external", "golden"):
+        if name in probs:
+            sets[name] = (probs[name]["y"], probs[name]["p"])
     for label, (y, p) in sets.items():
         rows = [r for r in calibration.reliability(y, p) if r["n"]]
         ax.plot([r["mean_prob"] for r in rows], [r["observed"] for r in rows], "o-",

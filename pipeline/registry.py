@@ -62,7 +62,8 @@ LOCK_WAIT_S = float(os.environ.get("XRAY_PROMOTION_LOCK_WAIT_S", 120))
 # the figures logged on a version's model (test.<key> at registration; challenger./champion.<key> at decision)
 METRIC_KEYS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "threshold", "ece",
                "stress_mean_auc", "stress_worst_auc", "stress_worst_sensitivity", "stress_worst_specificity",
-               "external_auc", "external_sensitivity", "external_specificity", "external_ece")
+               "external_auc", "external_sensitivity", "external_specificity", "external_ece",
+               "golden_auc", "golden_sensitivity", "golden_specificity", "golden_ece", "golden_n")
 
 
 class TrackingServerUnavailable(RuntimeError):

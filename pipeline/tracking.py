@@ -157,9 +157,9 @@ def _register(client, name: str, checkpoint: Path, run_id: str, example: bytes |
 
 
 def _run_metrics(metrics: dict) -> dict[str, float]:
-    """train()'s metrics as flat MLflow metric names: test_* (held-out), stress_*, external_*,
+    """train()'s metrics as flat MLflow metric names: test_* (held-out), stress_*, external_*, golden_*,
     stress.<family>.<strength>.<metric> per shift, best_val_auc, best_epoch, the confusion counts."""
-    final = {(k if k.startswith(("stress_", "external_", "val_")) else f"test_{k}"): float(v)
+    final = {(k if k.startswith(("stress_", "external_", "golden_", "val_")) else f"test_{k}"): float(v)
              for k, v in metrics.items() if _finite(v) and k not in ("val_auc", "best_epoch")}
     for shift_name, figures in (metrics.get("stress_per_shift") or {}).items():  # MLflow metric names: no ':'
         final.update({f"stress.{shift_name.replace(':', '.')}.{k}": float(v)
@@ -179,6 +179,12 @@ def _data_tags(dataset: dict, data_version: str | None) -> dict[str, str]:
             "data.dvc_hash": data_version or "none",
             "data.rejected": str(dataset.get("rejected", 0)),
             "data.duplicates_dropped": str(dataset.get("duplicates", 0))}
+    golden = dataset.get("golden") or {}
+    if golden:   # the golden set checked (pipeline.golden) and what it took out of this data version
+        tags.update({"golden.root": str(golden.get("root")), "golden.fingerprint": str(golden.get("fingerprint")),
+                     "golden.images": str(golden.get("images")),
+                     "data.golden_excluded": str(dataset.get("golden_excluded", 0)),
+                     "data.golden_excluded_patients": str(dataset.get("golden_excluded_patients", 0))})
     for split_name, per_class in (dataset.get("counts") or {}).items():
         if isinstance(per_class, dict):
             for cls, n in per_class.items():

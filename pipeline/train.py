@@ -280,7 +280,9 @@ def train(params: Params, data_root: str | Path, out_dir: str | Path,
 
     dataset = {"root": str(data_root), "fingerprint": data.dataset_fingerprint(
         splits.train + splits.val + splits.test), "counts": splits.counts(),
-        "rejected": len(report.rejected), "duplicates": len(report.duplicates)}
+        "rejected": len(report.rejected), "duplicates": len(report.duplicates),
+        "golden": report.golden, "golden_excluded": len(report.golden_excluded),
+        "golden_excluded_patients": len({g["patient"] for g in report.golden_excluded})}
     system = {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
               "bf16": loop.bf16, "channels_last": True, "cpu": platform.processor() or platform.machine(),
               "python": platform.python_version(), "wall_time_s": round(time.time() - start, 1)}

@@ -206,6 +206,24 @@ def update(repo: str | Path | None = None, target: str = DATA_DIR) -> dict:
             "repo": str(root), "seconds": round(time.perf_counter() - started, 2)}
 
 
+def pull_golden(golden_dir: str, repo: str | Path | None = None) -> dict | None:
+    """``dvc pull <golden_dir>.dvc`` when the golden evaluation set is configured and tracked by its own
+    pointer (docs/data-and-dag.md, "The golden evaluation set"). No ``-r``: the pointer names its own
+    remote (``remote: golden`` in the .dvc file), readable with the DAG's read-only credentials, so
+    XRAY_DVC_REMOTE (the data engineers' remote) never applies to it. Returns the pointer's md5 and
+    files, None when no golden set is configured or it is not DVC-tracked (a folder provided by the
+    deployment, read-only). Whether the content is the pinned one is checked by pipeline.golden."""
+    if not golden_dir.strip() or Path(golden_dir).is_absolute():
+        return None
+    root = repo_root(repo)
+    target = golden_dir.strip().rstrip("/")
+    if not (root / f"{target}.dvc").exists():
+        return None
+    dvc("pull", f"{target}.dvc", repo=root)
+    version = data_version(root, target)
+    return {"path": target, "md5": version.hash, "nfiles": version.nfiles} if version else None
+
+
 # ---------------------------------------------------------------------------- publishing
 def publish(repo: str | Path | None = None, target: str = DATA_DIR, message: str | None = None,
             push: bool = True) -> DataVersion:

@@ -119,3 +119,46 @@ def test_undefined_metric_counts_as_failing_floor(params):
 def test_same_version_is_not_promoted_again(params):
     d = decide(scores(GOOD, GOOD, ch_v=3, champ_v=3), params)
     assert d["promote"] is False and "already the champion" in d["reason"]
+
+
+GOLDEN = {"golden_auc": 0.93, "golden_sensitivity": 0.92, "golden_specificity": 0.75, "golden_ece": 0.04,
+          "golden_n": 80}
+
+
+def with_golden_comparison(s: dict, golden: dict) -> dict:
+    s["comparison"]["golden"] = golden
+    return s
+
+
+def test_golden_floors_apply_only_when_a_golden_set_was_scored(params):
+    strict = config.apply_overrides(params, {"promotion.golden_floors": {"sensitivity": 0.9, "auc": 0.9}})
+    assert decide(scores(GOOD), strict)["promote"] is True   # no golden set: the floors have nothing to judge
+    assert decide(scores({**GOOD, **GOLDEN}), params)["promote"] is True   # default: no golden floors
+    d = decide(scores({**GOOD, **GOLDEN, "golden_sensitivity": 0.85}), strict)
+    assert d["promote"] is False and "golden-set sensitivity 0.8500 < floor 0.9000" in d["floors_failed"]
+    # a champion under the golden floors is replaced by a challenger above them
+    d = decide(with_golden_comparison(scores({**GOOD, **GOLDEN}, {**GOOD, **GOLDEN, "golden_auc": 0.8}),
+                                      interval(0.1)), strict)
+    assert d["promote"] is True and "golden-set auc 0.8000 < floor" in d["reason"]
+
+
+def test_significantly_worse_on_the_golden_set_is_rejected(params):
+    worse = with_golden_comparison(scores({**GOOD, **GOLDEN}, {**GOOD, **GOLDEN, "golden_auc": 0.97}),
+                                   {"delta": -0.04, "low": -0.07, "high": -0.01})
+    d = decide(worse, params)   # better everywhere else, worse on the set nobody could shape
+    assert d["promote"] is False and "significantly worse golden set" in d["reason"]
+    assert decide(worse, config.apply_overrides(params, {"promotion.golden_no_worse": False}))["promote"] is True
+    # a wide interval on a small set is not evidence: the golden set is not in the non-inferiority test
+    unsure = with_golden_comparison(scores({**GOOD, **GOLDEN}, {**GOOD, **GOLDEN}), interval(-0.01, 0.05))
+    assert decide(unsure, params)["promote"] is True
+
+
+def test_every_reason_carries_both_models_golden_figures(params):
+    d = decide(with_golden_comparison(scores({**GOOD, **GOLDEN}, {**GOOD, **GOLDEN, "golden_auc": 0.91}),
+                                      interval(0.02)), params)
+    assert ("[golden set, 80 images: challenger AUC 0.9300, sensitivity 0.9200, specificity 0.7500, ECE 0.0400; "
+            "champion AUC 0.9100") in d["reason"] and "AUC difference +0.0200 [+0.0160, +0.0240]]" in d["reason"]
+    first = decide(scores({**GOOD, **GOLDEN}), params)
+    assert first["reason"].startswith("no champion yet") and first["reason"].endswith("ECE 0.0400]")
+    assert "golden" not in decide(scores(GOOD), params)["reason"]
+    json.dumps(d)
