@@ -213,15 +213,15 @@ class Gate:
         d = np.atleast_2d(feats) - self.mean
         return np.sqrt(np.maximum(np.einsum("nd,de,ne->n", d, self.precision, d), 0))
 
-    def layout_residual(self, arrays: np.ndarray) -> np.ndarray:
+    def layout_residual(self, arrays: np.ndarray, equalised=None) -> np.ndarray:
         """[N] distance of each image's thumbnail to the training films' principal modes."""
         if self.layout_basis is None:
             return np.zeros(len(arrays), np.float32)
-        return _pca_residual(layout_thumbnails(arrays), self.layout_mean, self.layout_basis)
+        return _pca_residual(layout_thumbnails(arrays, equalised), self.layout_mean, self.layout_basis)
 
-    def texture_z(self, arrays: np.ndarray) -> np.ndarray:
+    def texture_z(self, arrays: np.ndarray, equalised=None) -> np.ndarray:
         """[N, len(TEXTURE_NAMES)] signed robust z of each image's texture statistics."""
-        return (texture_stats(arrays) - self.texture_center) / self.texture_scale
+        return (texture_stats(arrays, equalised) - self.texture_center) / self.texture_scale
 
     def texture_score(self, arrays: np.ndarray) -> np.ndarray:
         """[N] the largest |z| of each image's texture statistics (0 where the check is not fitted)."""
@@ -263,7 +263,8 @@ class Gate:
         verdict = Verdict(warnings=list(warnings))
         if not self.learned:
             return verdict
-        residual = float(self.layout_residual(arr[None])[0])
+        equalised = _equalised(arr[None])  # once, for the layout and the texture
+        residual = float(self.layout_residual(arr[None], equalised)[0])
         if residual > self.max_layout:
             # a film turned the wrong way fits the layout once turned back: say that, it is the fix
             turned = [(float(self.layout_residual(view)[0]), k) for k, view in enumerate(transforms(arr[None]))][1:]
@@ -274,7 +275,7 @@ class Gate:
             raise NotAChestXray(f"its overall picture does not have a chest film's layout (residual {residual:.1f} "
                                 f"against the training films; accepted up to {self.max_layout:.1f})")
         if self.texture_center is not None:
-            z = self.texture_z(arr[None])[0]
+            z = self.texture_z(arr[None], equalised)[0]
             worst = int(np.abs(z).argmax())
             if abs(z[worst]) > self.max_texture:
                 raise NotAChestXray(f"its detail and edges are those of a photograph or a scan, not of a radiograph "
@@ -295,29 +296,35 @@ class Gate:
         return verdict
 
 
-def layout_thumbnails(arrays: np.ndarray) -> np.ndarray:
-    """uint8 [N, S, S] -> [N, LAYOUT_SIDE**2] equalised thumbnails on 0..1 (equalised whatever the
-    model's intensity mode, so that the tone curve of a machine does not count as layout)."""
+def _equalised(arrays: np.ndarray):
+    """uint8 [N, S, S] -> float tensor [N, 1, S, S] on 0..255, histogram-equalised."""
     import torch
 
     from pipeline.preprocess import equalize
 
-    x = equalize(torch.from_numpy(np.ascontiguousarray(arrays)).float()[:, None])
+    return equalize(torch.from_numpy(np.ascontiguousarray(arrays)).float()[:, None])
+
+
+def layout_thumbnails(arrays: np.ndarray, equalised=None) -> np.ndarray:
+    """uint8 [N, S, S] -> [N, LAYOUT_SIDE**2] equalised thumbnails on 0..1 (equalised whatever the
+    model's intensity mode, so that the tone curve of a machine does not count as layout;
+    `equalised`: the arrays' `_equalised`, when the caller has it already)."""
+    import torch
+
+    x = _equalised(arrays) if equalised is None else equalised
     x = torch.nn.functional.adaptive_avg_pool2d(x, LAYOUT_SIDE)
     return (x.reshape(len(arrays), -1) / 255.0).numpy()
 
 
-def texture_stats(arrays: np.ndarray) -> np.ndarray:
+def texture_stats(arrays: np.ndarray, equalised=None) -> np.ndarray:
     """uint8 [N, S, S] -> [N, len(TEXTURE_NAMES)] statistics of the equalised image (on 0..1, so the
     tone curve of a machine does not count): log energy of each level of a Laplacian pyramid,
     the balance of horizontal against vertical gradients, the centre's mean brightness against the
-    whole image's. Cost: ~0.3 ms for one 160 px image."""
+    whole image's. Cost: ~0.4 ms for one 160 px image (docs/benchmarks.md)."""
     import torch
     import torch.nn.functional as F
 
-    from pipeline.preprocess import equalize
-
-    x = equalize(torch.from_numpy(np.ascontiguousarray(arrays)).float()[:, None]) / 255.0
+    x = (_equalised(arrays) if equalised is None else equalised) / 255.0
     out = []
     level = x
     for _ in range(TEXTURE_LEVELS):
