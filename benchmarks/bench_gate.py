@@ -5,8 +5,13 @@
 1. cost: full-resolution uploads (../shared/datasets/fullres_samples) answered by Predictor.predict
    with the gate vs the same steps without it (decode + resize + forward pass), median of --repeat;
 2. false refusals: every held-out (test split) X-ray of the model's own patient split of --data,
-   and the 80 full-resolution samples (the 10 RGB-encoded ones counted apart);
-3. foreign inputs (tests/foreign_inputs.py): how many of each class are refused.
+   the 80 full-resolution samples (the 10 RGB-encoded ones counted apart) and --data's own val/
+   folder when it has one;
+3. foreign inputs (tests/foreign_inputs.py): how many of each class are refused;
+4. grey scene photographs shipped by scikit-image, matplotlib and scikit-learn
+   (`foreign_inputs.scene_photos`): refused per half (tuning / held-out / fresh), by the whole gate
+   and by the network-free checks alone (layout, layout + texture).
+--no-texture judges the same checkpoint as if its gate had no texture check (the "before").
 """
 from __future__ import annotations
 
@@ -72,9 +77,38 @@ def cost(predictor: Predictor, files: list[Path], repeat: int) -> dict:
             pass
     out["assess_ms"] = (time.perf_counter() - t) * 1000 / 200
     t = time.perf_counter()
+    for _ in range(200):
+        predictor.gate.texture_score(arr[None])
+    out["texture_ms"] = (time.perf_counter() - t) * 1000 / 200
+    t = time.perf_counter()
     for blob in blobs:
         gate.check_file(blob)
     out["check_file_ms"] = (time.perf_counter() - t) * 1000 / len(blobs)
+    return out
+
+
+def scenes(predictor: Predictor) -> dict:
+    """Grey scene photographs refused, per half, by the gate and by its network-free checks."""
+    from foreign_inputs import FRESH, HELD_OUT, TUNING, scene_photos
+
+    g = predictor.gate
+    out = {}
+    for half, names in (("tuning", TUNING), ("held_out", HELD_OUT), ("fresh", FRESH)):
+        photos, arrays, answered = scene_photos(names), [], []
+        for name, (_, blob) in photos.items():
+            try:
+                arrays.append(preprocess.load_array(blob, predictor.image_size))
+            except preprocess.InvalidImage:  # under the 64 px minimum: refused before the gate
+                continue
+            if not refused(predictor, blob):
+                answered.append(name)
+        x = np.stack(arrays)
+        layout = g.layout_residual(x) > g.max_layout
+        texture = g.texture_score(x) > g.max_texture
+        out[half] = {"n": len(x), "refused": len(x) - len(answered), "answered": answered,
+                     "layout_alone": int(layout.sum()), "layout_or_texture": int((layout | texture).sum())}
+        print(f"grey scene photos, {half}: {len(x) - len(answered)}/{len(x)} refused "
+              f"(network-free: layout {layout.sum()}, layout or texture {(layout | texture).sum()})")
     return out
 
 
@@ -86,9 +120,12 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-heldout", action="store_true")
+    ap.add_argument("--no-texture", action="store_true", help="switch the texture check off (before)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     predictor = Predictor.from_checkpoint(args.model, device="cpu")
+    if args.no_texture:
+        predictor.gate.texture_center = None
     print(f"gate: {predictor.gate.description}")
     report: dict = {"model": str(args.model), "gate": predictor.gate.description}
 
@@ -101,6 +138,12 @@ def main() -> int:
                          "reasons": {k: v for k, v in out.items() if v}}
     print(f"full-resolution samples: {report['fullres']['refused']}/{len(fullres)} refused "
           f"(RGB-encoded: {report['fullres']['refused_rgb']}/{len(rgb)})")
+
+    provided_val = sorted((args.data / "val").glob("*/*.jpeg"))  # a provided val/ folder, too small to be used
+    if provided_val:
+        reasons = [r for r in (refused(predictor, f.read_bytes()) for f in provided_val) if r]
+        report["provided_val"] = {"n": len(provided_val), "refused": len(reasons), "reasons": reasons}
+        print(f"provided val/ X-rays: {len(reasons)}/{len(provided_val)} refused")
 
     if not args.skip_heldout:
         ckpt = torch.load(args.model, map_location="cpu", weights_only=True)
@@ -118,6 +161,7 @@ def main() -> int:
     print(f"foreign inputs refused: {caught}/{len(samples)}")
     for k, v in report["foreign"].items():
         print(f"  {'REFUSED ' if v else 'ANSWERED'} {k}: {(v or '').removeprefix(gate.PREFIX)}")
+    report["scenes"] = scenes(predictor)
     report["cost"] = cost(predictor, fullres[::8], args.repeat)  # 10 uploads, both classes, all sizes
     print("cost per request (median ms):", json.dumps({k: round(v, 3) for k, v in report["cost"].items()}))
     print(json.dumps(report, default=str))

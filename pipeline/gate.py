@@ -11,6 +11,12 @@ Three layers, cheapest first:
      ("eigen-chests", PCA); a photo, a page or a scan of another body part leaves a residual no
      chest film leaves. Independent of the network, so it holds where the network's features do
      not (a grey photo of a flower sat close to the X-rays in feature space);
+   - the texture ("scene statistics"): how the equalised image's detail is spread over five scales
+     (a Laplacian pyramid: grain, edges, shapes), how its edges lean (vertical vs horizontal) and
+     how bright its centre is against the whole; each against the training films (robust z: median
+     and interquartile range), the largest |z| refused above validation's limit. A photograph of
+     grass, gravel, bricks, a street or a room has the right overall layout often enough, but its
+     detail sits at scales and in directions where a radiograph's never does;
    from the ResNet's pooled features of the very forward pass that makes the prediction
    (`model.logits_and_features`, so it costs one small matrix product):
    - a Mahalanobis distance to the training X-rays (mean + Ledoit-Wolf precision), refused above
@@ -54,6 +60,11 @@ LAYOUT_MODES = 10          # ...to the 10 principal modes of the training films 
 LAYOUT_SHARE = 0.1         # of the false-refusal budget; the two feature checks share the rest
 LAYOUT_MARGIN = 1.2        # x validation's limit: the layout check is a net for what is no radiograph
                            # at all (grey photos, pages: >= 1.4x); new patients' films reach 1.3x
+TEXTURE_SHARE = 0.1        # of the false-refusal budget, for the texture check
+TEXTURE_MARGIN = 1.2       # x validation's limit, like the layout's (a net for photographs and scans)
+TEXTURE_LEVELS = 5         # pyramid levels: at 160 px, detail of 1-2 px up to 16-32 px
+TEXTURE_NAMES = tuple(f"detail at {2 ** k}-{2 ** (k + 1)} px" for k in range(TEXTURE_LEVELS)) + (
+    "edge direction (vertical vs horizontal)", "centre brightness")
 UNDO = (0, 3, 2, 1, 4, 5)  # transforms()[UNDO[k]] turns a film in ORIENTATIONS[k] back upright
 
 
@@ -175,6 +186,11 @@ class Gate:
             self.layout_mean = np.asarray(layout["mean"], np.float32) if layout else None
             self.layout_basis = np.asarray(layout["basis"], np.float32) if layout else None
             self.max_layout = float(layout["max_residual"]) if layout else float("inf")
+            # checkpoints fitted before the texture check existed have no "texture": skipped
+            texture = state.get("texture")
+            self.texture_center = np.asarray(texture["center"], np.float32) if texture else None
+            self.texture_scale = np.asarray(texture["scale"], np.float32) if texture else None
+            self.max_texture = float(texture["max_score"]) if texture else float("inf")
 
     @property
     def learned(self) -> bool:
@@ -185,6 +201,8 @@ class Gate:
         if not self.learned:
             return "cheap checks only (this model was trained before the learned gate existed)"
         layout = f" + layout residual <= {self.max_layout:.2f}" if self.layout_basis is not None else ""
+        if self.texture_center is not None:
+            layout += f" + texture score <= {self.max_texture:.2f}"
         return (f"cheap checks{layout} + feature distance <= {self.max_distance:.1f} + orientation "
                 f"P(upright) >= {self.min_upright:.2f}")
 
@@ -192,11 +210,21 @@ class Gate:
         d = np.atleast_2d(feats) - self.mean
         return np.sqrt(np.maximum(np.einsum("nd,de,ne->n", d, self.precision, d), 0))
 
-    def layout_residual(self, arrays: np.ndarray) -> np.ndarray:
+    def layout_residual(self, arrays: np.ndarray, equalised=None) -> np.ndarray:
         """[N] distance of each image's thumbnail to the training films' principal modes."""
         if self.layout_basis is None:
             return np.zeros(len(arrays), np.float32)
-        return _pca_residual(layout_thumbnails(arrays), self.layout_mean, self.layout_basis)
+        return _pca_residual(layout_thumbnails(arrays, equalised), self.layout_mean, self.layout_basis)
+
+    def texture_z(self, arrays: np.ndarray, equalised=None) -> np.ndarray:
+        """[N, len(TEXTURE_NAMES)] signed robust z of each image's texture statistics."""
+        return (texture_stats(arrays, equalised) - self.texture_center) / self.texture_scale
+
+    def texture_score(self, arrays: np.ndarray) -> np.ndarray:
+        """[N] the largest |z| of each image's texture statistics (0 where the check is not fitted)."""
+        if self.texture_center is None:
+            return np.zeros(len(arrays), np.float32)
+        return np.abs(self.texture_z(arrays)).max(1)
 
     def orientation(self, feats: np.ndarray) -> np.ndarray:
         """[N, 6] probabilities over ORIENTATIONS."""
@@ -232,7 +260,8 @@ class Gate:
         verdict = Verdict(warnings=list(warnings))
         if not self.learned:
             return verdict
-        residual = float(self.layout_residual(arr[None])[0])
+        equalised = _equalised(arr[None])  # once, for the layout and the texture
+        residual = float(self.layout_residual(arr[None], equalised)[0])
         if residual > self.max_layout:
             # a film turned the wrong way fits the layout once turned back: say that, it is the fix
             turned = [(float(self.layout_residual(view)[0]), k) for k, view in enumerate(transforms(arr[None]))][1:]
@@ -242,6 +271,13 @@ class Gate:
                                     f"{ORIENTATIONS[UNDO[k]]}); upload films upright, as read on a light box")
             raise NotAChestXray(f"its overall picture does not have a chest film's layout (residual {residual:.1f} "
                                 f"against the training films; accepted up to {self.max_layout:.1f})")
+        if self.texture_center is not None:
+            z = self.texture_z(arr[None], equalised)[0]
+            worst = int(np.abs(z).argmax())
+            if abs(z[worst]) > self.max_texture:
+                raise NotAChestXray(f"its detail and edges are those of a photograph or a scan, not of a radiograph "
+                                    f"({TEXTURE_NAMES[worst]} {'above' if z[worst] > 0 else 'below'} any chest "
+                                    f"film's: texture score {abs(z[worst]):.1f}; accepted up to {self.max_texture:.1f})")
         if feats is None or not len(feats):
             return verdict
         verdict.score = float(self.distance(feats)[0])
@@ -257,16 +293,62 @@ class Gate:
         return verdict
 
 
-def layout_thumbnails(arrays: np.ndarray) -> np.ndarray:
-    """uint8 [N, S, S] -> [N, LAYOUT_SIDE**2] equalised thumbnails on 0..1 (equalised whatever the
-    model's intensity mode, so that the tone curve of a machine does not count as layout)."""
+def _equalised(arrays: np.ndarray):
+    """uint8 [N, S, S] -> float tensor [N, 1, S, S] on 0..255, histogram-equalised."""
     import torch
 
     from pipeline.preprocess import equalize
 
-    x = equalize(torch.from_numpy(np.ascontiguousarray(arrays)).float()[:, None])
+    return equalize(torch.from_numpy(np.ascontiguousarray(arrays)).float()[:, None])
+
+
+def layout_thumbnails(arrays: np.ndarray, equalised=None) -> np.ndarray:
+    """uint8 [N, S, S] -> [N, LAYOUT_SIDE**2] equalised thumbnails on 0..1 (equalised whatever the
+    model's intensity mode, so that the tone curve of a machine does not count as layout;
+    `equalised`: the arrays' `_equalised`, when the caller has it already)."""
+    import torch
+
+    x = _equalised(arrays) if equalised is None else equalised
     x = torch.nn.functional.adaptive_avg_pool2d(x, LAYOUT_SIDE)
     return (x.reshape(len(arrays), -1) / 255.0).numpy()
+
+
+def texture_stats(arrays: np.ndarray, equalised=None) -> np.ndarray:
+    """uint8 [N, S, S] -> [N, len(TEXTURE_NAMES)] statistics of the equalised image (on 0..1, so the
+    tone curve of a machine does not count): log energy of each level of a Laplacian pyramid,
+    the balance of horizontal against vertical gradients, the centre's mean brightness against the
+    whole image's. Cost: ~0.4 ms for one 160 px image (docs/benchmarks.md)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = (_equalised(arrays) if equalised is None else equalised) / 255.0
+    out = []
+    level = x
+    for _ in range(TEXTURE_LEVELS):
+        low = F.avg_pool2d(level, 2, ceil_mode=True)
+        band = level - F.interpolate(low, scale_factor=2, mode="nearest")[..., :level.shape[-2], :level.shape[-1]]
+        out.append(torch.log(band.square().mean((1, 2, 3)) + 1e-8))
+        level = low
+    gx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean((1, 2, 3))
+    gy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean((1, 2, 3))
+    out.append((gx - gy) / (gx + gy + 1e-8))
+    s = x.shape[-1]
+    out.append(x[..., s // 4: s - s // 4, s // 4: s - s // 4].mean((1, 2, 3)) - x.mean((1, 2, 3)))
+    return torch.stack(out, 1).numpy().astype(np.float32)
+
+
+def fit_texture(x_train: np.ndarray, x_val: np.ndarray, share: float, margin: float = 1.0) -> tuple[dict, np.ndarray]:
+    """The texture check: robust centre and scale (median, interquartile range) of the training films'
+    statistics; its limit at validation's (1 - share) quantile of the largest |z| x TEXTURE_MARGIN x
+    margin. Returns (its state, validation's scores)."""
+    t_train = texture_stats(x_train)
+    center = np.median(t_train, 0)
+    q75, q25 = np.quantile(t_train, [0.75, 0.25], axis=0)
+    scale = np.maximum(q75 - q25, 1e-3)
+    s_val = (np.abs(texture_stats(x_val) - center) / scale).max(1)
+    limit = float(np.quantile(s_val, 1 - share, method="higher")) * TEXTURE_MARGIN * margin
+    return {"center": center.astype(np.float32).tolist(), "scale": scale.astype(np.float32).tolist(),
+            "max_score": limit}, s_val
 
 
 def _pca_residual(x: np.ndarray, mean: np.ndarray, basis: np.ndarray) -> np.ndarray:
@@ -302,7 +384,8 @@ def fit(predictor, x_train: np.ndarray, x_val: np.ndarray, target_false_refusal:
         max_images: int = 1500, seed: int = 0, distance_margin: float = 1.0) -> tuple[dict, dict]:
     """Fit the gate on training X-rays only; thresholds on validation X-rays so that the three
     learned checks together refuse at most `target_false_refusal` of them (LAYOUT_SHARE of it for
-    the layout, half the rest each for the feature distance and the orientation).
+    the layout, TEXTURE_SHARE for the texture, half the rest each for the feature distance and the
+    orientation).
 
     Returns (state for the checkpoint, metrics for MLflow)."""
     from sklearn.covariance import LedoitWolf
@@ -331,8 +414,9 @@ def fit(predictor, x_train: np.ndarray, x_val: np.ndarray, target_false_refusal:
              "orient_mean": mu.astype(np.float32).tolist(), "orient_std": sd.astype(np.float32).tolist(),
              "min_upright": 0.0}
     state["layout"], r_val = fit_layout(x_train, x_val, target_false_refusal * LAYOUT_SHARE, distance_margin)
+    state["texture"], t_val = fit_texture(x_train, x_val, target_false_refusal * TEXTURE_SHARE, distance_margin)
     gate = Gate(state)
-    half = target_false_refusal * (1 - LAYOUT_SHARE) / 2
+    half = target_false_refusal * (1 - LAYOUT_SHARE - TEXTURE_SHARE) / 2
     d_val = gate.distance(f_val)
     p_up = gate.orientation(f_val)[:, 0]
     # "higher"/"lower": the threshold is an observed value, so at most `half` of validation is refused;
@@ -348,15 +432,17 @@ def fit(predictor, x_train: np.ndarray, x_val: np.ndarray, target_false_refusal:
     gate = Gate(state)
     val_views = transforms(x_val)
     # assess()'s rules (a layout refusal comes first, so the orientation rule only sees the rest)
-    refused = (d_val > gate.max_distance) | gate.misoriented(x_val, gate.orientation(f_val)) | (r_val > gate.max_layout)
+    refused = ((d_val > gate.max_distance) | gate.misoriented(x_val, gate.orientation(f_val)) | (r_val > gate.max_layout)
+               | (t_val > gate.max_texture))
     metrics = {"gate_max_distance": state["max_distance"], "gate_min_upright": state["min_upright"],
-               "gate_max_layout_residual": gate.max_layout,
+               "gate_max_layout_residual": gate.max_layout, "gate_max_texture_score": gate.max_texture,
                "gate_val_layout_refusal_rate": float((r_val > gate.max_layout).mean()),
+               "gate_val_texture_refusal_rate": float((t_val > gate.max_texture).mean()),
                "gate_val_false_refusal_rate": float(refused.mean()),
                "gate_fit_images": float(len(x_train))}
     for k, view in enumerate(val_views[1:], start=1):
         name = ["rot90", "rot180", "rot270", "vflip", "inverted"][k - 1]
-        caught = (gate.layout_residual(view) > gate.max_layout) | gate.misoriented(
+        caught = (gate.layout_residual(view) > gate.max_layout) | (gate.texture_score(view) > gate.max_texture) | gate.misoriented(
             view, gate.orientation(features(predictor, view)))
         metrics[f"gate_val_caught_{name}"] = float(caught.mean())
     return state, metrics
