@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline import preprocess
 
-CACHE_VERSION = 2  # bump when preprocess.py changes what it produces (2: one intensity rule, dicom.py)
+CACHE_VERSION = 3  # bump when preprocess.py or shift.py change what they produce (2: one intensity rule, dicom.py; 3: PNG sBIT)
 
 
 def content_hash(path: str | Path) -> str:

@@ -118,6 +118,13 @@ def png_significant_bits(data: bytes) -> int | None:
     return None
 
 
+def with_significant_bits(png: bytes, bits: int) -> bytes:
+    """A PNG with an sBIT chunk saying `bits` bits of each (grey) sample are significant, as a
+    12-bit exporter writes it. sBIT must precede the image data: it goes right after IHDR."""
+    ihdr_end = len(_PNG_SIGNATURE) + 25
+    return png[:ihdr_end] + _png_chunk(b"sBIT", bytes([bits])) + png[ihdr_end:]
+
+
 def strip(data: bytes, fmt: str, orientation: int = 1) -> bytes:
     """The upload without metadata (see the module docstring); `orientation` (EXIF 1-8) is kept."""
     return _strip_jpeg(data, orientation) if fmt == "JPEG" else _strip_png(data, orientation)

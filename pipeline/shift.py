@@ -20,6 +20,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
+from pipeline import imagefile
+
 STRENGTHS = ("mild", "strong")
 
 
@@ -152,11 +154,12 @@ def _jpeg(a, quality, rng):
 
 
 def _png16(a, bits, rng):
-    """The 16-bit decode path: the same picture stored with `bits` significant bits in a 16-bit PNG."""
+    """The 16-bit decode path: the same picture stored with `bits` significant bits in a 16-bit PNG,
+    unscaled, with the sBIT chunk that says so (as a 12-bit exporter writes it: imagefile)."""
     top = 2 ** int(bits) - 1
     buf = io.BytesIO()
     Image.fromarray(np.rint(a.astype(np.float64) * top / 255.0).astype(np.uint16)).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    return buf.getvalue() if int(bits) >= 16 else imagefile.with_significant_bits(buf.getvalue(), int(bits))
 
 
 def _dicom(a, photometric, rng):

@@ -84,12 +84,10 @@ def dicom_big_header(mb: int = 10) -> bytes:
 
 def twelve_bit_png(xray: Image.Image) -> bytes:
     """A real film as a 16-bit PNG holding unscaled 12-bit values, with sBIT = 12."""
-    from pipeline.imagefile import _png_chunk
+    from pipeline.imagefile import with_significant_bits
 
     values = (np.asarray(xray.convert("L"), np.uint32) * 4095 + 127) // 255
-    png = _png(Image.fromarray(values.astype(np.uint16)))
-    ihdr_end = 8 + 25
-    return png[:ihdr_end] + _png_chunk(b"sBIT", bytes([12])) + png[ihdr_end:]
+    return with_significant_bits(_png(Image.fromarray(values.astype(np.uint16))), 12)
 
 
 def hostile() -> dict[str, tuple[str, bytes, str]]:
