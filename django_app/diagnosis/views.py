@@ -10,7 +10,7 @@ from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_not_required
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404, JsonResponse
+from django.http import FileResponse, Http404, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -90,10 +90,15 @@ def upload(request):
         return render(request, "diagnosis/upload.html", {"form": form, "champion": champion}, status=400)
     done, failed = [], []
     for f in form.cleaned_data["images"]:
+        # each file on its own: one that fails, whatever the cause, must not turn the files
+        # already stored into a 500 (issue 25 item 14)
         try:
             done.append(analysis.diagnose(request.user, f.name, analysis.read_upload(f), champion, source="web"))
         except analysis.UploadRejected as exc:
             failed.append((f.name, exc.reason))
+        except Exception:
+            log.exception("upload of one file failed (user %s)", request.user.pk)
+            failed.append((f.name, "could not be analysed (internal error, logged for the administrators)"))
     if json:
         if failed and not done:
             return JsonResponse({"error": "invalid_image", "detail": failed[0][1],
@@ -171,7 +176,10 @@ def api_token(request):
     new_key = None
     if request.method == "POST":
         if request.POST.get("action") == "revoke":
-            ApiToken.objects.filter(user=request.user, pk=request.POST.get("token")).delete()
+            token_id = request.POST.get("token", "")
+            if not (token_id.isascii() and token_id.isdigit() and len(token_id) <= 18):  # fits a bigint
+                return HttpResponseBadRequest("invalid token id")
+            ApiToken.objects.filter(user=request.user, pk=int(token_id)).delete()
             messages.success(request, "Token revoked.")
             return redirect("api_token")
         name = (request.POST.get("name") or "API").strip()[:100] or "API"
