@@ -244,13 +244,21 @@ def _api_error(code: str, detail: str, status: int = 400):
 @never_cache
 def healthz(request):
     """Liveness and model status. 200 while the process serves; `?ready=1` answers 503 until a
-    champion is loaded (for load balancers that should only route to a process that can answer)."""
+    champion is loaded (for load balancers that should only route to a process that can answer).
+
+    The public answer says only whether the site can answer and with which version (the version
+    is on every result anyway); run id, threshold, engine and registry errors help an attacker
+    more than a monitor, so they are for signed-in staff only: `?detail=1` (issue 25 item 16)."""
     h = holder()
     h.get(wait=False)  # never blocks: loads / re-checks the alias in the background when due
     status = h.status()
-    status["status"] = "ok" if status["champion_loaded"] else "no_champion"
+    healthy = status["champion_loaded"] and status["registry"]["reachable"] is not False
     code = 503 if request.GET.get("ready") and not status["champion_loaded"] else 200
-    return JsonResponse(status, status=code)
+    if request.GET.get("detail") and request.user.is_authenticated and request.user.is_staff:
+        return JsonResponse({"status": "ok" if healthy else "degraded", **status}, status=code)
+    champion = status["champion"]
+    return JsonResponse({"status": "ok" if healthy else "degraded", "champion_loaded": status["champion_loaded"],
+                         "champion": {"version": champion["version"]} if champion else None}, status=code)
 
 
 @staff_member_required

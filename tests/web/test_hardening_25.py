@@ -46,3 +46,31 @@ def test_a_malformed_token_id_is_a_400_not_a_500(doctor_client, doctor, token_id
     r = doctor_client.post("/account/api-token/", {"action": "revoke", "token": token_id})
     assert r.status_code == 400
     assert ApiToken.objects.filter(user=doctor).count() == 1
+
+
+# --- item 16: /healthz minimal in public, details for staff ----------------------------------------
+def test_public_healthz_is_minimal_and_staff_see_the_details(client, champion, registry, doctor_client):
+    from django.test import Client
+
+    public = client.get("/healthz").json()
+    assert public == {"status": "ok", "champion_loaded": True, "champion": {"version": registry["v1"]}}
+    assert client.get("/healthz?detail=1").json() == public          # anonymous: no details
+    assert doctor_client.get("/healthz?detail=1").json() == public   # a doctor neither
+    staff = Client()
+    staff.force_login(make_user("it_staff", staff=True))
+    detail = staff.get("/healthz?detail=1").json()
+    assert detail["status"] == "ok" and detail["champion"]["run_id"] and "threshold" in detail["champion"]
+    assert detail["registry"]["reachable"] is True and "last_error" in detail["registry"]
+
+
+def test_public_healthz_says_degraded_without_a_model(client, db):
+    from diagnosis import champion as mod
+    from webutil import make_holder
+
+    previous = mod.reset_holder(make_holder("http://127.0.0.1:9", "never-registered-model"))
+    try:
+        body = client.get("/healthz").json()
+        assert body == {"status": "degraded", "champion_loaded": False, "champion": None}
+        assert client.get("/healthz?ready=1").status_code == 503
+    finally:
+        mod.reset_holder(previous)

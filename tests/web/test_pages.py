@@ -20,6 +20,14 @@ def rows():
     return Diagnosis.objects.count()
 
 
+def _staff_client():
+    from django.test import Client
+
+    c = Client()
+    c.force_login(make_user("health_staff", staff=True))
+    return c
+
+
 # --- authentication --------------------------------------------------------------------------------
 @pytest.mark.parametrize("path", PAGES)
 def test_pages_require_sign_in(client, path):
@@ -80,6 +88,8 @@ def test_healthz_is_public(client, champion, registry):
     assert r.status_code == 200
     body = r.json()
     assert body["status"] == "ok" and body["champion_loaded"] is True
+    assert body["champion"]["version"] == registry["v1"]
+    body = _staff_client().get("/healthz?detail=1").json()  # the details: staff only (issue 25 item 16)
     assert body["champion"]["name"] == registry["name"]
     assert body["champion"]["version"] == registry["v1"]
     assert body["registry"]["reachable"] is True
@@ -440,7 +450,7 @@ def test_no_champion(doctor_client, client, doctor, own_holder, xray_jpeg, media
     r = api(client, xray_jpeg, HTTP_AUTHORIZATION=f"Token {key}")
     assert r.status_code == 503 and r.json()["error"] == "no_champion"
     h = client.get("/healthz")
-    assert h.status_code == 200 and h.json()["champion_loaded"] is False and h.json()["status"] == "no_champion"
+    assert h.status_code == 200 and h.json()["champion_loaded"] is False and h.json()["status"] == "degraded"
     assert client.get("/healthz?ready=1").status_code == 503
     assert doctor_client.get("/history/").status_code == 200  # history still works
     assert rows() == 0 and media_files() == before
@@ -498,12 +508,15 @@ def test_registry_outage_keeps_the_last_model(client, doctor, own_holder, regist
     r = api(client, xray_jpeg, HTTP_AUTHORIZATION=f"Token {key}")
     assert r.status_code == 200 and r.json()["model_version"] == registry["v1"]
     holder.wait_idle()
-    body = client.get("/healthz").json()
+    assert client.get("/healthz").json() == {"status": "degraded", "champion_loaded": True,
+                                             "champion": {"version": registry["v1"]}}
+    staff = _staff_client()
+    body = staff.get("/healthz?detail=1").json()
     assert body["champion_loaded"] is True and body["registry"]["reachable"] is False
     assert "unreachable" in body["registry"]["last_error"]
     holder.registry.tracking_uri = registry["uri"]  # back
     holder.refresh()
-    assert client.get("/healthz").json()["registry"]["reachable"] is True
+    assert staff.get("/healthz?detail=1").json()["registry"]["reachable"] is True
 
 
 # --- accounts and admin ------------------------------------------------------------------------------
