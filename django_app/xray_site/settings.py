@@ -106,6 +106,10 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # before any process_view (CSRF reads the body there): anonymous bodies stay small
+    "xray_site.middleware.AnonymousBodyLimitMiddleware",
+    # staff accounts pass a second step (TOTP) before any page (issue 25 item 18)
+    "diagnosis.mfa.StaffMfaMiddleware",
     # every page needs a signed-in user unless its view says @login_not_required (sign-in, the
     # token API, /healthz): a new view is private by default
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
@@ -192,10 +196,14 @@ XRAY_MAX_UPLOAD_BYTES = int(XRAY_MAX_UPLOAD_MB * 1024 * 1024)
 XRAY_MAX_FILES = int(env_number("XRAY_MAX_FILES_PER_UPLOAD", 10, int))
 XRAY_MAX_PIXELS = int(env_number("XRAY_MAX_PIXELS", _IMAGE_LIMITS.max_pixels, int))
 XRAY_MIN_SIDE = _IMAGE_LIMITS.min_side
-# A request body above this is refused before it is parsed (one file at the limit + form overhead).
+# Body limits per route, refused from the Content-Length before anything parses the body
+# (xray_site.middleware; nginx mirrors them: docs/configuration.md, "Request body limits"):
+# - every small form (sign-in, admin, token page, sign-out), and any anonymous request: 64 KB;
+XRAY_MAX_FORM_BODY_BYTES = int(env_number("XRAY_MAX_FORM_BODY_KB", 64, int)) * 1024
+# - POST /api/predict: one file at the limit + form overhead (51 MB with the default 50 MB);
 XRAY_MAX_REQUEST_BYTES = XRAY_MAX_UPLOAD_BYTES + 1024 * 1024
-# The largest body any request may declare (the batch form at its file limit); bigger ones get 413
-# from RequestSizeLimitMiddleware before anything reads them. The compose proxy's limit matches.
+XRAY_MAX_API_BODY_BYTES = XRAY_MAX_REQUEST_BYTES
+# - POST /upload/ (the batch page, signed-in doctors only): its file limit of them (510 MB).
 XRAY_MAX_BODY_BYTES = XRAY_MAX_REQUEST_BYTES * max(1, XRAY_MAX_FILES)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024  # bigger uploads spool to a temp file
 DATA_UPLOAD_MAX_NUMBER_FILES = XRAY_MAX_FILES
@@ -215,6 +223,8 @@ XRAY_MAX_BATCH = int(env_number("XRAY_MAX_BATCH", 8, int))  # concurrent request
 # for versions whose agreement check passed; off = every answer from the float32 torch reference.
 XRAY_FAST_PATH = env_bool("XRAY_FAST_PATH", True)
 XRAY_HISTORY_PAGE_SIZE = int(env_number("XRAY_HISTORY_PAGE_SIZE", 12, int))
+# API tokens stop working this many days after they are issued (rotate them on the API page)
+XRAY_API_TOKEN_DAYS = int(env_number("XRAY_API_TOKEN_DAYS", 90, int))
 
 # --- security ----------------------------------------------------------------------------------
 SECURE_COOKIES = env_bool("DJANGO_SECURE_COOKIES", PRODUCTION)
@@ -252,6 +262,8 @@ AXES_ENABLED = env_bool("XRAY_LOGIN_THROTTLE", True)
 AXES_FAILURE_LIMIT = int(env_number("XRAY_LOGIN_FAILURE_LIMIT", 5, int))
 AXES_COOLOFF_TIME = env_number("XRAY_LOGIN_COOLOFF_MINUTES", 15.0) / 60.0  # hours
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# and per address, across usernames (diagnosis.access.address_locked_out): password spraying
+XRAY_LOGIN_IP_FAILURE_LIMIT = int(env_number("XRAY_LOGIN_IP_FAILURE_LIMIT", 30, int))
 AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "diagnosis.access.client_ip"
 AXES_HTTP_RESPONSE_CODE = 429
