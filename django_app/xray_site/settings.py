@@ -115,6 +115,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "xray_site.middleware.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "xray_site.urls"
@@ -158,10 +159,17 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    # 12+ characters, and not in a list of breached / common passwords (issue 25 item 18): Django's
+    # 20,000 most common ones, plus the site's own file when XRAY_BREACHED_PASSWORDS names one
+    # (one password a line, optionally .gz: e.g. a local extract of a breach corpus; no network)
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+if os.environ.get("XRAY_BREACHED_PASSWORDS"):
+    AUTH_PASSWORD_VALIDATORS.append({
+        "NAME": "django.contrib.auth.password_validation.CommonPasswordValidator",
+        "OPTIONS": {"password_list_path": os.environ["XRAY_BREACHED_PASSWORDS"]}})
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "upload"
@@ -248,6 +256,10 @@ SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 # password check, in one backend, so that force_login and management commands keep working.
 SILENCED_SYSTEM_CHECKS += ["axes.W003"]
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# issue 25 item 18; the uploaded images carry their own, stricter one (default-src 'none')
+XRAY_CONTENT_SECURITY_POLICY = os.environ.get("XRAY_CONTENT_SECURITY_POLICY") or (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 

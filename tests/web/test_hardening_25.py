@@ -59,8 +59,9 @@ def test_public_healthz_is_minimal_and_staff_see_the_details(client, champion, r
     assert public == {"status": "ok", "champion_loaded": True, "champion": {"version": registry["v1"]}}
     assert client.get("/healthz?detail=1").json() == public          # anonymous: no details
     assert doctor_client.get("/healthz?detail=1").json() == public   # a doctor neither
-    staff = Client()
-    staff.force_login(make_user("it_staff", staff=True))
+    from webutil import staff_client
+
+    staff = staff_client(make_user("it_staff", staff=True))
     detail = staff.get("/healthz?detail=1").json()
     assert detail["status"] == "ok" and detail["champion"]["run_id"] and "threshold" in detail["champion"]
     assert detail["registry"]["reachable"] is True and "last_error" in detail["registry"]
@@ -84,10 +85,9 @@ def _superuser_client():
     from django.contrib.auth import get_user_model
     from django.test import Client
 
-    admin = get_user_model().objects.create_superuser("it_root", password=PASSWORD)
-    c = Client()
-    c.force_login(admin)
-    return c
+    from webutil import staff_client
+
+    return staff_client(get_user_model().objects.create_superuser("it_root", password=PASSWORD))
 
 
 def test_deleting_a_doctor_with_results_is_refused(doctor_client, doctor, champion, xray_jpeg):
@@ -422,3 +422,92 @@ def test_web_server_sh_defaults_to_debug_off_with_a_generated_key(registry, tmp_
         assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_text().strip()) >= 50
     finally:
         site.stop()
+
+
+# --- item 18: staff MFA (TOTP), CSP, password rules -------------------------------------------------
+def test_totp_matches_the_rfc_6238_test_vectors():
+    import base64
+
+    from diagnosis import mfa
+
+    secret = base64.b32encode(b"12345678901234567890").decode()  # RFC 6238 appendix B, SHA-1
+    for at, eight_digits in ((59, "94287082"), (1111111109, "07081804"), (1234567890, "89005924")):
+        assert mfa.totp(secret, at) == eight_digits[-6:]
+    assert mfa.matching_step(secret, "287082", at=59 + 30) == 1   # one step of clock drift is accepted
+    assert mfa.matching_step(secret, "287082", at=59 + 90) is None
+
+
+def test_staff_enrol_then_pass_the_second_step_and_doctors_are_not_asked(doctor, doctor_client):
+    import time as _time
+
+    from django.test import Client
+
+    from diagnosis import mfa
+
+    assert doctor_client.get("/history/").status_code == 200     # doctors: no second step
+    make_user("it_mfa", staff=True)
+    c = Client()
+    assert c.post("/accounts/login/", {"username": "it_mfa", "password": PASSWORD}).status_code == 302
+    for path in ("/admin/", "/staff/drift/", "/history/"):
+        r = c.get(path)
+        assert r.status_code == 302 and r["Location"].startswith("/accounts/mfa/"), (path, r["Location"])
+    r = c.get("/accounts/mfa/?next=/admin/", follow=True)
+    assert r.redirect_chain[-1][0].startswith("/accounts/mfa/setup/")
+    secret = re.search(r'id="mfa-secret">([A-Z2-7]+)<', r.content.decode()).group(1)
+    assert c.post("/accounts/mfa/setup/", {"code": "000000", "next": "/admin/"}).status_code == 400
+    code = mfa.totp(secret)
+    r = c.post("/accounts/mfa/setup/", {"code": code, "next": "/admin/"})
+    assert r.status_code == 302 and r["Location"] == "/admin/"
+    assert c.get("/admin/").status_code == 200
+    # the next sign-in: the code again, and a code is accepted once
+    c.post("/accounts/logout/")
+    c.post("/accounts/login/", {"username": "it_mfa", "password": PASSWORD})
+    assert c.get("/admin/")["Location"].startswith("/accounts/mfa/")
+    assert c.get("/accounts/mfa/setup/")["Location"].startswith("/accounts/mfa/?")  # no second enrolment
+    assert c.post("/accounts/mfa/", {"code": code}).status_code == 400                 # replayed
+    step_code = mfa.totp(secret, _time.time() + 30)                                     # the next step's code
+    r = c.post("/accounts/mfa/", {"code": step_code, "next": "/staff/drift/"})
+    assert r.status_code == 302 and r["Location"] == "/staff/drift/"
+    assert c.get("/admin/").status_code == 200
+
+
+def test_pages_carry_a_strict_csp_and_no_inline_script_or_style(doctor_client, champion, xray_jpeg, client):
+    from webutil import upload
+
+    r = upload(doctor_client, xray_jpeg)
+    pages = [client.get("/accounts/login/"), doctor_client.get("/upload/"), doctor_client.get(r["Location"]),
+             doctor_client.get("/history/"), doctor_client.get("/account/api-token/")]
+    for page in pages:
+        csp = page["Content-Security-Policy"]
+        assert "default-src 'self'" in csp and "script-src 'self'" in csp and "style-src 'self'" in csp
+        assert "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+        html = page.content.decode()
+        assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), html      # every script from a file
+        assert " style=" not in html and "<style" not in html
+    image = doctor_client.get(r["Location"] + "image")
+    assert image["Content-Security-Policy"] == "default-src 'none'"         # the stricter one is kept
+
+
+@pytest.mark.parametrize("password, reason", [("short-pass1", "at least 12"), ("password1234", "too common"),
+                                              ("qwertyuiop123", "too common")])
+def test_passwords_need_12_characters_and_must_not_be_common(password, reason, db):
+    from django.contrib.auth.password_validation import validate_password
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError, match=reason):
+        validate_password(password)
+    validate_password("correct-horse-battery-9")
+
+
+def test_a_local_breached_list_is_checked_too(tmp_path, db):
+    import gzip
+
+    from django.contrib.auth.password_validation import CommonPasswordValidator
+    from django.core.exceptions import ValidationError
+
+    listing = tmp_path / "breached.txt.gz"
+    listing.write_bytes(gzip.compress(b"hospital-winter-2025\n"))
+    validator = CommonPasswordValidator(password_list_path=listing)
+    with pytest.raises(ValidationError):
+        validator.validate("Hospital-Winter-2025")
+    validator.validate("correct-horse-battery-9")
