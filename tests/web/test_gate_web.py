@@ -152,7 +152,7 @@ def test_browser_shows_refusals_cautions_and_drift(live, browser, registry, full
     from diagnosis import mfa
 
     staff.fill("#id_code", mfa.totp(staff.locator("#mfa-secret").inner_text().strip()))
-    staff.click("button[type=submit]")
+    staff.click("#mfa-confirm")  # (the first submit button of the page is the header's "Sign out")
     expect(staff).to_have_url(re.compile(r"/staff/drift/$"))
     expect(staff.locator("svg.drift-chart")).to_be_visible()
     expect(staff.locator("#refusal-reasons")).to_contain_text("not an upright chest film")
