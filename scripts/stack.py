@@ -160,19 +160,29 @@ def write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
-def secret(name: str) -> str:
+def secret(name: str, nbytes: int = 18) -> str:
     """A generated secret under .local/secrets, created once (directory 700, file 600)."""
     path = SECRETS / name
     if not path.is_file() or path.stat().st_size == 0:
         SECRETS.mkdir(parents=True, exist_ok=True)
         SECRETS.chmod(0o700)
-        write_private(path, secrets.token_urlsafe(18) + "\n")
+        write_private(path, secrets.token_urlsafe(nbytes) + "\n")
     return path.read_text().strip()
+
+
+def private_log(path: Path, append: bool = True):
+    """`path` opened for writing, readable by its owner only (600), also when an older run left it
+    world-readable: the logs hold sign-ins, account names and the printed logins (issue 25 item 17)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "a" if append else "w")
 
 
 def run_logged(cmd: list, logfile: Path, failure: str, append: bool = False, extra_env: dict | None = None) -> None:
     """Run `cmd` in the repository with its output in `logfile`; on failure show the log's end and stop."""
-    with open(logfile, "a" if append else "w") as out:
+    with private_log(logfile, append) as out:
         rc = subprocess.run([str(c) for c in cmd], cwd=REPO, stdin=subprocess.DEVNULL, stdout=out,
                             stderr=subprocess.STDOUT, env={**os.environ, **(extra_env or {})}).returncode
     if rc != 0:
@@ -229,7 +239,7 @@ class Service:
             die(f"{self.name}: http://{HOST}:{self.port} is already taken by a process this stack did not start "
                 "(another engineer's server?). Pick another port (see scripts/stack.py --help) or stop it.")
         cmd = [str(c) for c in cmd]
-        with open(self.logfile, "a") as out:
+        with private_log(self.logfile) as out:
             out.write(f"==== {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ} {' '.join(cmd)}\n")
             out.flush()
             proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(extra_env or {})}, stdin=subprocess.DEVNULL,
@@ -326,6 +336,16 @@ def airflow_env() -> None:
         "AIRFLOW_ADMIN_USER": ADMIN_USER,
         "AIRFLOW_ADMIN_PASSWORD": env("AIRFLOW_ADMIN_PASSWORD") or secret("airflow_password"),
     })
+
+
+def web_env() -> dict:
+    """The site as `make run` serves it (issue 25 item 17): DEBUG off (no debug pages, static files
+    collected by web_server.sh and served by whitenoise), a generated secret key kept in
+    .local/secrets (600), only this machine's host names. DJANGO_* given by the caller win."""
+    hosts = ",".join(dict.fromkeys([HOST, "127.0.0.1", "localhost"]))
+    return {"DJANGO_DEBUG": env("DJANGO_DEBUG", 0),
+            "DJANGO_SECRET_KEY": env("DJANGO_SECRET_KEY") or secret("django_secret_key", 50),
+            "DJANGO_ALLOWED_HOSTS": env("DJANGO_ALLOWED_HOSTS", hosts)}
 
 
 def doctor_env() -> None:
@@ -455,13 +475,13 @@ def step_web() -> None:
         wait_champion()
         return
     manage, logfile = [PY, "django_app/manage.py"], LOGS / "web-migrate.log"
-    run_logged([*manage, "migrate", "--noinput"], logfile, "web: migrate failed")
+    run_logged([*manage, "migrate", "--noinput"], logfile, "web: migrate failed", extra_env=web_env())
     run_logged([*manage, "create_doctor", os.environ["DOCTOR_USERNAME"], "--update"], logfile,
                "web: create_doctor failed", append=True,
-               extra_env={"XRAY_DOCTOR_PASSWORD": os.environ["DOCTOR_PASSWORD"]})
+               extra_env={**web_env(), "XRAY_DOCTOR_PASSWORD": os.environ["DOCTOR_PASSWORD"]})
     # gunicorn reads WEB_BIND / WEB_WORKERS (django_app/gunicorn.conf.py)
     WEB.start([SCRIPTS / "web_server.sh"],
-              {"WEB_BIND": f"{HOST}:{WEB_PORT}", "WEB_WORKERS": env("STACK_WEB_WORKERS", 2)})
+              {**web_env(), "WEB_BIND": f"{HOST}:{WEB_PORT}", "WEB_WORKERS": env("STACK_WEB_WORKERS", 2)})
     WEB.wait_healthy(180)
     wait_champion()
 
@@ -489,6 +509,10 @@ def cmd_up() -> int:
         if not (REPO / needed).exists():
             die(f"{needed} is missing from this checkout")
     LOGS.mkdir(parents=True, exist_ok=True)
+    LOGS.chmod(0o700)
+    for old in LOGS.glob("*.log"):  # left world-readable by an earlier version
+        if not old.is_symlink():
+            old.chmod(0o600)
     PIDS.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     log(f"repo {REPO}{' (QUICK mode)' if QUICK else ''}")

@@ -14,6 +14,20 @@ PY="${PYTHON:-$REPO/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
 cd "$REPO/django_app"
 
+# DEBUG off unless asked for (issue 25 item 17): no debug pages with settings and tracebacks.
+# Development mode then needs a secret key: one is generated once and kept readable by its owner
+# only under .local/secrets (production sets DJANGO_SECRET_KEY itself). collectstatic below gives
+# whitenoise the files it serves with DEBUG off.
+export DJANGO_DEBUG="${DJANGO_DEBUG:-0}"
+if [ -z "${DJANGO_SECRET_KEY:-}" ] && [ "${DJANGO_ENV:-development}" = "development" ]; then
+  secrets_dir="${XRAY_SECRETS_DIR:-$REPO/.local/secrets}"
+  (umask 077 && mkdir -p "$secrets_dir" && chmod 700 "$secrets_dir" &&
+   { [ -s "$secrets_dir/django_secret_key" ] ||
+     "$PY" -c 'import secrets; print(secrets.token_urlsafe(50))' > "$secrets_dir/django_secret_key"; })
+  DJANGO_SECRET_KEY="$(cat "$secrets_dir/django_secret_key")"
+  export DJANGO_SECRET_KEY
+fi
+
 "$PY" manage.py migrate --noinput
 "$PY" manage.py collectstatic --noinput --verbosity 0
 

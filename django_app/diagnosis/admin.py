@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import ApiToken, Diagnosis, Refusal
+from .models import ApiToken, Diagnosis, Refusal, StaffTotp
 
 FILE_FIELDS = ("image", "heatmap")
 
@@ -47,4 +47,51 @@ class RefusalAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request, obj=None):
+        return False
+
+
+# --- accounts: deactivated, never deleted (issue 25 item 8) -------------------------------------------
+# A doctor's results are medical records (Diagnosis.owner is PROTECT): an account that leaves is
+# switched off, which ends its sessions (inactive users are not loaded) and its API tokens.
+from django.contrib.auth import get_user_model  # noqa: E402
+from django.contrib.auth.admin import UserAdmin  # noqa: E402
+
+User = get_user_model()
+
+
+def deactivate(modeladmin, request, queryset):
+    users = list(queryset.exclude(pk=request.user.pk))  # not oneself: the admin would lock itself out
+    ApiToken.objects.filter(user__in=users).delete()
+    count = queryset.filter(pk__in=[u.pk for u in users]).update(is_active=False)
+    modeladmin.message_user(request, f"{count} account(s) deactivated; their results are kept.")
+
+
+deactivate.short_description = "Deactivate the selected accounts (results are kept)"
+
+
+class AccountAdmin(UserAdmin):
+    actions = [deactivate]
+    list_filter = ("is_active", "is_staff", "is_superuser")
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+admin.site.unregister(User)
+admin.site.register(User, AccountAdmin)
+
+
+@admin.register(StaffTotp)
+class StaffTotpAdmin(admin.ModelAdmin):
+    """Deleting a staff member's authenticator makes them enrol a new one at the next sign-in."""
+    list_display = ("user", "confirmed", "created")
+    fields = ("user", "confirmed", "created")
+    readonly_fields = fields  # the secret is never shown
+
+    def has_add_permission(self, request):
         return False

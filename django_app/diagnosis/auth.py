@@ -31,6 +31,8 @@ def authenticate_api(request):
         token = ApiToken.objects.select_related("user").filter(key_hash=hash_token(key)).first()
         if token is None or not token.user.is_active:
             raise AuthFailed(401, "invalid_token", "unknown or revoked API token")
+        if token.expired:
+            raise AuthFailed(401, "invalid_token", "API token expired: create a new one on the API page")
         now = timezone.now()
         if token.last_used is None or (now - token.last_used).total_seconds() > 60:
             ApiToken.objects.filter(pk=token.pk).update(last_used=now)  # at most one write a minute

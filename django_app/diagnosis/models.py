@@ -4,10 +4,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
 from django.urls import reverse
+from django.utils import timezone
 
 
 def upload_path(instance: "Diagnosis", filename: str) -> str:
@@ -21,7 +23,9 @@ class Diagnosis(models.Model):
     SOURCES = [("web", "Web page"), ("api", "API")]
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)  # unguessable
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="diagnoses")
+    # PROTECT: a doctor's account going must not take the medical record with it (issue 25 item 8);
+    # accounts are deactivated instead (diagnosis.admin), results are kept as docs/operations.md says
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="diagnoses")
     created = models.DateTimeField(auto_now_add=True)
     source = models.CharField(max_length=8, choices=SOURCES, default="web")
     original_name = models.CharField(max_length=255, blank=True)
@@ -98,7 +102,7 @@ class Refusal(models.Model):
     """An upload the input gate refused: why, when and by which model; never the image itself."""
 
     created = models.DateTimeField(auto_now_add=True, db_index=True)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="refusals")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="refusals")
     source = models.CharField(max_length=8, choices=Diagnosis.SOURCES, default="web")
     file_format = models.CharField(max_length=16, blank=True)
     size_bytes = models.PositiveIntegerField(default=0)
@@ -127,6 +131,9 @@ class ApiToken(models.Model):
     key_hash = models.CharField(max_length=64, unique=True)
     created = models.DateTimeField(auto_now_add=True)
     last_used = models.DateTimeField(null=True, blank=True)
+    # a leaked key stops working by itself (issue 25 item 15); null: issued before expiry existed,
+    # counted from `created` (ApiToken.expires_at)
+    expires = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created"]
@@ -134,8 +141,31 @@ class ApiToken(models.Model):
     def __str__(self) -> str:
         return f"{self.user} {self.name} ({self.prefix}...)"
 
+    @property
+    def expires_at(self):
+        return self.expires or self.created + timedelta(days=settings.XRAY_API_TOKEN_DAYS)
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_at <= timezone.now()
+
     @classmethod
     def issue(cls, user, name: str = "API") -> tuple["ApiToken", str]:
         key = "xr_" + secrets.token_urlsafe(32)
-        token = cls.objects.create(user=user, name=name, prefix=key[:8], key_hash=hash_token(key))
+        token = cls.objects.create(user=user, name=name, prefix=key[:8], key_hash=hash_token(key),
+                                   expires=timezone.now() + timedelta(days=settings.XRAY_API_TOKEN_DAYS))
         return token, key
+
+
+class StaffTotp(models.Model):
+    """A staff account's authenticator (diagnosis.mfa): the TOTP secret, confirmed once a code from
+    the app matched, and the last time step used (a code is accepted once)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="totp")
+    secret = models.CharField(max_length=64)
+    confirmed = models.BooleanField(default=False)
+    last_step = models.BigIntegerField(default=0)
+    created = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"authenticator of {self.user} ({'confirmed' if self.confirmed else 'not confirmed'})"

@@ -4,14 +4,16 @@ from __future__ import annotations
 import logging
 import mimetypes
 from datetime import timedelta
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_not_required
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404, JsonResponse
+from django.http import FileResponse, Http404, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
@@ -90,10 +92,15 @@ def upload(request):
         return render(request, "diagnosis/upload.html", {"form": form, "champion": champion}, status=400)
     done, failed = [], []
     for f in form.cleaned_data["images"]:
+        # each file on its own: one that fails, whatever the cause, must not turn the files
+        # already stored into a 500 (issue 25 item 14)
         try:
             done.append(analysis.diagnose(request.user, f.name, analysis.read_upload(f), champion, source="web"))
         except analysis.UploadRejected as exc:
             failed.append((f.name, exc.reason))
+        except Exception:
+            log.exception("upload of one file failed (user %s)", request.user.pk)
+            failed.append((f.name, "could not be analysed (internal error, logged for the administrators)"))
     if json:
         if failed and not done:
             return JsonResponse({"error": "invalid_image", "detail": failed[0][1],
@@ -170,14 +177,24 @@ def image(request, pk, kind):
 def api_token(request):
     new_key = None
     if request.method == "POST":
-        if request.POST.get("action") == "revoke":
-            ApiToken.objects.filter(user=request.user, pk=request.POST.get("token")).delete()
-            messages.success(request, "Token revoked.")
-            return redirect("api_token")
-        name = (request.POST.get("name") or "API").strip()[:100] or "API"
-        _, new_key = ApiToken.issue(request.user, name)
+        action = request.POST.get("action")
+        if action in ("revoke", "rotate"):
+            token_id = request.POST.get("token", "")
+            if not (token_id.isascii() and token_id.isdigit() and len(token_id) <= 18):  # fits a bigint
+                return HttpResponseBadRequest("invalid token id")
+            token = get_object_or_404(ApiToken, user=request.user, pk=int(token_id))
+            token.delete()
+            if action == "revoke":
+                messages.success(request, "Token revoked.")
+                return redirect("api_token")
+            # rotation: the same name, a new key and a new expiry; the old key stops at once
+            _, new_key = ApiToken.issue(request.user, token.name)
+        else:
+            name = (request.POST.get("name") or "API").strip()[:100] or "API"
+            _, new_key = ApiToken.issue(request.user, name)
     tokens = ApiToken.objects.filter(user=request.user)
-    response = render(request, "diagnosis/api_token.html", {"tokens": tokens, "new_key": new_key})
+    response = render(request, "diagnosis/api_token.html", {"tokens": tokens, "new_key": new_key,
+                                                             "token_days": settings.XRAY_API_TOKEN_DAYS})
     response["Cache-Control"] = "no-store"
     return response
 
@@ -236,13 +253,21 @@ def _api_error(code: str, detail: str, status: int = 400):
 @never_cache
 def healthz(request):
     """Liveness and model status. 200 while the process serves; `?ready=1` answers 503 until a
-    champion is loaded (for load balancers that should only route to a process that can answer)."""
+    champion is loaded (for load balancers that should only route to a process that can answer).
+
+    The public answer says only whether the site can answer and with which version (the version
+    is on every result anyway); run id, threshold, engine and registry errors help an attacker
+    more than a monitor, so they are for signed-in staff only: `?detail=1` (issue 25 item 16)."""
     h = holder()
     h.get(wait=False)  # never blocks: loads / re-checks the alias in the background when due
     status = h.status()
-    status["status"] = "ok" if status["champion_loaded"] else "no_champion"
+    healthy = status["champion_loaded"] and status["registry"]["reachable"] is not False
     code = 503 if request.GET.get("ready") and not status["champion_loaded"] else 200
-    return JsonResponse(status, status=code)
+    if request.GET.get("detail") and request.user.is_authenticated and request.user.is_staff:
+        return JsonResponse({"status": "ok" if healthy else "degraded", **status}, status=code)
+    champion = status["champion"]
+    return JsonResponse({"status": "ok" if healthy else "degraded", "champion_loaded": status["champion_loaded"],
+                         "champion": {"version": champion["version"]} if champion else None}, status=code)
 
 
 @staff_member_required
@@ -263,3 +288,63 @@ def drift(request):
         "days": [(d, r) for d, r in reversed(days) if r.n], "chart": mark_safe(monitoring.svg_chart(days)),
         "series": monitoring.SERIES, "reasons": monitoring.refusal_reasons(since), "gate": gate,
         "reference": reference})
+
+
+# --- the second sign-in step for staff (diagnosis.mfa) ------------------------------------------------
+def _mfa_next(request) -> str:
+    from django.utils.http import url_has_allowed_host_and_scheme
+
+    nxt = request.POST.get("next") or request.GET.get("next") or ""
+    return nxt if url_has_allowed_host_and_scheme(nxt, allowed_hosts={request.get_host()}) else "/"
+
+
+@require_http_methods(["GET", "POST"])
+@never_cache
+def mfa_verify(request):
+    """Type the authenticator's code (staff); without an authenticator yet, enrol first."""
+    from . import mfa
+    from .models import StaffTotp
+
+    if not request.user.is_staff:
+        return redirect("index")
+    device = StaffTotp.objects.filter(user=request.user, confirmed=True).first()
+    if device is None:
+        return redirect(f"{reverse('mfa_setup')}?{urlencode({'next': _mfa_next(request)})}")
+    error = None
+    if request.method == "POST":
+        step = mfa.matching_step(device.secret, request.POST.get("code", ""))
+        # accepted once: the row's last step moves forward only if nobody used this code before
+        if step is not None and StaffTotp.objects.filter(pk=device.pk, last_step__lt=step).update(last_step=step):
+            mfa.mark_verified(request)
+            return redirect(_mfa_next(request))
+        error = "That code is not valid (or was already used). Type the current code of your authenticator."
+    return render(request, "registration/mfa_verify.html", {"error": error, "next": _mfa_next(request)},
+                  status=400 if error else 200)
+
+
+@require_http_methods(["GET", "POST"])
+@never_cache
+def mfa_setup(request):
+    """Enrol an authenticator: show a new secret, confirm it with one code from the app."""
+    from . import mfa
+    from .models import StaffTotp
+
+    if not request.user.is_staff:
+        return redirect("index")
+    device, _ = StaffTotp.objects.get_or_create(user=request.user, defaults={"secret": mfa.new_secret()})
+    if device.confirmed:  # one authenticator; a lost one is deleted by an administrator (admin)
+        return redirect(f"{reverse('mfa_verify')}?{urlencode({'next': _mfa_next(request)})}")
+    error = None
+    if request.method == "POST":
+        step = mfa.matching_step(device.secret, request.POST.get("code", ""))
+        if step is not None:
+            device.confirmed, device.last_step = True, step
+            device.save()
+            mfa.mark_verified(request)
+            return redirect(_mfa_next(request))
+        error = "That code does not match: check the key you typed and your device's clock."
+    response = render(request, "registration/mfa_setup.html", {
+        "secret": device.secret, "uri": mfa.provisioning_uri(device.secret, request.user.get_username()),
+        "error": error, "next": _mfa_next(request)}, status=400 if error else 200)
+    response["Cache-Control"] = "no-store"
+    return response

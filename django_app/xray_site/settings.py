@@ -106,11 +106,16 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # before any process_view (CSRF reads the body there): anonymous bodies stay small
+    "xray_site.middleware.AnonymousBodyLimitMiddleware",
+    # staff accounts pass a second step (TOTP) before any page (issue 25 item 18)
+    "diagnosis.mfa.StaffMfaMiddleware",
     # every page needs a signed-in user unless its view says @login_not_required (sign-in, the
     # token API, /healthz): a new view is private by default
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "xray_site.middleware.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "xray_site.urls"
@@ -154,10 +159,17 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    # 12+ characters, and not in a list of breached / common passwords (issue 25 item 18): Django's
+    # 20,000 most common ones, plus the site's own file when XRAY_BREACHED_PASSWORDS names one
+    # (one password a line, optionally .gz: e.g. a local extract of a breach corpus; no network)
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+if os.environ.get("XRAY_BREACHED_PASSWORDS"):
+    AUTH_PASSWORD_VALIDATORS.append({
+        "NAME": "django.contrib.auth.password_validation.CommonPasswordValidator",
+        "OPTIONS": {"password_list_path": os.environ["XRAY_BREACHED_PASSWORDS"]}})
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "upload"
@@ -197,10 +209,14 @@ CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", 
           if os.environ.get("XRAY_CACHE_URL") else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 XRAY_MAX_PIXELS = int(env_number("XRAY_MAX_PIXELS", _IMAGE_LIMITS.max_pixels, int))
 XRAY_MIN_SIDE = _IMAGE_LIMITS.min_side
-# A request body above this is refused before it is parsed (one file at the limit + form overhead).
+# Body limits per route, refused from the Content-Length before anything parses the body
+# (xray_site.middleware; nginx mirrors them: docs/configuration.md, "Request body limits"):
+# - every small form (sign-in, admin, token page, sign-out), and any anonymous request: 64 KB;
+XRAY_MAX_FORM_BODY_BYTES = int(env_number("XRAY_MAX_FORM_BODY_KB", 64, int)) * 1024
+# - POST /api/predict: one file at the limit + form overhead (51 MB with the default 50 MB);
 XRAY_MAX_REQUEST_BYTES = XRAY_MAX_UPLOAD_BYTES + 1024 * 1024
-# The largest body any request may declare (the batch form at its file limit); bigger ones get 413
-# from RequestSizeLimitMiddleware before anything reads them. The compose proxy's limit matches.
+XRAY_MAX_API_BODY_BYTES = XRAY_MAX_REQUEST_BYTES
+# - POST /upload/ (the batch page, signed-in doctors only): its file limit of them (510 MB).
 XRAY_MAX_BODY_BYTES = XRAY_MAX_REQUEST_BYTES * max(1, XRAY_MAX_FILES)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024  # bigger uploads spool to a temp file
 DATA_UPLOAD_MAX_NUMBER_FILES = XRAY_MAX_FILES
@@ -220,6 +236,8 @@ XRAY_MAX_BATCH = int(env_number("XRAY_MAX_BATCH", 8, int))  # concurrent request
 # for versions whose agreement check passed; off = every answer from the float32 torch reference.
 XRAY_FAST_PATH = env_bool("XRAY_FAST_PATH", True)
 XRAY_HISTORY_PAGE_SIZE = int(env_number("XRAY_HISTORY_PAGE_SIZE", 12, int))
+# API tokens stop working this many days after they are issued (rotate them on the API page)
+XRAY_API_TOKEN_DAYS = int(env_number("XRAY_API_TOKEN_DAYS", 90, int))
 
 # --- security ----------------------------------------------------------------------------------
 SECURE_COOKIES = env_bool("DJANGO_SECURE_COOKIES", PRODUCTION)
@@ -243,6 +261,10 @@ SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 # password check, in one backend, so that force_login and management commands keep working.
 SILENCED_SYSTEM_CHECKS += ["axes.W003"]
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# issue 25 item 18; the uploaded images carry their own, stricter one (default-src 'none')
+XRAY_CONTENT_SECURITY_POLICY = os.environ.get("XRAY_CONTENT_SECURITY_POLICY") or (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 
@@ -257,6 +279,8 @@ AXES_ENABLED = env_bool("XRAY_LOGIN_THROTTLE", True)
 AXES_FAILURE_LIMIT = int(env_number("XRAY_LOGIN_FAILURE_LIMIT", 5, int))
 AXES_COOLOFF_TIME = env_number("XRAY_LOGIN_COOLOFF_MINUTES", 15.0) / 60.0  # hours
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# and per address, across usernames (diagnosis.access.address_locked_out): password spraying
+XRAY_LOGIN_IP_FAILURE_LIMIT = int(env_number("XRAY_LOGIN_IP_FAILURE_LIMIT", 30, int))
 AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "diagnosis.access.client_ip"
 AXES_HTTP_RESPONSE_CODE = 429

@@ -63,8 +63,9 @@ def test_drift_page_for_staff_only(client, doctor_client, champion, samples, db)
 
     upload(doctor_client, samples["CT DICOM"][1], "ct.dcm")
     assert doctor_client.get("/staff/drift/").status_code == 302  # doctors: to the admin login
-    staff = Client()
-    staff.force_login(make_user("it_staff", staff=True))
+    from webutil import staff_client
+
+    staff = staff_client(make_user("it_staff", staff=True))
     r = staff.get("/staff/drift/")
     html = r.content.decode()
     assert r.status_code == 200 and "<svg" in html and 'id="drift-days"' in html
@@ -146,6 +147,12 @@ def test_browser_shows_refusals_cautions_and_drift(live, browser, registry, full
     staff.fill("#id_username", "it_staff")
     staff.fill("#id_password", "staff-password-2031-x")
     staff.click("button[type=submit]")
+    # staff: the second step (issue 25 item 18): enrol the authenticator, type its code
+    expect(staff).to_have_url(re.compile(r"/accounts/mfa/setup/"))
+    from diagnosis import mfa
+
+    staff.fill("#id_code", mfa.totp(staff.locator("#mfa-secret").inner_text().strip()))
+    staff.click("#mfa-confirm")  # (the first submit button of the page is the header's "Sign out")
     expect(staff).to_have_url(re.compile(r"/staff/drift/$"))
     expect(staff.locator("svg.drift-chart")).to_be_visible()
     expect(staff.locator("#refusal-reasons")).to_contain_text("not an upright chest film")

@@ -20,6 +20,14 @@ def rows():
     return Diagnosis.objects.count()
 
 
+def _staff_client():
+    from django.test import Client
+
+    from webutil import staff_client
+
+    return staff_client(make_user("health_staff", staff=True))
+
+
 # --- authentication --------------------------------------------------------------------------------
 @pytest.mark.parametrize("path", PAGES)
 def test_pages_require_sign_in(client, path):
@@ -80,6 +88,8 @@ def test_healthz_is_public(client, champion, registry):
     assert r.status_code == 200
     body = r.json()
     assert body["status"] == "ok" and body["champion_loaded"] is True
+    assert body["champion"]["version"] == registry["v1"]
+    body = _staff_client().get("/healthz?detail=1").json()  # the details: staff only (issue 25 item 16)
     assert body["champion"]["name"] == registry["name"]
     assert body["champion"]["version"] == registry["v1"]
     assert body["registry"]["reachable"] is True
@@ -303,8 +313,9 @@ def test_bad_input_is_refused_by_the_api(client, doctor, champion, xray_jpeg, me
     _, key = ApiToken.issue(doctor)
     before = media_files()
     r = api(client, data, name, HTTP_AUTHORIZATION=f"Token {key}")
-    assert r.status_code == 400, r.content
-    assert r.json()["error"] == "invalid_image"
+    # an over-limit body is refused from its Content-Length by the middleware (issue 25 item 5)
+    assert r.status_code == (413 if case == "too large" else 400), r.content
+    assert r.json()["error"] == ("too_large" if case == "too large" else "invalid_image")
     assert reason.lower() in r.json()["detail"].lower()
     assert rows() == 0 and media_files() == before
 
@@ -440,7 +451,7 @@ def test_no_champion(doctor_client, client, doctor, own_holder, xray_jpeg, media
     r = api(client, xray_jpeg, HTTP_AUTHORIZATION=f"Token {key}")
     assert r.status_code == 503 and r.json()["error"] == "no_champion"
     h = client.get("/healthz")
-    assert h.status_code == 200 and h.json()["champion_loaded"] is False and h.json()["status"] == "no_champion"
+    assert h.status_code == 200 and h.json()["champion_loaded"] is False and h.json()["status"] == "degraded"
     assert client.get("/healthz?ready=1").status_code == 503
     assert doctor_client.get("/history/").status_code == 200  # history still works
     assert rows() == 0 and media_files() == before
@@ -498,12 +509,15 @@ def test_registry_outage_keeps_the_last_model(client, doctor, own_holder, regist
     r = api(client, xray_jpeg, HTTP_AUTHORIZATION=f"Token {key}")
     assert r.status_code == 200 and r.json()["model_version"] == registry["v1"]
     holder.wait_idle()
-    body = client.get("/healthz").json()
+    assert client.get("/healthz").json() == {"status": "degraded", "champion_loaded": True,
+                                             "champion": {"version": registry["v1"]}}
+    staff = _staff_client()
+    body = staff.get("/healthz?detail=1").json()
     assert body["champion_loaded"] is True and body["registry"]["reachable"] is False
     assert "unreachable" in body["registry"]["last_error"]
     holder.registry.tracking_uri = registry["uri"]  # back
     holder.refresh()
-    assert client.get("/healthz").json()["registry"]["reachable"] is True
+    assert staff.get("/healthz?detail=1").json()["registry"]["reachable"] is True
 
 
 # --- accounts and admin ------------------------------------------------------------------------------
@@ -531,11 +545,12 @@ def test_admin_for_staff_only(client, doctor_client, champion, xray_jpeg):
 
     upload(doctor_client, xray_jpeg)
     assert doctor_client.get("/admin/").status_code == 302  # doctors are not staff
-    admin = Client()
+    from webutil import staff_client
+
     user = make_user("it_admin", staff=True)
     user.is_superuser = True
     user.save()
-    admin.force_login(user)
+    admin = staff_client(user)
     for path in ("/admin/", "/admin/diagnosis/diagnosis/", "/admin/diagnosis/apitoken/", "/admin/auth/user/"):
         assert admin.get(path).status_code == 200, path
     assert b"upload.jpg" in admin.get("/admin/diagnosis/diagnosis/").content  # no patient file names (issue 11)
@@ -557,8 +572,9 @@ def test_model_card_for_staff_from_the_result_page(client, doctor_client, champi
     doctor_page = doctor_client.get(r["Location"]).content.decode()
     assert "model-card-link" not in doctor_page                      # doctors: no link...
     assert doctor_client.get(f"/models/{registry['v1']}/card").status_code == 404   # ...and no page
-    staff = Client()
-    staff.force_login(make_user("qa_lead", staff=True))
+    from webutil import staff_client
+
+    staff = staff_client(make_user("qa_lead", staff=True))
     own = upload(staff, xray_jpeg)
     assert f'href="/models/{registry["v1"]}/card"' in staff.get(own["Location"]).content.decode()
     page = staff.get(f"/models/{registry['v1']}/card")

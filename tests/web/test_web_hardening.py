@@ -95,7 +95,7 @@ def test_deleting_a_result_or_a_doctor_deletes_the_files(doctor_client, doctor, 
     # (SQLite reuses ids): the account's folder goes only when nothing else is in it
     others = [p for p in folders[1].parent.iterdir() if p != folders[1]]
     with TestCase.captureOnCommitCallbacks(execute=True):
-        doctor.delete()                                   # cascade: every result of the account
+        second.delete()                                   # accounts with results are protected (issue 25)
     assert not folders[1].exists() and folders[1].parent.exists() == bool(others)
 
 

@@ -101,3 +101,17 @@ def api(client, data: bytes, name: str = "chest.jpeg", query: str = "", **extra)
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     return client.post("/api/predict" + query, {"image": SimpleUploadedFile(name, data)}, **extra)
+
+
+def staff_client(user):
+    """A test client signed in as a staff `user` who has passed the second step (diagnosis.mfa)."""
+    from django.test import Client
+
+    from diagnosis import mfa
+
+    client = Client()
+    client.force_login(user)
+    session = client.session
+    session[mfa.SESSION_KEY] = user.pk
+    session.save()
+    return client

@@ -61,7 +61,8 @@ class Command(BaseCommand):
             if value:
                 setattr(user, attr, value)
         user.is_staff = user.is_staff or staff
-        user.set_password(password)
+        if created or not user.check_password(password):  # an unchanged password keeps the API tokens
+            user.set_password(password)
         user.save()
         self.stdout.write(self.style.SUCCESS(f"{'created' if created else 'updated'} doctor '{username}'"))
         if token:
