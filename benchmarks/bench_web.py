@@ -217,12 +217,18 @@ def main() -> int:
             r = requests.get(web + "/healthz", timeout=30)
             if r.status_code == 200 and r.headers.get("Content-Type", "").startswith("application/json") \
                     and r.json()["champion"]:
-                version, engine = r.json()["champion"]["version"], r.json()["champion"].get("engine")
+                version = r.json()["champion"]["version"]
                 if all(requests.get(web + "/healthz?ready=1", timeout=30).status_code == 200 for _ in range(4)):
                     break
             time.sleep(0.5)
         else:
             raise RuntimeError(f"site not ready: {r.status_code} {r.text[:500]}\n{log.read_text()[-3000:]}")
+        # the engine the site serves it on (the public /healthz no longer says): its fast-path tags
+        from mlflow import MlflowClient
+
+        tags = MlflowClient(tracking_uri=uri).get_model_version(name, str(version)).tags
+        fast = tags.get("fast_path") == "on" and env.get("XRAY_FAST_PATH", "1") != "0"
+        engine = f"openvino-{tags.get('fast_path.precision', 'bf16')}" if fast else "torch-fp32"
 
         # mlflow models serve, same champion, one worker per core, local environment
         ml_port = free_port()

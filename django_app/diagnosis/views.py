@@ -19,7 +19,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
-from . import analysis
+from . import analysis, ratelimit
 from .auth import AuthFailed, authenticate_api
 from .champion import RegistryUnavailable, holder, model_card
 from .forms import UploadForm
@@ -84,7 +84,13 @@ def upload(request):
     champion = holder().get()
     if champion is None:
         return _no_champion(request, json)
-    form = UploadForm(request.POST, request.FILES, max_files=settings.XRAY_MAX_FILES)
+    try:
+        ratelimit.check_uploads(request, request.user)  # before the body is parsed
+        form = UploadForm(request.POST, request.FILES, max_files=settings.XRAY_MAX_FILES)
+        if form.is_valid():
+            ratelimit.check_uploads(request, request.user, len(form.cleaned_data["images"]) - 1)
+    except ratelimit.RateLimited as exc:
+        return _rate_limited(request, json, exc)
     if not form.is_valid():
         if json:
             return JsonResponse({"error": "invalid_upload", "detail": " ".join(
@@ -115,6 +121,17 @@ def upload(request):
         messages.error(request, f"{name}: {reason}")
     messages.success(request, f"{len(done)} image{'s' if len(done) != 1 else ''} analysed.")
     return redirect("history")
+
+
+def _rate_limited(request, json: bool, exc):
+    headers = {"Retry-After": str(exc.retry_after)}
+    if json:
+        return JsonResponse({"error": "rate_limited", "detail": exc.detail}, status=429, headers=headers)
+    response = render(request, "diagnosis/upload.html", {
+        "form": UploadForm(max_files=settings.XRAY_MAX_FILES), "champion": holder().peek(),
+        "file_errors": [("", exc.detail)]}, status=429)
+    response["Retry-After"] = headers["Retry-After"]
+    return response
 
 
 def _upload_errors(request, json: bool, failed, champion=None):
@@ -213,6 +230,10 @@ def api_predict(request):
         return JsonResponse({"error": exc.code, "detail": exc.detail}, status=exc.status, headers=headers)
     if _too_big(request, files=1):
         return _api_error("invalid_image", f"upload too large (the limit is {settings.XRAY_MAX_UPLOAD_MB:g} MB)")
+    try:
+        ratelimit.check_uploads(request, user)
+    except ratelimit.RateLimited as exc:
+        return _rate_limited(request, True, exc)
     champion = holder().get()
     if champion is None:
         return _no_champion(request, json=True)
