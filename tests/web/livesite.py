@@ -29,6 +29,8 @@ def site_env(registry, data_dir: Path, port: int, **extra) -> dict:
         "WEB_BIND": f"127.0.0.1:{port}", "WEB_WORKERS": "2", "WEB_ACCESS_LOG": "",
         "XRAY_DOCTOR_USERNAME": DOCTOR, "XRAY_DOCTOR_PASSWORD": DOCTOR_PASSWORD,
         "PYTHON": PY,
+        # the live tests send bursts of requests; the limits themselves are tested in test_rate_limits.py
+        "XRAY_UPLOADS_PER_MINUTE": "100000", "XRAY_TOKEN_UPLOADS_PER_MINUTE": "100000",
     })
     env.update(extra)
     return env
