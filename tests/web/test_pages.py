@@ -134,7 +134,14 @@ def test_upload_real_xray_shows_result_with_heatmap(doctor_client, doctor, champ
 
     original = doctor_client.get(f"/results/{d.id}/image")
     assert original.status_code == 200 and original["Content-Type"] == "image/jpeg"
-    assert b"".join(original.streaming_content) == xray_jpeg
+    kept = b"".join(original.streaming_content)
+    # the pixels exactly as uploaded, without the file's metadata segments (issue 25 item 13)
+    import numpy as np
+
+    from pipeline.imagefile import strip
+
+    assert kept == strip(xray_jpeg, "JPEG") and b"\xff\xe0" not in kept[:4]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(kept))), np.asarray(Image.open(io.BytesIO(xray_jpeg))))
     assert "private" in original["Cache-Control"]
     heat = doctor_client.get(f"/results/{d.id}/heatmap")
     assert heat["Content-Type"] == "image/png"
