@@ -120,7 +120,7 @@ def start_mlflow(workdir: Path) -> tuple[subprocess.Popen, str]:
 
 
 def summarize(name: str, summary: dict, subprocess_wall: float, uri: str) -> dict:
-    """overhead = the run's wall time minus the time inside train() (pipeline.train's own wall time,
+    """overhead = the run's wall time minus the time inside train() (pipeline.training.train's own wall time,
     logged to MLflow as train_wall_time_s); the train task's MLflow logging/registration counts as overhead."""
     tasks = {t: round(info["seconds"] or 0.0, 2) for t, info in summary["tasks"].items()}
     train = 0.0

@@ -1,5 +1,5 @@
 """Hostile and hospital DICOMs: time and peak memory of the old decode (pydicom.dcmread +
-pixel_array, what preprocess did before issue 11) against pipeline.dicom, and decode time per
+pixel_array, what preprocess did before issue 11) against pipeline.data.dicom, and decode time per
 transfer syntax of a CR-sized picture.
 
 Each measurement runs in a fresh process: peak RSS is the kernel's high-water mark (VmHWM, reset
@@ -31,7 +31,7 @@ def one(kind: str, path: str, size: int) -> None:
 
     import pydicom
 
-    from pipeline import preprocess
+    from pipeline.data import preprocess
 
     data = Path(path).read_bytes()
     Path("/proc/self/clear_refs").write_text("5")
@@ -69,7 +69,7 @@ def main() -> None:
 
     import numpy as np
 
-    from pipeline import preprocess
+    from pipeline.data import preprocess
     from tests.pipeline import dicom_samples as samples
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-dicom-"))

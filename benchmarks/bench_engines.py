@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_engines.py [--checkpoint model.pt] [--data ../shared/datasets/chest_xray]
 
 Engines: PyTorch float32 eager (the reference, the baseline), and the version's ONNX file in
-OpenVINO at float32, bfloat16 (where the CPU has it) and its int8 copy (pipeline.onnx_export
+OpenVINO at float32, bfloat16 (where the CPU has it) and its int8 copy (pipeline.inference.onnx_export
 .quantize, calibrated on training X-rays of --data). Latency per call at batch 1 and 8 (median
 of --repeat calls after a warm-up), on all cores, and each engine's speed-up over the baseline.
 Speed does not depend on the weights: without --checkpoint an untrained network is measured.
@@ -20,9 +20,11 @@ from pathlib import Path
 
 import torch
 
-from pipeline import config, fastpath, onnx_export, preprocess
-from pipeline.model import build_model
-from pipeline.predict import Predictor
+from pipeline.settings import config
+from pipeline.inference import engine, onnx_export
+from pipeline.data import preprocess
+from pipeline.model.network import build_model
+from pipeline.inference.predict import Predictor
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,10 +62,10 @@ def main() -> None:
         f32 = onnx_export.export(predictor, Path(tmp) / onnx_export.FILE)
         int8 = onnx_export.quantize(f32, calibration, predictor.intensity, Path(tmp) / onnx_export.INT8_FILE)
         engines = {"torch float32 (baseline)": predictor.reference_forward,
-                   "OpenVINO f32": fastpath.FastEngine(f32, predictor.intensity, "f32").forward}
-        if fastpath.cpu_has_bf16():
-            engines["OpenVINO bf16"] = fastpath.FastEngine(f32, predictor.intensity, "bf16").forward
-        engines["OpenVINO int8"] = fastpath.FastEngine(int8, predictor.intensity, "int8").forward
+                   "OpenVINO f32": engine.FastEngine(f32, predictor.intensity, "f32").forward}
+        if engine.cpu_has_bf16():
+            engines["OpenVINO bf16"] = engine.FastEngine(f32, predictor.intensity, "bf16").forward
+        engines["OpenVINO int8"] = engine.FastEngine(int8, predictor.intensity, "int8").forward
         print(f"{size} px ResNet18, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
               f"int8 calibrated on {len(calibration)} training X-rays; median of {args.repeat} calls")
         print(f"{'engine':<26}{'batch 1 ms':>11}{'batch 8 ms':>11}{'speed-up (1 / 8)':>19}")

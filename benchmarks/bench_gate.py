@@ -1,4 +1,4 @@
-"""The input gate (pipeline.gate): its cost per request, and what it refuses.
+"""The input gate (pipeline.inference.gate): its cost per request, and what it refuses.
 
     python benchmarks/bench_gate.py --model runs/<run>/model.pt [--data ../shared/datasets/chest_xray]
 
@@ -31,8 +31,10 @@ print = functools.partial(print, flush=True)  # noqa: A001 - progress shows in l
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the tests' foreign inputs
 
-from pipeline import config, data, gate, preprocess  # noqa: E402
-from pipeline.predict import Predictor  # noqa: E402
+from pipeline.settings import config  # noqa: E402
+from pipeline.data import dataset, preprocess
+from pipeline.inference import gate
+from pipeline.inference.predict import Predictor  # noqa: E402
 
 
 def refused(predictor: Predictor, blob) -> str | None:
@@ -147,7 +149,7 @@ def main() -> int:
 
     if not args.skip_heldout:
         ckpt = torch.load(args.model, map_location="cpu", weights_only=True)
-        splits, _, _ = data.load(args.data, config.checkpoint_params(ckpt["params"]))
+        splits, _, _ = dataset.load(args.data, config.checkpoint_params(ckpt["params"]))
         reasons = [r for r in (refused(predictor, s.path) for s in splits.test) if r]
         report["heldout"] = {"n": len(splits.test), "refused": len(reasons), "rate": len(reasons) / len(splits.test),
                              "reasons": reasons[:20]}

@@ -49,7 +49,8 @@ def own_site(tmp: Path):
 
     import bench_web as bw
 
-    from pipeline import config, registry, tracking
+    from pipeline.settings import config
+    from pipeline.mlops import registry, tracking
 
     params = config.load_params()
     port, web_port = bw.free_port(), bw.free_port()

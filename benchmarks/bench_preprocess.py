@@ -10,7 +10,8 @@ import statistics
 import time
 from pathlib import Path
 
-from pipeline import config, preprocess
+from pipeline.settings import config
+from pipeline.data import preprocess
 
 
 def per_image_ms(files, size: int, draft: bool, repeat: int) -> list[float]:

@@ -23,9 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline import config, stress
-from pipeline.params import Params
-from pipeline.train import train
+from pipeline.settings import config
+from pipeline.evaluation import stress
+from pipeline.settings.params import Params
+from pipeline.training.train import train
 
 COLUMNS = ("auc", "sensitivity", "specificity", "ece", "stress_mean_auc", "stress_worst_auc",
            "stress_worst_sensitivity", "stress_worst_specificity", "stress_mean_ece")

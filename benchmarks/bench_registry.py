@@ -35,8 +35,8 @@ COLD_LOAD = r"""
 import json, os, sys, time
 t0 = time.perf_counter()
 import mlflow.pyfunc, torch
-from pipeline import registry
-from pipeline.predict import Predictor
+from pipeline.mlops import registry
+from pipeline.inference.predict import Predictor
 t_import = time.perf_counter() - t0
 t = time.perf_counter(); Predictor.from_checkpoint(sys.argv[1], device="cpu"); local = time.perf_counter() - t
 t = time.perf_counter(); p, mv = registry.load_champion(device="cpu"); cold = time.perf_counter() - t
@@ -65,9 +65,9 @@ def start_server(workdir: Path) -> tuple[dict, str]:
 
 
 def make_subset(dest: Path, source: Path, per_class: int, seed: int = 0) -> Path:
-    from pipeline import data
+    from pipeline.data import dataset
 
-    data.link_subset(source, dest, per_class, seed)
+    dataset.link_subset(source, dest, per_class, seed)
     return dest
 
 
@@ -98,8 +98,9 @@ def main() -> int:
         server_env, uri = start_server(tmp / "mlflow")
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
-        from pipeline import config, registry, tracking
-        from pipeline.train import train
+        from pipeline.settings import config
+        from pipeline.mlops import registry, tracking
+        from pipeline.training.train import train
 
         params = config.apply_overrides(config.load_params(), {
             "preprocess.image_size": 64, "train.epochs": 1, "train.batch_size": 16, "train.warmup_epochs": 0,

@@ -1,14 +1,14 @@
-"""Training speed of pipeline.train against the plain baseline, in one run.
+"""Training speed of pipeline.training.train against the plain baseline, in one run.
 
 Baseline (named "plain"): torchvision ImageFolder + DataLoader(num_workers=2) + PIL transforms
 (Grayscale, Resize 224, ToTensor, Normalize), float32, contiguous tensors, the same one-channel
 ResNet18, AdamW at a constant 1e-3, no augmentation. Both train on the same patient-grouped train
 split and are scored on the same held-out split.
 
-(a) images/s at 224 px, same model: plain vs pipeline.train (cache + batched augmentation +
+(a) images/s at 224 px, same model: plain vs pipeline.training.train (cache + batched augmentation +
     channels_last) in float32 and in bfloat16 autocast. Target >= 1.8x; bfloat16's arithmetic
     limit on this CPU is about 2.5x the float32 rate, so ratio / 2.5 is the fraction reached.
-(b) wall time to reach held-out AUC 0.95: pipeline.train with the default params.yaml (cold
+(b) wall time to reach held-out AUC 0.95: pipeline.training.train with the default params.yaml (cold
     preprocessing cache included) vs the plain baseline. Target >= 5x faster. Time spent scoring
     the held-out probes is excluded from both clocks; both are probed every --probe-every steps of
     32 images (default 5: 160 images, so the figure is not set by the probe interval).
@@ -28,9 +28,11 @@ from pathlib import Path
 
 import torch
 
-from pipeline import config, data, evaluate, preprocess
-from pipeline.model import build_model
-from pipeline.train import StopTraining, train
+from pipeline.settings import config
+from pipeline.data import dataset, preprocess
+from pipeline.evaluation import evaluate
+from pipeline.model.network import build_model
+from pipeline.training.train import StopTraining, train
 
 TARGET_AUC = 0.95
 BF16_LIMIT = 2.5
@@ -92,8 +94,8 @@ def run_plain(train_paths, test_paths, root, steps=None, max_s=None, probe_every
 
 
 def run_pipeline(params, root, steps=None, probe_samples=None, max_s=None, probe_every=5):
-    """pipeline.train itself, stopped by an on_step hook (throughput, or time to TARGET_AUC)."""
-    from pipeline.predict import Predictor
+    """pipeline.training.train itself, stopped by an on_step hook (throughput, or time to TARGET_AUC)."""
+    from pipeline.inference.predict import Predictor
 
     marks, probe_s = {}, [0.0]
     start = time.time()
@@ -139,7 +141,7 @@ def main() -> None:
     defaults = config.load_params()
     with tempfile.TemporaryDirectory() as cache_dir:
         os.environ["XRAY_CACHE_DIR"] = cache_dir  # cold cache: its build time counts in (b)
-        splits, _, _ = data.load(args.data, config.apply_overrides(defaults, {"preprocess.image_size": 224}))
+        splits, _, _ = dataset.load(args.data, config.apply_overrides(defaults, {"preprocess.image_size": 224}))
         train_root = args.data / "train"
         train_paths = {str(s.path) for s in splits.train if s.path.is_relative_to(train_root)}
         test_paths = {str(s.path) for s in splits.test if s.path.is_relative_to(train_root)}
@@ -164,14 +166,14 @@ def main() -> None:
         print(f"\n(b) wall time to held-out AUC {TARGET_AUC}")
         os.environ["XRAY_CACHE_DIR"] = str(Path(cache_dir) / "cold")
         ours_params = defaults
-        ours_splits, _, _ = data.load(args.data, ours_params)  # the same held-out patients (seeded split)
+        ours_splits, _, _ = dataset.load(args.data, ours_params)  # the same held-out patients (seeded split)
         shutil.rmtree(Path(cache_dir) / "cold")  # start cold again: train() rebuilds it on the clock
         ours = run_pipeline(ours_params, args.data, probe_samples=ours_splits.test, max_s=args.max_minutes * 60,
                             probe_every=args.probe_every)
         base = run_plain(train_paths, test_paths, train_root, max_s=args.max_minutes * 60,
                          probe_every=args.probe_every)
         fmt = lambda s: f"{s:.0f}s" if s else f"not reached in {args.max_minutes:.0f} min"
-        print(f"  pipeline.train, default params.yaml ({defaults.preprocess.image_size} px, bf16): {fmt(ours)}")
+        print(f"  pipeline.training.train, default params.yaml ({defaults.preprocess.image_size} px, bf16): {fmt(ours)}")
         print(f"  plain baseline (224 px, fp32):                                   {fmt(base)}")
         if ours and base:
             print(f"  speed-up {base / ours:.1f}x (target >= 5x)")

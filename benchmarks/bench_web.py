@@ -4,7 +4,7 @@
 
 What it does
 1. Starts a throw-away MLflow server (SQLite, tmp dir) and registers the champion through
-   pipeline.registry: --checkpoint, or by default an untrained ResNet18 at params.yaml's image
+   pipeline.mlops.registry: --checkpoint, or by default an untrained ResNet18 at params.yaml's image
    size (latency does not depend on the weights). --tracking-uri uses an existing server's
    champion instead.
 2. Starts the site exactly as production does (scripts/web_server.sh: migrate, collectstatic,
@@ -12,7 +12,7 @@ What it does
    --env-manager local` on models:/<name>@champion with one uvicorn worker per core.
 3. Sends every full-resolution X-ray of fullres_samples to each, at concurrency 1 and 8 (after a
    warm-up), and prints p50/p95 latency, throughput and the ratios.
-4. Prints the site's fast path against the float32 reference (pipeline.fastpath) on the held-out
+4. Prints the site's fast path against the float32 reference (pipeline.inference.engine) on the held-out
    patients and the stress shifts of --data: label agreement, AUC of each, gate agreement. A
    version registered here is checked (and tagged) first, as the DAG's evaluate task does, so
    the site uses the fast path exactly when the DAG would let it.
@@ -92,8 +92,8 @@ def untrained_checkpoint(dest: Path, image_size: int) -> Path:
 
     import torch
 
-    from pipeline import config
-    from pipeline.model import ARCH, build_model
+    from pipeline.settings import config
+    from pipeline.model.network import ARCH, build_model
 
     model = build_model("scratch")
     torch.save({"state_dict": model.state_dict(), "arch": ARCH, "in_channels": 1, "image_size": image_size,
@@ -164,7 +164,9 @@ def main() -> int:
     env.setdefault("XRAY_MODEL_CACHE_DIR", str(tmp / "model-cache"))
     os.environ["XRAY_MODEL_CACHE_DIR"] = env["XRAY_MODEL_CACHE_DIR"]
     try:
-        from pipeline import candidates, config, data, registry, tracking
+        from pipeline.mlops import candidates, registry, tracking
+        from pipeline.settings import config
+        from pipeline.data import dataset
 
         params = config.load_params()
         if args.tracking_uri:
@@ -182,7 +184,7 @@ def main() -> int:
             reg_params = config.apply_overrides(params, {"registry.model_name": name,
                                                          "registry.experiment": "bench-web"})
             env_name = os.environ.pop("XRAY_MODEL_NAME", None)
-            splits, _report, cache = data.load(args.data, params)
+            splits, _report, cache = dataset.load(args.data, params)
             version = tracking.register_checkpoint(ckpt, reg_params, tags={"trigger": "bench"}, data_root=args.data,
                                                    calibration=None if args.no_int8 else
                                                    [s.path for s in splits.train])["version"]
@@ -261,7 +263,7 @@ def main() -> int:
             measure(send, images, 16, 8)
 
         if args.tracking_uri:
-            splits, _report, cache = data.load(args.data, params)
+            splits, _report, cache = dataset.load(args.data, params)
         agreement = candidates.fast_path_report(int(version), splits, params, cache, name)
 
         n1, n8 = args.requests, 2 * args.requests

@@ -15,8 +15,8 @@ from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param,
 DAG_ID = "xray_retrain"
 REPO = Path(__file__).resolve().parent.parent          # the project (params.yaml)
 
-from pipeline.notify import XrayNotifier  # noqa: E402  (`pipeline` is installed: pip install -e .)
-from pipeline.config import DATA_ASSET_URI  # noqa: E402
+from pipeline.mlops.notify import XrayNotifier  # noqa: E402  (`pipeline` is installed: pip install -e .)
+from pipeline.settings.config import DATA_ASSET_URI  # noqa: E402
 
 
 def _dag_settings() -> dict:
@@ -85,7 +85,7 @@ def check_overrides(overrides) -> list[str]:
 def _context_params(context) -> dict:
     """params.yaml (or $XRAY_PARAMS) with this run's `overrides` applied; a bad or forbidden
     override fails the run at once (no retry can fix it)."""
-    from pipeline import config
+    from pipeline.settings import config
 
     overrides = list(context["params"].get("overrides") or [])
     forbidden = check_overrides(overrides)
@@ -126,7 +126,9 @@ def xray_retrain():
     @task.short_circuit(**RETRY)
     def detect() -> dict | bool:
         """Fetch the newest data version; continue only when it differs from the champion's (or forced)."""
-        from pipeline import config, registry, versioning
+        from pipeline.settings import config
+        from pipeline.mlops import registry
+        from pipeline.data import versioning
 
         context = get_current_context()
         params = _context_params(context)
@@ -162,12 +164,12 @@ def xray_retrain():
     @task(**NO_RETRY)
     def validate(info: dict) -> dict:
         """Decode every image once (filling the preprocessing cache); fail above the rejection limit."""
-        from pipeline import data
+        from pipeline.data import dataset
 
         params = _context_params(get_current_context())
         try:   # the golden set is verified against its pin first; its patients are dropped
-            _, report = data.prepare(info["data_root"], params)
-        except data.DatasetError as exc:   # incl. golden.GoldenSetError (missing, unpinned, edited)
+            _, report = dataset.prepare(info["data_root"], params)
+        except dataset.DatasetError as exc:   # incl. golden.GoldenSetError (missing, unpinned, edited)
             from airflow.sdk.exceptions import AirflowFailException
 
             raise AirflowFailException(f"dataset {info['hash'][:8]} rejected: {exc}") from exc
@@ -183,7 +185,8 @@ def xray_retrain():
           queue=os.environ.get("XRAY_TRAINING_QUEUE", "training"))
     def train(info: dict, report: dict) -> dict:
         """Train the challenger; tracking.tracked_train logs everything to MLflow and registers a version."""
-        from pipeline import config, tracking
+        from pipeline.settings import config
+        from pipeline.mlops import tracking
 
         context = get_current_context()
         params = _context_params(context)
@@ -203,7 +206,8 @@ def xray_retrain():
     @task(**RETRY)
     def evaluate(info: dict, trained: dict) -> dict:
         """Score the challenger and the current champion on the same held-out split, now."""
-        from pipeline import candidates, golden
+        from pipeline.mlops import candidates
+        from pipeline.data import golden
 
         params = _context_params(get_current_context())
         try:
@@ -216,7 +220,7 @@ def xray_retrain():
     @task.branch
     def decide(scores: dict) -> str:
         """The promotion policy (params.yaml `promotion:`) decides; the decision goes to XCom."""
-        from pipeline import policy
+        from pipeline.mlops import policy
 
         context = get_current_context()
         decision = policy.decide(scores, _context_params(context))
@@ -226,7 +230,7 @@ def xray_retrain():
 
     @task(**RETRY)
     def promote(trained: dict) -> dict:
-        from pipeline import registry
+        from pipeline.mlops import registry
 
         decision = get_current_context()["ti"].xcom_pull(task_ids="decide", key="decision")
         result = registry.promote(trained["version"], decision, name=trained["model_name"])
@@ -237,7 +241,7 @@ def xray_retrain():
 
     @task(**RETRY)
     def reject(trained: dict) -> dict:
-        from pipeline import registry
+        from pipeline.mlops import registry
 
         decision = get_current_context()["ti"].xcom_pull(task_ids="decide", key="decision")
         return {"outcome": "rejected", **registry.reject(trained["version"], decision, name=trained["model_name"])}
@@ -245,9 +249,9 @@ def xray_retrain():
     @task(trigger_rule="none_failed_min_one_success", **NO_RETRY)
     def notify(info: dict, trained: dict, scores: dict) -> dict:
         """Tell someone what was decided and why, with the metrics and links to MLflow."""
-        from pipeline import registry
+        from pipeline.mlops import registry
 
-        from pipeline import notify
+        from pipeline.mlops import notify
 
         context = get_current_context()
         decision = context["ti"].xcom_pull(task_ids="decide", key="decision") or {}

@@ -3,8 +3,8 @@
 One task. It reads the site's records of the window (answers with their gate score, refusals with
 their reason; never an image) from the site's database (XRAY_SITE_DATABASE_URL, in compose a
 read-only role; else DATABASE_URL, as the site itself), the champion's reference from the
-registry (stored in its checkpoint by training, pipeline.gate), computes pipeline.drift's report,
-logs it to MLflow (experiment `<registry.experiment>-drift`) and notifies (pipeline/notify.py) when a limit of params.yaml `drift:` is crossed.
+registry (stored in its checkpoint by training, pipeline.inference.gate), computes pipeline.evaluation.drift's report,
+logs it to MLflow (experiment `<registry.experiment>-drift`) and notifies (pipeline/mlops/notify.py) when a limit of params.yaml `drift:` is crossed.
 Nothing heavy is imported when this file is parsed.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 DAG_ID = "xray_drift"
 REPO = Path(__file__).resolve().parent.parent
 
-from pipeline.notify import XrayNotifier  # noqa: E402
+from pipeline.mlops.notify import XrayNotifier  # noqa: E402
 
 
 def site_records(since, until) -> list[dict]:
@@ -54,8 +54,10 @@ def xray_drift():
 
         import mlflow
 
-        from pipeline import notify
-        from pipeline import config, drift, registry
+        from pipeline.mlops import notify
+        from pipeline.settings import config
+        from pipeline.evaluation import drift
+        from pipeline.mlops import registry
 
         params = config.load_params(os.environ.get("XRAY_PARAMS") or None)
         until = pendulum.now("UTC")

@@ -12,8 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline import candidates, config, policy, registry
-from pipeline.params import Params
+from pipeline.mlops import candidates, policy, registry
+from pipeline.settings import config
+from pipeline.settings.params import Params
 
 EPILOG = """examples:
   python -m pipeline validate --data ../shared/datasets/chest_xray
@@ -93,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # one clear line for operators; the traceback is for --debug sessions
-        from pipeline.data import DatasetError
-        from pipeline.preprocess import InvalidImage
+        from pipeline.data.dataset import DatasetError
+        from pipeline.data.preprocess import InvalidImage
 
         if isinstance(exc, (DatasetError, InvalidImage, FileNotFoundError, RuntimeError, KeyError, ValueError)):
             print(f"error: {exc}", file=sys.stderr)
@@ -103,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_validate(args, params, data_root) -> int:
-    from pipeline import data
+    from pipeline.data import dataset
 
-    _, report = data.prepare(data_root, params)   # golden set verified, its patients dropped
+    _, report = dataset.prepare(data_root, params)   # golden set verified, its patients dropped
     print(report.summary())
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +120,7 @@ def cmd_train(args, params, data_root) -> int:
         result = registry.tracked_train(params, data_root, out)
         print(json.dumps(result, indent=2, default=str))
         return 0
-    from pipeline.train import train
+    from pipeline.training.train import train
 
     result = train(params, data_root, out, progress=not args.no_progress)
     _link_latest(out)
@@ -136,8 +137,8 @@ def _link_latest(out: Path) -> None:
 
 
 def load_predictor(model: str):
-    from pipeline.model import resolve_checkpoint
-    from pipeline.predict import Predictor
+    from pipeline.model.network import resolve_checkpoint
+    from pipeline.inference.predict import Predictor
 
     return Predictor.from_checkpoint(resolve_checkpoint(model))
 
@@ -145,10 +146,11 @@ def load_predictor(model: str):
 def cmd_evaluate(args, params, data_root) -> int:
     """Held-out figures, the stress table (same patients under every shift) and any external set;
     --split val|train scores another split in distribution only."""
-    from pipeline import data, evaluate, quality, stress
+    from pipeline.data import dataset
+    from pipeline.evaluation import evaluate, quality, stress
 
     predictor = load_predictor(args.model)
-    splits, _, cache = data.load(data_root, params)
+    splits, _, cache = dataset.load(data_root, params)
     if args.split != "test":
         samples = dict(splits.items())[args.split]
         y, p = evaluate.predict_samples(predictor, samples, params, cache)
@@ -178,7 +180,7 @@ def cmd_evaluate(args, params, data_root) -> int:
 
 
 def cmd_predict(args, params, data_root) -> int:
-    from pipeline.preprocess import InvalidImage
+    from pipeline.data.preprocess import InvalidImage
 
     predictor = load_predictor(args.model)
     failed = 0

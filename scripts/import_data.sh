@@ -14,7 +14,7 @@
 #
 # Environment: DATA, XRAY_REPO (git+DVC repo to import into; default this repository),
 # XRAY_IMPORT_MODE (mirror|add), XRAY_DVC_REMOTE / XRAY_DVC_REMOTE_NAME / XRAY_DVC_S3_ENDPOINT
-# (remote selection, see pipeline/versioning.py), XRAY_GIT_PUSH, PYTHON (default .venv/bin/python).
+# (remote selection, see pipeline/data/versioning.py), XRAY_GIT_PUSH, PYTHON (default .venv/bin/python).
 set -euo pipefail
 
 PROJECT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -50,5 +50,5 @@ mkdir -p "$DEST"
 rsync -rLc "${delete[@]}" --exclude '.*' --info=stats1 "$SRC"/ "$DEST"/
 
 cd "$PROJECT"
-exec "$PY" -m pipeline.versioning --repo "$REPO" publish \
+exec "$PY" -m pipeline.data.versioning --repo "$REPO" publish \
   -m "data: import $(basename "$SRC") ($n_images images, $MODE) on $(date -u +%Y-%m-%dT%H:%MZ)"

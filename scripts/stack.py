@@ -365,14 +365,14 @@ def stack_airflow(command: str, capture: bool = False, **extra: str) -> subproce
 def quick_subset() -> Path:
     """A seeded subset of QUICK_PER_CLASS images per class, whole patients, as symlinks (import_data.sh
     copies what they point to); the same subset every time, so a second `up` is no new data version."""
-    from pipeline import data  # the same seeded, patient-preserving subset the tests use
+    from pipeline.data import dataset  # the same seeded, patient-preserving subset the tests use
 
     root = DATA.resolve()
     source = root / "train" if (root / "train").is_dir() else root
     dest = STACK_DIR / "quick-data"
     if dest.exists():
         shutil.rmtree(dest)
-    picked = data.link_subset(source, dest, QUICK_PER_CLASS, 42)
+    picked = dataset.link_subset(source, dest, QUICK_PER_CLASS, 42)
     if not picked:
         die(f"no images under {source}")
     print(f"    quick mode: {len(picked)} images (about {QUICK_PER_CLASS} per class, whole patients) from {source}")
@@ -414,7 +414,7 @@ def quick_params() -> None:
     if not QUICK:
         return
     import yaml
-    from pipeline import config
+    from pipeline.settings import config
 
     path = STACK_DIR / "quick-params.yaml"
     path.write_text(yaml.safe_dump(config.load_params(None, QUICK_POLICY).to_dict(), sort_keys=False))

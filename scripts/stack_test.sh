@@ -125,15 +125,15 @@ t=$SECONDS
     python -c "
 import os, sys
 from pathlib import Path
-from pipeline import data
-picked = data.link_subset(Path(\"/dataset/train\"), Path(\"/tmp/quick\"), int(os.environ[\"QUICK_PER_CLASS\"]), 42)
+from pipeline.data import dataset
+picked = dataset.link_subset(Path(\"/dataset/train\"), Path(\"/tmp/quick\"), int(os.environ[\"QUICK_PER_CLASS\"]), 42)
 print(f\"quick subset: {len(picked)} images\")"
     XRAY_REPO=/opt/xray-repo XRAY_GIT_PUSH=0 scripts/import_data.sh /tmp/quick
     # a 1-epoch 64 px model cannot reach the production floors: a relaxed policy, in the params file
     # the Airflow containers read ($XRAY_PARAMS), since a run may not override the policy
     python -c "
 import yaml
-from pipeline import config
+from pipeline.settings import config
 # held-out floors only (AUC 0.5): ~15 held-out images under 28 shifts say nothing about a 1-epoch model
 quick = [\"promotion.floors.auc=0.5\", \"promotion.floors.sensitivity=0.0\", \"promotion.floors.specificity=0.0\",
          \"promotion.stress_floors={}\", \"promotion.external_floors={}\", \"evaluate.stress_images=48\"]

@@ -45,9 +45,9 @@ def shared_datasets() -> Path:
 def make_subset(dest: Path, n_per_class: int, seed: int = 0, source: Path | None = None) -> Path:
     """`dest/train/{NORMAL,PNEUMONIA}` holding symlinks to about n real images per class,
     whole patients only (so patient-grouped splits stay meaningful)."""
-    from pipeline import data
+    from pipeline.data import dataset
 
-    data.link_subset(source or shared_root() / "chest_xray" / "train", dest, n_per_class, seed)
+    dataset.link_subset(source or shared_root() / "chest_xray" / "train", dest, n_per_class, seed)
     return dest
 
 
@@ -58,7 +58,7 @@ def small_dataset(shared_datasets, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_params():
-    from pipeline import config
+    from pipeline.settings import config
 
     return config.apply_overrides(config.load_params(), TINY)
 
@@ -66,7 +66,7 @@ def tiny_params():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(small_dataset, tiny_params, tmp_path_factory) -> Path:
     """model.pt trained for one short epoch at 64 px on the small real subset."""
-    from pipeline.train import train
+    from pipeline.training.train import train
 
     return train(tiny_params, small_dataset, tmp_path_factory.mktemp("tiny_run"), progress=False).checkpoint
 

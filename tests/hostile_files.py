@@ -84,7 +84,7 @@ def dicom_big_header(mb: int = 10) -> bytes:
 
 def twelve_bit_png(xray: Image.Image) -> bytes:
     """A real film as a 16-bit PNG holding unscaled 12-bit values, with sBIT = 12."""
-    from pipeline.imagefile import with_significant_bits
+    from pipeline.data.imagefile import with_significant_bits
 
     values = (np.asarray(xray.convert("L"), np.uint32) * 4095 + 127) // 255
     return with_significant_bits(_png(Image.fromarray(values.astype(np.uint16))), 12)

@@ -60,8 +60,8 @@ def read_upload(upload) -> bytes:
 
 
 def limits():
-    """The site's upload limits (settings), for pipeline.upload."""
-    from pipeline.upload import Limits
+    """The site's upload limits (settings), for pipeline.inference.upload."""
+    from pipeline.inference.upload import Limits
 
     return Limits(max_bytes=settings.XRAY_MAX_UPLOAD_BYTES, max_pixels=settings.XRAY_MAX_PIXELS,
                   min_side=settings.XRAY_MIN_SIDE)
@@ -78,9 +78,10 @@ def stored_name(name: str | None, fmt: str) -> str:
 def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatmap: bool = True) -> Diagnosis:
     """Analyse one image with the given champion and record it. Raises UploadRejected; stores
     nothing unless the whole analysis succeeded. The file is checked and decoded by
-    pipeline.upload in a decoder process with hard limits; what is stored is its pixels only
+    pipeline.inference.upload in a decoder process with hard limits; what is stored is its pixels only
     (no EXIF, text chunks or DICOM header: they may name the patient)."""
-    from pipeline import gate, preprocess, upload
+    from pipeline.inference import gate, upload
+    from pipeline.data import preprocess
 
     check_size(len(data))
     t0 = time.perf_counter()
@@ -152,7 +153,7 @@ def heatmap_png(cam: np.ndarray, side: int = 512) -> bytes:
     """Grad-CAM [S, S] in [0, 1] -> smooth RGBA PNG (stretched over the X-ray, as the model squashed it)."""
     big = Image.fromarray((np.clip(cam, 0, 1) * 255).astype(np.uint8), mode="L").resize(
         (side, side), Image.Resampling.BICUBIC)
-    from pipeline.upload import png_bytes
+    from pipeline.inference.upload import png_bytes
 
     rgba = colormap(np.asarray(big, dtype=np.float32) / 255.0)
     return png_bytes(Image.fromarray(rgba, mode="RGBA"))
@@ -176,7 +177,7 @@ def derived_path(diagnosis: Diagnosis, kind: str) -> Path:
 
 
 def _render(source: Path, target: Path, side: int) -> None:
-    from pipeline import preprocess
+    from pipeline.data import preprocess
 
     lim = limits()  # a file the site stored itself, metadata-free: decoded in process
     img = preprocess.load_image(source, draft_size=side, max_pixels=lim.max_pixels, max_bytes=lim.max_bytes,

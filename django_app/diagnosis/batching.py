@@ -6,7 +6,7 @@ in parallel in the request threads oversubscribes the cores. So every model call
 this queue: a single thread takes everything that is waiting (no added wait: a lone request runs
 at once) and answers each request's future.
 
-The numbers are `pipeline.predict.Predictor`'s own (`forward`, `gradcam_features`): batching
+The numbers are `pipeline.inference.predict.Predictor`'s own (`forward`, `gradcam_features`): batching
 changes how many images one forward pass carries, not what it computes.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ class ModelRunner:
         return self.probability_features(array, timeout)[0]
 
     def probability_features(self, array: np.ndarray, timeout: float | None = 120):
-        """(P(pneumonia), pooled features [1, D] for pipeline.gate) of one uint8 [S, S] image."""
+        """(P(pneumonia), pooled features [1, D] for pipeline.inference.gate) of one uint8 [S, S] image."""
         return self._submit(("prob", array)).result(timeout)
 
     def gradcam(self, img, timeout: float | None = 120):

@@ -41,7 +41,7 @@ class RegistryUnavailable(RuntimeError):
 
 @dataclass
 class Champion:
-    predictor: Any  # pipeline.predict.Predictor
+    predictor: Any  # pipeline.inference.predict.Predictor
     name: str
     version: str
     run_id: str | None = None
@@ -63,8 +63,8 @@ class Champion:
 
     def predict(self, img, warnings=()):
         """Prediction for a decoded "L" image (batched with concurrent requests), judged by the
-        model's input gate: raises pipeline.gate.NotAChestXray."""
-        from pipeline import preprocess
+        model's input gate: raises pipeline.inference.gate.NotAChestXray."""
+        from pipeline.data import preprocess
 
         arr = preprocess.to_array(img, self.predictor.image_size)
         probability, feats = self.runner.probability_features(arr)
@@ -72,7 +72,7 @@ class Champion:
 
     def gradcam(self, img, warnings=()):
         """(Prediction, heat map [S, S] in [0, 1]), judged by the input gate like predict()."""
-        from pipeline import preprocess
+        from pipeline.data import preprocess
 
         prediction, cam, feats = self.runner.gradcam_features(img)
         arr = preprocess.to_array(img, self.predictor.image_size)
@@ -94,7 +94,7 @@ class Champion:
 
 
 class MlflowRegistry:
-    """Asks the MLflow registry which version holds the alias, and loads it via pipeline.registry."""
+    """Asks the MLflow registry which version holds the alias, and loads it via pipeline.mlops.registry."""
 
     def __init__(self, tracking_uri: str, name: str, alias: str = "champion", torch_threads: int = 0,
                  max_batch: int = 8, fast: bool = False):
@@ -132,7 +132,7 @@ class MlflowRegistry:
             import torch
 
             torch.set_num_threads(self.torch_threads)
-        from pipeline import registry
+        from pipeline.mlops import registry
 
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)

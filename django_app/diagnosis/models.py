@@ -44,7 +44,7 @@ class Diagnosis(models.Model):
     model_version = models.CharField(max_length=32)
     model_run_id = models.CharField(max_length=64, blank=True)
     inference_ms = models.FloatField(null=True, blank=True)
-    # the input gate (pipeline.gate): feature distance to the training X-rays (drift), and a caution
+    # the input gate (pipeline.inference.gate): feature distance to the training X-rays (drift), and a caution
     gate_score = models.FloatField(null=True, blank=True)
     warning = models.CharField(max_length=500, blank=True)
 

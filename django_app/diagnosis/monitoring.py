@@ -1,5 +1,5 @@
 """Input drift as the site saw it: every answer (gate score, label) and every refusal, per day,
-compared with the champion's reference (pipeline.drift). Used by the staff page and by the
+compared with the champion's reference (pipeline.evaluation.drift). Used by the staff page and by the
 daily drift DAG (dags/xray_drift.py), which logs the report to MLflow and notifies."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .models import Diagnosis, Refusal
 
 
 def records(since: dt.datetime, until: dt.datetime) -> list[dict]:
-    """What pipeline.drift.report reads: one dict per request in [since, until)."""
+    """What pipeline.evaluation.drift.report reads: one dict per request in [since, until)."""
     answered = Diagnosis.objects.filter(created__gte=since, created__lt=until).values_list(
         "created", "gate_score", "label")
     refused = Refusal.objects.filter(created__gte=since, created__lt=until).values_list(
@@ -27,7 +27,7 @@ def daily(reference: dict | None, days: int = 30, now: dt.datetime | None = None
     the `drift:` limits of the pipeline's settings, as the daily drift DAG reads them."""
     from django.conf import settings
 
-    from pipeline import drift
+    from pipeline.evaluation import drift
 
     limits = settings.XRAY_PIPELINE_PARAMS.drift
     now = now or timezone.now()
@@ -45,7 +45,7 @@ def daily(reference: dict | None, days: int = 30, now: dt.datetime | None = None
 
 def refusal_reasons(since: dt.datetime, limit: int = 8) -> list[tuple[str, int]]:
     """Most frequent refusal reasons (the part after the gate's common prefix)."""
-    from pipeline.gate import PREFIX
+    from pipeline.inference.gate import PREFIX
 
     reasons = Refusal.objects.filter(created__gte=since).values_list("reason", flat=True)
     short = Counter(r.removeprefix(PREFIX).split(" (")[0] for r in reasons)

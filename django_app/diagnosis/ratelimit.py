@@ -1,6 +1,6 @@
 """Upload rate limits (issue 25 item 2): at most XRAY_UPLOADS_PER_MINUTE images a minute per
 user, and XRAY_TOKEN_UPLOADS_PER_MINUTE per API token (a script's token is limited on its own,
-under its owner's limit). Each image is bounded in cost by pipeline.upload; this bounds how many
+under its owner's limit). Each image is bounded in cost by pipeline.inference.upload; this bounds how many
 one account can send.
 
 Fixed one-minute windows counted in Django's cache: shared by every worker when the cache is

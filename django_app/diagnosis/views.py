@@ -294,7 +294,7 @@ def healthz(request):
 @staff_member_required
 @require_GET
 def drift(request):
-    """Staff: the inputs' drift against the champion's training X-rays, day by day (pipeline.drift)."""
+    """Staff: the inputs' drift against the champion's training X-rays, day by day (pipeline.evaluation.drift)."""
     from django.utils.safestring import mark_safe
 
     from . import monitoring

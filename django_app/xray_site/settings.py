@@ -18,7 +18,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from pipeline.config import load_params, model_name
+from pipeline.settings.config import load_params, model_name
 
 BASE_DIR = Path(__file__).resolve().parent.parent  # django_app/
 REPO_ROOT = BASE_DIR.parent
@@ -232,7 +232,7 @@ XRAY_CHAMPION_RETRY_SECONDS = env_number("XRAY_CHAMPION_RETRY_SECONDS", 10.0)
 XRAY_CHAMPION_LOAD_TIMEOUT = env_number("XRAY_CHAMPION_LOAD_TIMEOUT", 120.0)
 XRAY_TORCH_THREADS = int(env_number("XRAY_TORCH_THREADS", 0, int))  # 0 = leave torch's default
 XRAY_MAX_BATCH = int(env_number("XRAY_MAX_BATCH", 8, int))  # concurrent requests per forward pass
-# The fast path (pipeline.fastpath: the version's ONNX file in OpenVINO, bf16 where the CPU has it)
+# The fast path (pipeline.inference.engine: the version's ONNX file in OpenVINO, bf16 where the CPU has it)
 # for versions whose agreement check passed; off = every answer from the float32 torch reference.
 XRAY_FAST_PATH = env_bool("XRAY_FAST_PATH", True)
 XRAY_HISTORY_PAGE_SIZE = int(env_number("XRAY_HISTORY_PAGE_SIZE", 12, int))

@@ -35,7 +35,7 @@ def policy_params(path: Path, *extra: str) -> str:
     """Write params.yaml + TINY_POLICY (+ extra) to `path`; returns it, for XRAY_PARAMS."""
     import yaml
 
-    from pipeline import config
+    from pipeline.settings import config
 
     params = config.load_params(REPO / "params.yaml", TINY_POLICY + list(extra)).to_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,16 +83,16 @@ class DataWorld:
 
     def add_images(self, n_per_class: int, seed: int, split: str = "train") -> int:
         """Symlink about n real images per class (whole patients, seeded) into src/; returns how many are new."""
-        from pipeline import data
+        from pipeline.data import dataset
 
-        return len(data.link_subset(shared_root() / "chest_xray" / "train", self.src, n_per_class, seed, split))
+        return len(dataset.link_subset(shared_root() / "chest_xray" / "train", self.src, n_per_class, seed, split))
 
     def publish(self, **env: str) -> subprocess.CompletedProcess:
         """What a data engineer runs: `make data DATA=<src>` (scripts/import_data.sh)."""
         return sh([str(IMPORT_SCRIPT), str(self.src)], cwd=REPO, env=base_env(XRAY_REPO=str(self.engineer), **env))
 
     def pointer_hash(self, repo: Path | None = None) -> str:
-        from pipeline import versioning
+        from pipeline.data import versioning
 
         return versioning.data_version(repo or self.engineer).hash
 

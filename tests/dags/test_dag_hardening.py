@@ -30,7 +30,8 @@ def test_only_training_side_keys_are_overridable():
 
 def test_policy_overrides_fail_and_decided_data_is_not_retrained(world, mlflow_server, tiny_checkpoint,
                                                                   tmp_path, monkeypatch):
-    from pipeline import config, registry, tracking
+    from pipeline.settings import config
+    from pipeline.mlops import registry, tracking
 
     name = f"dagtest-hard-{uuid.uuid4().hex[:8]}"
     env = airflow_env(tmp_path / "airflow", XRAY_REPO=str(world.workspace), XRAY_MODEL_NAME=name,

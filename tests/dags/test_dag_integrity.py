@@ -21,8 +21,8 @@ PARSE = textwrap.dedent("""
     dag = bag.dags.get("xray_retrain")
     out = {"errors": {k: str(v)[-2000:] for k, v in bag.import_errors.items()}, "dag_ids": sorted(bag.dags),
            "wall_s": wall, "file_s": {s.file: s.duration.total_seconds() for s in bag.dagbag_stats},
-           "heavy": sorted(m for m in ("torch", "torchvision", "mlflow", "dvc", "sklearn", "pipeline.train",
-                                       "pipeline.registry", "pipeline.versioning") if m in sys.modules)}
+           "heavy": sorted(m for m in ("torch", "torchvision", "mlflow", "dvc", "sklearn", "pipeline.training.train",
+                                       "pipeline.mlops.registry", "pipeline.data.versioning") if m in sys.modules)}
     if dag:
         tt = dag.timetable
         out["timetable"] = {"assets": sorted(a.uri for a in getattr(getattr(tt, "asset_condition", None), "objects", [])),
@@ -85,7 +85,7 @@ def test_dag_operational_settings(parsed):
 
 NOTIFY = textwrap.dedent("""
     import json
-    from pipeline import notify as xray_notify
+    from pipeline.mlops import notify as xray_notify
     summary = {"decision": {"promote": False, "reason": "auc 0.81 < floor 0.9"}, "version": 7,
                "data_version": "abc123def456", "nfiles": 12, "champion_before": 3, "champion_after": 3,
                "scores": {"n_test": 40, "challenger": {"version": 7, "metrics": {"auc": 0.81}}},

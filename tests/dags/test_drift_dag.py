@@ -50,7 +50,8 @@ def _shifted_stream(reference: dict, n: int = 60, seed: int = 0) -> list[dict]:
 
 
 def test_drift_dag_reports_and_notifies(tiny_checkpoint, mlflow_server, webhook, tmp_path, monkeypatch):
-    from pipeline import config, registry, tracking
+    from pipeline.settings import config
+    from pipeline.mlops import registry, tracking
 
     name = f"drifttest-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)

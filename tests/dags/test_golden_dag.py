@@ -13,10 +13,10 @@ pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
 
 def test_an_edited_golden_set_stops_the_dag_before_training(world, mlflow_server, tmp_path):
-    from pipeline import data, golden
+    from pipeline.data import dataset, golden
 
     gold = tmp_path / "golden"   # outside the data version; whole patients of the real training folder
-    for sample in data.subset(data.discover(shared_root() / "chest_xray" / "train"), 12, seed=11):
+    for sample in dataset.subset(dataset.discover(shared_root() / "chest_xray" / "train"), 12, seed=11):
         (gold / sample.path.parent.name).mkdir(parents=True, exist_ok=True)
         (gold / sample.path.parent.name / sample.path.name).symlink_to(sample.path.resolve())
     pin = golden.fingerprint(gold)[0]

@@ -12,7 +12,7 @@ import pytest
 from dagtest_utils import (TINY_OVERRIDES, airflow_env, alias, migrate, mlflow_client, policy_params, run_dag,
                            states, versions)
 
-from pipeline import config
+from pipeline.settings import config
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 

@@ -30,7 +30,7 @@ def _remote_objects(remote) -> int:
 
 
 def test_import_script_versions_data(world):
-    from pipeline import versioning
+    from pipeline.data import versioning
 
     world.add_images(15, seed=0)
     world.publish()
@@ -86,7 +86,7 @@ def test_import_script_rejects_bad_input(world, tmp_path):
 
 def test_remote_from_environment(world, tmp_path, monkeypatch):
     """XRAY_DVC_REMOTE redirects push/pull to another remote without touching the committed config."""
-    from pipeline import versioning
+    from pipeline.data import versioning
 
     other = tmp_path / "other-remote"
     world.add_images(8, seed=3)
@@ -105,7 +105,7 @@ def test_remote_from_environment(world, tmp_path, monkeypatch):
 
 
 def test_pull_without_a_data_version_fails_clearly(world):
-    from pipeline import versioning
+    from pipeline.data import versioning
 
     assert versioning.data_version(world.workspace) is None
     with pytest.raises(versioning.NoDataVersion, match="make data"):
@@ -120,7 +120,7 @@ def test_dvc_pipeline_repro_metrics_params_plots(world):
     shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
     # the data repository is the project repository in real life: the stages' code deps live in it
     shutil.copytree(REPO / "pipeline", repo / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    from pipeline import config
+    from pipeline.settings import config
 
     # 40 images a class: under the default data.min_images_per_class
     params = config.load_params(REPO / "params.yaml", TINY_OVERRIDES + TINY_POLICY + ["data.min_images_per_class=10"]).to_dict()
@@ -159,7 +159,8 @@ def test_publish_announces_the_data_asset_to_airflow(monkeypatch):
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from pipeline import config, versioning
+    from pipeline.settings import config
+    from pipeline.data import versioning
 
     seen: list[tuple[str, str, dict | None]] = []
 

@@ -74,7 +74,7 @@ def test_only_the_trainer_moves_the_champion(auth_server):
 def test_the_reader_creates_nothing(auth_server):
     """Issue 25 item 11: the web's login reads (GET, searches) and creates nothing: no registered
     model (so never the promotion lock), no experiment, no run."""
-    from pipeline import registry
+    from pipeline.mlops import registry
 
     for name in (registry.lock_name(SERVED), "reader-made-model"):
         r = api(auth_server, "registered-models/create", "web", "POST", json={"name": name})
@@ -90,7 +90,7 @@ def test_the_reader_creates_nothing(auth_server):
 def test_the_trainer_is_no_admin_and_manages_only_its_model(auth_server, monkeypatch):
     """Issue 25 item 12: the trainer has MANAGE on the served model, its lock and what it creates
     (its experiment, runs, artifacts), and only READ on anything else."""
-    from pipeline import registry
+    from pipeline.mlops import registry
 
     user = api(auth_server, "users/get?username=airflow", "admin").json()
     assert user["user"]["is_admin"] is False

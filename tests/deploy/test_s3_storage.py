@@ -3,7 +3,7 @@ moto's server (`moto`, ThreadedMotoServer; MinIO has no package here). The compo
 named volumes by default and this path when MLFLOW_ARTIFACTS_DESTINATION / XRAY_DVC_REMOTE are
 s3:// URLs (docs/operations.md "Production stack").
 
-- DVC: pipeline.versioning publishes a dataset to s3://dvc/chest-xray through XRAY_DVC_REMOTE +
+- DVC: pipeline.data.versioning publishes a dataset to s3://dvc/chest-xray through XRAY_DVC_REMOTE +
   XRAY_DVC_S3_ENDPOINT and pulls it back into an empty workspace;
 - MLflow: a real server with --artifacts-destination s3://mlflow/artifacts (scripts/mlflow_server.sh)
   stores a client's artifact in the bucket; the client holds no S3 keys (MLflow proxies them).
@@ -54,7 +54,7 @@ def test_dvc_remote_on_s3(s3, tmp_path):
            "XRAY_DVC_S3_ENDPOINT": url, "XRAY_GIT_PUSH": "0", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     subprocess.run("git init -q && dvc init -q && git -c user.name=t -c user.email=t@t commit -qm init",
                    shell=True, cwd=repo, check=True, env=env)
-    run = lambda *args: subprocess.run([sys.executable, "-m", "pipeline.versioning", "--repo", str(repo), *args],
+    run = lambda *args: subprocess.run([sys.executable, "-m", "pipeline.data.versioning", "--repo", str(repo), *args],
                                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     proc = run("publish")
     assert proc.returncode == 0, proc.stderr[-2000:]

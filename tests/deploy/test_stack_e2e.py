@@ -32,7 +32,7 @@ PER_CLASS = int(os.environ.get("STACK_TEST_PER_CLASS", "100"))
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # CI budget: < 8 min (measured: see docs/benchmarks.md)
 
 NEEDED = ["scripts/stack.py", "scripts/stack_airflow.py", "scripts/mlflow_server.sh", "scripts/import_data.sh",
-          "scripts/web_server.sh", "dags/retrain_xray.py", "django_app/manage.py", "pipeline/registry.py"]
+          "scripts/web_server.sh", "dags/retrain_xray.py", "django_app/manage.py", "pipeline/mlops/registry.py"]
 
 
 def free_port() -> int:
@@ -151,7 +151,7 @@ def test_quick_stack_end_to_end(stack):
     # a champion is registered
     from mlflow import MlflowClient
 
-    from pipeline import config
+    from pipeline.settings import config
 
     name = os.environ.get("XRAY_MODEL_NAME") or config.load_params().registry.model_name
     champion = MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri).get_model_version_by_alias(name, "champion")

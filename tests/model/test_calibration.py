@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import calibration
+from pipeline.model import calibration
 
 
 def test_ece_and_brier_by_hand():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.compare import delong
+from pipeline.evaluation.compare import delong
 
 
 def brute_force(y, a, b):
@@ -47,7 +47,7 @@ def test_matches_the_definition_with_ties():
 
 
 def test_standard_error_agrees_with_the_paired_bootstrap():
-    from pipeline.compare import _auc_matrix
+    from pipeline.evaluation.compare import _auc_matrix
 
     rng = np.random.default_rng(0)
     n = 400

@@ -1,4 +1,4 @@
-"""The input gate (pipeline.gate): foreign inputs refused, real X-rays answered, the gate stored in
+"""The input gate (pipeline.inference.gate): foreign inputs refused, real X-rays answered, the gate stored in
 the checkpoint by training, old checkpoints on cheap checks only, drift seen on a shifted stream."""
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ from foreign_inputs import (HELD_OUT, SCENE_SOURCES, TUNING, at_production_margi
                             scene_photos, xray_dicom)
 from PIL import Image, ImageFilter
 
-from pipeline import config, data, drift, gate, preprocess, upload
-from pipeline.predict import Predictor
+from pipeline.settings import config
+from pipeline.data import dataset, preprocess
+from pipeline.evaluation import drift
+from pipeline.inference import gate, upload
+from pipeline.inference.predict import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -187,8 +190,8 @@ def _shift(arr: np.ndarray) -> np.ndarray:
 def test_drift_report_on_a_shifted_stream(predictor, small_dataset, tiny_params):
     """A seeded stream of the validation X-rays (the population the reference describes) as served,
     then the same stream through another 'device': the first is quiet, the second raises the alert."""
-    splits, _, cache = data.load(small_dataset, tiny_params)
-    x = data.arrays(splits.val, cache)[0]
+    splits, _, cache = dataset.load(small_dataset, tiny_params)
+    x = dataset.arrays(splits.val, cache)[0]
     # every validation image 5 times, seeded order: a small reference (13 images at TINY size)
     # makes random draws too lumpy for a PSI over its deciles
     stream = np.random.default_rng(0).permutation(np.repeat(x, 5, axis=0))

@@ -9,10 +9,11 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance
 
-from pipeline import config, preprocess
-from pipeline.augment import augment, photometric
-from pipeline.params import Photometric
-from pipeline.predict import Predictor
+from pipeline.settings import config
+from pipeline.data import preprocess
+from pipeline.training.augment import augment, photometric
+from pipeline.settings.params import Photometric
+from pipeline.inference.predict import Predictor
 
 
 def png(img: Image.Image) -> bytes:

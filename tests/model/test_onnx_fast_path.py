@@ -1,4 +1,4 @@
-"""The ONNX export (pipeline.onnx_export), its int8 copy and the site's fast path (pipeline.fastpath)
+"""The ONNX export (pipeline.inference.onnx_export), its int8 copy and the site's fast path (pipeline.inference.engine)
 on real X-rays: ONNX Runtime matches PyTorch, the fast path agrees with the float32 reference or is
 not used, and an int8 copy that disagrees gives way to the float32 file."""
 from __future__ import annotations
@@ -8,8 +8,9 @@ import onnx
 import pytest
 import torch
 
-from pipeline import fastpath, onnx_export, preprocess
-from pipeline.predict import Predictor
+from pipeline.inference import engine, onnx_export
+from pipeline.data import preprocess
+from pipeline.inference.predict import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -64,24 +65,24 @@ def test_a_file_that_does_not_match_is_refused(predictor, xrays, onnx_file, tiny
 
 
 def test_fast_path_agrees_with_the_reference_or_is_refused(predictor, xrays, onnx_file):
-    result = fastpath.check(predictor, onnx_file, {"held-out": xrays})
+    result = engine.check(predictor, onnx_file, {"held-out": xrays})
     report = result["sets"]["held-out"]
     assert result["precision"] in ("bf16", "f32")
     assert 0.0 <= report["label_agreement"] <= 1.0 and report["max_abs_probability_diff"] < 0.05
     # the rule itself: one label in 200 flipped passes, two do not; an AUC move of 0.003 does not
     ok = {"label_agreement": 0.995, "gate_agreement": 1.0, "auc_delta": 0.0}
-    assert fastpath.verdict({"a": ok})[0]
-    assert not fastpath.verdict({"a": {**ok, "label_agreement": 0.99}})[0]
-    assert not fastpath.verdict({"a": {**ok, "gate_agreement": 0.99}})[0]
-    assert "AUC" in fastpath.verdict({"a": ok, "b": {**ok, "auc_delta": 0.003}})[1]
+    assert engine.verdict({"a": ok})[0]
+    assert not engine.verdict({"a": {**ok, "label_agreement": 0.99}})[0]
+    assert not engine.verdict({"a": {**ok, "gate_agreement": 0.99}})[0]
+    assert "AUC" in engine.verdict({"a": ok, "b": {**ok, "auc_delta": 0.003}})[1]
     # and the confidence stays calibrated: ECE may grow by 0.01, not more
-    assert fastpath.verdict({"a": {**ok, "ece_reference": 0.02, "ece_fast": 0.03}})[0]
-    assert "calibration" in fastpath.verdict({"a": {**ok, "ece_reference": 0.02, "ece_fast": 0.035}})[1]
+    assert engine.verdict({"a": {**ok, "ece_reference": 0.02, "ece_fast": 0.03}})[0]
+    assert "calibration" in engine.verdict({"a": {**ok, "ece_reference": 0.02, "ece_fast": 0.035}})[1]
 
 
 def test_predictor_on_the_fast_engine_answers_like_the_reference(predictor, xrays, onnx_file, tiny_checkpoint):
     fast = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
-    fast.engine = fastpath.FastEngine(onnx_file, fast.intensity, precision="f32")
+    fast.engine = engine.FastEngine(onnx_file, fast.intensity, precision="f32")
     assert fast.engine_name == "openvino-f32" and predictor.engine_name == "torch-fp32"
     logits, feats = fast.forward(xrays[0])
     ref_logits, ref_feats = predictor.forward(xrays[0])
@@ -110,7 +111,7 @@ def test_fast_path_check_tries_int8_first_and_falls_back_when_it_disagrees(predi
                                                                           training_xrays, tiny_checkpoint,
                                                                           tmp_path):
     good = onnx_export.quantize(onnx_file, training_xrays, predictor.intensity, tmp_path / "good.onnx")
-    result = fastpath.check(predictor, onnx_file, {"held-out": xrays}, int8_path=good)
+    result = engine.check(predictor, onnx_file, {"held-out": xrays}, int8_path=good)
     assert next(iter(result["tried"])) == "int8"
     assert (result["precision"] == "int8") == result["tried"]["int8"]["ok"]
     # an int8 file of another network (its logits negated) must not answer for this one
@@ -120,7 +121,7 @@ def test_fast_path_check_tries_int8_first_and_falls_back_when_it_disagrees(predi
         other.model.fc.bias.neg_()
     bad = onnx_export.quantize(onnx_export.export(other, tmp_path / "other.onnx"), training_xrays,
                                predictor.intensity, tmp_path / "bad.onnx")
-    result = fastpath.check(predictor, onnx_file, {"held-out": xrays}, int8_path=bad)
+    result = engine.check(predictor, onnx_file, {"held-out": xrays}, int8_path=bad)
     assert list(result["tried"]) == ["int8", result["precision"]] and result["precision"] in ("bf16", "f32")
     assert not result["tried"]["int8"]["ok"] and result["reason"].startswith("int8: ")
     assert result["ok"] == result["tried"][result["precision"]]["ok"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import compare, evaluate
+from pipeline.evaluation import compare, evaluate
 
 
 def test_threshold_rules_by_hand():

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import preprocess, shift
+from pipeline.data import preprocess
+from pipeline.evaluation import shift
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Settings (pipeline.config): one check when params are read, one line naming the key, for the
+"""Settings (pipeline.settings.config): one check when params are read, one line naming the key, for the
 CLI, the DAG and a custom $XRAY_PARAMS file alike; nothing falls back silently to a default."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from pipeline import config
+from pipeline.settings import config
 
 
 @pytest.mark.parametrize("override,message", [

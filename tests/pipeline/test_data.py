@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import config, data
-from pipeline.cache import PreprocessCache
-from pipeline.data import DatasetError
+from pipeline.settings import config
+from pipeline.data import dataset
+from pipeline.data.cache import PreprocessCache
+from pipeline.data.dataset import DatasetError
 
 
 def png(value: int, size=(96, 96)) -> bytes:
@@ -36,11 +37,11 @@ def params(tmp_path, monkeypatch):
 
 
 def test_patient_ids_from_kermany_names():
-    assert data.patient_id("person1000_bacteria_2931.jpeg") == "PERSON1000"
-    assert data.patient_id("person1000_virus_1681.jpeg") == "PERSON1000"
-    assert data.patient_id("IM-0115-0001.jpeg") == "IM-0115"
-    assert data.patient_id("NORMAL2-IM-0115-0002.jpeg") == "NORMAL2-IM-0115"
-    assert data.patient_id("scan_42.png") is None  # no pattern: no id (never the file name)
+    assert dataset.patient_id("person1000_bacteria_2931.jpeg") == "PERSON1000"
+    assert dataset.patient_id("person1000_virus_1681.jpeg") == "PERSON1000"
+    assert dataset.patient_id("IM-0115-0001.jpeg") == "IM-0115"
+    assert dataset.patient_id("NORMAL2-IM-0115-0002.jpeg") == "NORMAL2-IM-0115"
+    assert dataset.patient_id("scan_42.png") is None  # no pattern: no id (never the file name)
 
 
 def test_discover_case_insensitive_with_and_without_splits(tmp_path):
@@ -49,20 +50,20 @@ def test_discover_case_insensitive_with_and_without_splits(tmp_path):
     write(tmp_path / "a" / "VAL" / "NORMAL" / "IM-0002-0001.png", png(3))
     write(tmp_path / "a" / "train" / "NORMAL" / ".DS_Store", b"junk")
     write(tmp_path / "a" / "notes" / "NORMAL" / "x.png", png(4))  # not a split: ignored
-    found = data.discover(tmp_path / "a")
+    found = dataset.discover(tmp_path / "a")
     assert sorted((s.path.name, s.label, s.split_hint) for s in found) == [
         ("IM-0001-0001.png", 0, "train"), ("IM-0002-0001.png", 0, "val"), ("person1_virus_1.png", 1, "train")]
     write(tmp_path / "b" / "NORMAL" / "n.png", png(5))
     write(tmp_path / "b" / "pneumonia" / "p.png", png(6))
-    assert {(s.label, s.split_hint) for s in data.discover(tmp_path / "b")} == {(0, None), (1, None)}
+    assert {(s.label, s.split_hint) for s in dataset.discover(tmp_path / "b")} == {(0, None), (1, None)}
 
 
 def test_missing_and_empty_dataset(tmp_path):
     with pytest.raises(DatasetError, match="not found"):
-        data.discover(tmp_path / "nope")
+        dataset.discover(tmp_path / "nope")
     (tmp_path / "empty" / "train" / "NORMAL").mkdir(parents=True)
     with pytest.raises(DatasetError, match="no images"):
-        data.discover(tmp_path / "empty")
+        dataset.discover(tmp_path / "empty")
 
 
 def test_validation_reports_and_excludes_every_bad_file(tmp_path, params):
@@ -77,7 +78,7 @@ def test_validation_reports_and_excludes_every_bad_file(tmp_path, params):
     }
     write(root / "PNEUMONIA" / "person3_virus_3_copy.png", good[-1].read_bytes())  # exact duplicate
     params = config.apply_overrides(params, {"data.max_rejected_fraction": 0.5})
-    usable, report = data.validate(data.discover(root), params, root=root)
+    usable, report = dataset.validate(dataset.discover(root), params, root=root)
     # the duplicate pair keeps exactly one member: usable content is exactly the good files
     assert sorted(s.path.read_bytes() for s in usable) == sorted(p.read_bytes() for p in good)
     reasons = {r["path"]: r["reason"] for r in report.rejected}
@@ -97,16 +98,16 @@ def test_too_many_rejected_and_empty_class_fail_clearly(tmp_path, params):
     write(root / "NORMAL" / "IM-0001-0001.png", png(1))
     write(root / "PNEUMONIA" / "person1_virus_1.png", b"garbage" * 50)
     with pytest.raises(DatasetError, match=r"too few usable images of class PNEUMONIA \(0\)"):
-        data.validate(data.discover(root), params, root=root)
+        dataset.validate(dataset.discover(root), params, root=root)
     write(root / "PNEUMONIA" / "person2_virus_2.png", png(3))
     with pytest.raises(DatasetError, match="max_rejected_fraction"):
-        data.validate(data.discover(root), params, root=root)
+        dataset.validate(dataset.discover(root), params, root=root)
 
 
 def test_grouped_split_never_puts_a_patient_on_two_sides(shared_datasets):
     params = config.load_params()
-    samples = data.discover(shared_datasets / "chest_xray")
-    splits = data.split(samples, params)
+    samples = dataset.discover(shared_datasets / "chest_xray")
+    splits = dataset.split(samples, params)
     sides = {}
     for name, part in splits.items():
         for s in part:
@@ -121,9 +122,9 @@ def test_grouped_split_never_puts_a_patient_on_two_sides(shared_datasets):
             share = counts[name][cls] / sum(counts[n][cls] for n in counts)
             assert abs(share - frac) < 0.04, (name, cls, share)  # stratified in proportion
     # seeded and stable: the same patients land on the same side when data is added or removed
-    again = data.split(samples[::2], params)
+    again = dataset.split(samples[::2], params)
     assert {s.patient for s in again.test} <= {s.patient for s in splits.test}
-    other_seed = data.split(samples, config.apply_overrides(params, {"data.seed": 7}))
+    other_seed = dataset.split(samples, config.apply_overrides(params, {"data.seed": 7}))
     assert {s.path for s in other_seed.test} != {s.path for s in splits.test}
 
 
@@ -135,10 +136,10 @@ def test_large_provided_val_folder_is_honoured(tmp_path, params):
     for i in range(3):
         write(root / "val" / "NORMAL" / f"IM-{900 + i}-0001.png", png(200 + i))
         write(root / "val" / "PNEUMONIA" / f"person{900 + i}_virus_1.png", png(210 + i))
-    samples = data.discover(root)
-    small = data.split(samples, config.apply_overrides(params, {"data.min_provided_split": 10}))
+    samples = dataset.discover(root)
+    small = dataset.split(samples, config.apply_overrides(params, {"data.min_provided_split": 10}))
     assert not all(s.split_hint == "val" for s in small.val)  # 6 < 10: pooled and re-split
-    big = data.split(samples, config.apply_overrides(params, {"data.min_provided_split": 6}))
+    big = dataset.split(samples, config.apply_overrides(params, {"data.min_provided_split": 6}))
     assert sorted(s.path.name for s in big.val) == sorted(s.path.name for s in samples if s.split_hint == "val")
 
 
@@ -150,14 +151,14 @@ def test_provided_test_folder_is_the_external_set_and_held_out_is_still_carved(t
     for i in range(4):
         write(root / "test" / "NORMAL" / f"IM-{900 + i}-0001.png", png(200 + i))
         write(root / "test" / "PNEUMONIA" / f"person{900 + i}_virus_1.png", png(210 + i))
-    samples = data.discover(root)
-    splits = data.split(samples, config.apply_overrides(params, {"data.min_provided_split": 8}))
+    samples = dataset.discover(root)
+    splits = dataset.split(samples, config.apply_overrides(params, {"data.min_provided_split": 8}))
     provided = sorted(s.path.name for s in samples if s.split_hint == "test")
     assert sorted(s.path.name for s in splits.external) == provided
     assert splits.test and not any(s.split_hint == "test" for s in splits.test)   # carved from train/ patients
     assert "external" in splits.counts() and sum(splits.counts()["external"].values()) == 8
     # too small to be an external set: pooled like any other image
-    pooled = data.split(samples, config.apply_overrides(params, {"data.min_provided_split": 9}))
+    pooled = dataset.split(samples, config.apply_overrides(params, {"data.min_provided_split": 9}))
     assert not pooled.external and "external" not in pooled.counts()
 
 
@@ -190,7 +191,7 @@ def test_cache_reuses_and_invalidates_exactly_the_changed_entries(tmp_path):
 def test_cache_rows_belong_to_their_own_files_when_decoded_in_parallel(tmp_path):
     """The cache decodes on several threads: every row must still be its own file's image, and a
     bad file's reason must stay with that file."""
-    from pipeline import preprocess
+    from pipeline.data import preprocess
 
     paths = [write(tmp_path / f"{i}.png", png(7 * i, size=(96 + 8 * i, 80))) for i in range(12)]
     paths.insert(5, write(tmp_path / "broken.png", b"\x89PNG not really"))
@@ -219,10 +220,10 @@ def test_a_class_under_the_minimum_fails(tmp_path, params):
         write(root / "NORMAL" / f"IM-{i:04d}-0001.png", png(i))
     for i in range(2):
         write(root / "PNEUMONIA" / f"person{i}_virus_1.png", png(100 + i))
-    samples = data.discover(root)
+    samples = dataset.discover(root)
     with pytest.raises(DatasetError, match=r"too few usable images of class PNEUMONIA \(2\).*is 3"):
-        data.validate(samples, config.apply_overrides(params, {"data.min_images_per_class": 3}), root=root)
-    usable, _ = data.validate(samples, config.apply_overrides(params, {"data.min_images_per_class": 2}), root=root)
+        dataset.validate(samples, config.apply_overrides(params, {"data.min_images_per_class": 3}), root=root)
+    usable, _ = dataset.validate(samples, config.apply_overrides(params, {"data.min_images_per_class": 2}), root=root)
     assert len(usable) == 7
 
 
@@ -234,7 +235,7 @@ def test_same_file_under_both_labels_is_reported_and_dropped(tmp_path, params):
     both = png(200)
     write(root / "NORMAL" / "IM-0900-0001.png", both)
     write(root / "PNEUMONIA" / "person900_bacteria_1.png", both)
-    usable, report = data.validate(data.discover(root), params, root=root)
+    usable, report = dataset.validate(dataset.discover(root), params, root=root)
     assert {c["path"] for c in report.conflicts} == {str(root / "NORMAL" / "IM-0900-0001.png"),
                                                     str(root / "PNEUMONIA" / "person900_bacteria_1.png")}
     assert all(c["labels"] == ["NORMAL", "PNEUMONIA"] for c in report.conflicts)
@@ -249,22 +250,22 @@ def test_images_without_patient_id_are_counted_and_fail_by_default(tmp_path, par
         write(root / "PNEUMONIA" / f"person{i}_virus_1.png", png(100 + i))
     write(root / "NORMAL" / "1.2.840.113619.2.55.png", png(50))   # a PACS-style name
     write(root / "PNEUMONIA" / "1.2.840.113619.2.55.png", png(150))  # same name, other file
-    samples = data.discover(root)
+    samples = dataset.discover(root)
     unknown = [s for s in samples if not s.patient_known]
     # never the file name: two same-named files are two separate groups
     assert len(unknown) == 2 and len({s.patient for s in unknown}) == 2
     with pytest.raises(DatasetError, match="2 of 8 usable images have no patient id"):
-        data.validate(samples, params, root=root)
-    _, report = data.validate(samples, config.apply_overrides(params, {"data.max_unknown_patient_fraction": 0.5}),
+        dataset.validate(samples, params, root=root)
+    _, report = dataset.validate(samples, config.apply_overrides(params, {"data.max_unknown_patient_fraction": 0.5}),
                               root=root)
     assert report.no_patient_id == 2 and "without a patient id 2" in report.summary()
     # patients.csv names them: both films are one patient, so the split keeps them together
     (root / "patients.csv").write_text("file,patient\nNORMAL/1.2.840.113619.2.55.png,P77\n"
                                        "PNEUMONIA/1.2.840.113619.2.55.png,P77\n")
-    listed = data.discover(root)
+    listed = dataset.discover(root)
     assert all(s.patient_known for s in listed)
     assert {s.patient for s in listed if s.path.name.startswith("1.2.")} == {"P77"}
-    _, report = data.validate(listed, params, root=root)
+    _, report = dataset.validate(listed, params, root=root)
     assert report.no_patient_id == 0
 
 
@@ -278,7 +279,7 @@ def test_dicom_patient_id_groups_films(tmp_path, params):
     pixels = (dicom_samples.picture(96) * 4000).astype(np.uint16)
     write(root / "PNEUMONIA" / "img_a.dcm", dicom_samples.encode("explicit", pixels))
     write(root / "PNEUMONIA" / "img_b.dcm", dicom_samples.encode("rle", pixels[::-1].copy()))
-    found = {s.path.name: s for s in data.discover(root)}
+    found = {s.path.name: s for s in dataset.discover(root)}
     assert found["img_a.dcm"].patient == found["img_b.dcm"].patient == "DICOM:P-0001"
-    usable, report = data.validate(list(found.values()), params, root=root)
+    usable, report = dataset.validate(list(found.values()), params, root=root)
     assert report.no_patient_id == 0 and len(usable) == 8

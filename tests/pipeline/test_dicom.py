@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import dicom, preprocess
-from pipeline.preprocess import InvalidImage
+from pipeline.data import dicom, preprocess
+from pipeline.data.preprocess import InvalidImage
 from tests.pipeline import dicom_samples as samples
 
 REFERENCE = (samples.picture() * 4095).round().astype(np.uint16)  # 12-bit stored values

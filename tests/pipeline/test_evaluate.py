@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import evaluate
+from pipeline.evaluation import evaluate
 
 #            N    N    N    N    P    P    P    P    P    P
 Y = np.array([0,   0,   0,   0,   1,   1,   1,   1,   1,   1])

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import preprocess, upload
-from pipeline.preprocess import InvalidImage
+from pipeline.data import preprocess
+from pipeline.inference import upload
+from pipeline.data.preprocess import InvalidImage
 from tests.pipeline import dicom_samples
 
 FUZZ_CASES = 1000

@@ -1,4 +1,4 @@
-"""The golden evaluation set (pipeline.golden): pinned by its content fingerprint, validated like the
+"""The golden evaluation set (pipeline.data.golden): pinned by its content fingerprint, validated like the
 data, its patients dropped from every data version, scored beside the held-out set; an edited set
 is refused. Golden folders are symlinks to real films of the shared dataset."""
 from __future__ import annotations
@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import config, data, golden
+from pipeline.settings import config
+from pipeline.data import dataset, golden
 
 
 def link_golden(source: Path, dest: Path, per_class: int, seed: int) -> Path:
     """dest/{NORMAL,PNEUMONIA}/ holding symlinks to whole patients of `source` (no copies)."""
-    for sample in data.subset(data.discover(source), per_class, seed):
+    for sample in dataset.subset(dataset.discover(source), per_class, seed):
         link = dest / sample.path.parent.name / sample.path.name
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(sample.path.resolve())
@@ -36,26 +37,26 @@ def train_folder(shared_datasets) -> Path:
 def test_golden_patients_never_reach_a_data_versions_splits(tmp_path, train_folder, tiny_params):
     # a data version that holds the golden patients (the same seeded patient order: 12 is a prefix of 60)
     version = tmp_path / "version"
-    data.link_subset(train_folder, version, 60, seed=0)
+    dataset.link_subset(train_folder, version, 60, seed=0)
     gold = link_golden(train_folder, tmp_path / "golden", 12, seed=0)
     # ... and one golden film pushed again under a new name and another patient id (patients.csv)
     film = sorted((gold / "NORMAL").iterdir())[0]
     (version / "train" / "NORMAL" / "scan-0001.jpeg").symlink_to(film.resolve())
     (version / "patients.csv").write_text("file,patient\ntrain/NORMAL/scan-0001.jpeg,ALIAS-0001\n")
-    golden_patients = {s.patient for s in data.discover(gold)}
+    golden_patients = {s.patient for s in dataset.discover(gold)}
 
-    plain, _, _ = data.load(version, tiny_params)   # without the golden set: they train and test
+    plain, _, _ = dataset.load(version, tiny_params)   # without the golden set: they train and test
     assert golden_patients <= {s.patient for _, part in plain.items() for s in part}
     assert not plain.golden
 
     params = with_golden(tiny_params, gold)
-    splits, report, _ = data.load(version, params)
+    splits, report, _ = dataset.load(version, params)
     scored_apart = [s for name, part in splits.items() if name != "golden" for s in part]
     assert splits.train and splits.val and splits.test
     assert not golden_patients & {s.patient for s in scored_apart}
     assert not {s.digest for s in splits.golden} & {s.digest for s in scored_apart}   # no copy either
     # counted and reported
-    in_version = [p for p in (version / "train").rglob("*") if p.is_file() and data.patient_id(p.name) in golden_patients]
+    in_version = [p for p in (version / "train").rglob("*") if p.is_file() and dataset.patient_id(p.name) in golden_patients]
     by_patient = [g for g in report.golden_excluded if g["why"] == "golden patient"]
     assert len(by_patient) == len(in_version) > 0
     assert [g["patient"] for g in report.golden_excluded if g["why"] == "golden image"] == ["ALIAS-0001"]
@@ -64,7 +65,7 @@ def test_golden_patients_never_reach_a_data_versions_splits(tmp_path, train_fold
     assert f"{len(report.golden_excluded)} images of {len(golden_patients) + 1} golden patients" in report.summary()
     assert "golden" in splits.counts() and json.loads(json.dumps(report.to_dict()))["golden_excluded"]
     # the DAG's validate task and `python -m pipeline validate` run the same path
-    usable, again = data.prepare(version, params)
+    usable, again = dataset.prepare(version, params)
     assert len(again.golden_excluded) == len(report.golden_excluded)
     assert not golden_patients & {s.patient for s in usable}
 
@@ -72,17 +73,17 @@ def test_golden_patients_never_reach_a_data_versions_splits(tmp_path, train_fold
 def test_an_edited_missing_or_unpinned_golden_set_is_refused(tmp_path, train_folder, tiny_params, monkeypatch,
                                                               capsys):
     version = tmp_path / "version"
-    data.link_subset(train_folder, version, 20, seed=3)
+    dataset.link_subset(train_folder, version, 20, seed=3)
     gold = link_golden(train_folder, tmp_path / "golden", 12, seed=9)
     pin = golden.fingerprint(gold)[0]
     # relative to the repository the DAG works in ($XRAY_REPO)
     monkeypatch.setenv("XRAY_REPO", str(tmp_path))
     params = config.apply_overrides(tiny_params, {"evaluate.golden_dir": "golden", "evaluate.golden_fingerprint": pin})
     assert golden.main(["fingerprint", str(gold)]) == 0 and capsys.readouterr().out.strip() == pin
-    assert len(data.load(version, params)[0].golden) == len(list(gold.rglob("*.jpeg")))   # as pinned: runs
+    assert len(dataset.load(version, params)[0].golden) == len(list(gold.rglob("*.jpeg")))   # as pinned: runs
 
     def refused(match: str):
-        for run in (lambda: data.load(version, params), lambda: data.prepare(version, params)):
+        for run in (lambda: dataset.load(version, params), lambda: dataset.prepare(version, params)):
             with pytest.raises(golden.GoldenSetError, match=match):
                 run()
 
@@ -104,14 +105,14 @@ def test_an_edited_missing_or_unpinned_golden_set_is_refused(tmp_path, train_fol
     (gold / "NORMAL" / other[1].name).symlink_to(other[1])
     refused("changed since it was pinned")
     (gold / "NORMAL" / other[1].name).unlink()
-    data.load(version, params)
+    dataset.load(version, params)
     # missing, and not pinned
     os.rename(gold, tmp_path / "elsewhere")
     refused("golden set not found at .*golden .*dvc pull golden.dvc")
     os.rename(tmp_path / "elsewhere", gold)
     refused_params = config.apply_overrides(params, {"evaluate.golden_fingerprint": "\"\""})
     with pytest.raises(golden.GoldenSetError, match=f"no pinned fingerprint.*prints {pin}"):
-        data.load(version, refused_params)
+        dataset.load(version, refused_params)
     # the CLI says it in one line
     from pipeline import cli
 
@@ -142,8 +143,8 @@ def test_golden_settings_are_typed_and_not_overridable_in_a_dag_run():
 
 def test_challengers_training_run_is_scored_on_the_golden_set(tmp_path, small_dataset, train_folder, tiny_params):
     """train() (the DAG's train task, through tracking.tracked_train) reports golden_* beside held-out."""
-    from pipeline.tracking import _data_tags, _run_metrics
-    from pipeline.train import train
+    from pipeline.mlops.tracking import _data_tags, _run_metrics
+    from pipeline.training.train import train
 
     gold = link_golden(train_folder, tmp_path / "golden", 12, seed=0)   # patients of small_dataset too
     result = train(with_golden(tiny_params, gold), small_dataset, tmp_path / "run", progress=False)
@@ -158,7 +159,7 @@ def test_challengers_training_run_is_scored_on_the_golden_set(tmp_path, small_da
     tags = _data_tags(result.dataset, None)
     assert tags["golden.fingerprint"] == golden.fingerprint(gold)[0] and int(tags["data.golden_excluded"]) > 0
     assert tags["data.count.golden"] == str(n)
-    from pipeline import model_card
+    from pipeline.mlops import model_card
 
     assert "**Golden set**" in model_card.render(1, m, tiny_params, "x", result.dataset["counts"])
 
@@ -169,7 +170,7 @@ def test_detect_pulls_the_golden_set_from_its_own_remote(tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    from pipeline import versioning
+    from pipeline.data import versioning
 
     repo = tmp_path / "repo"
     (repo / "data" / "golden" / "NORMAL").mkdir(parents=True)

@@ -6,7 +6,8 @@ import io
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from pipeline import imagefile, upload
+from pipeline.data import imagefile
+from pipeline.inference import upload
 
 
 def _film() -> Image.Image:

@@ -1,4 +1,4 @@
-"""The decoder processes' hard limits (pipeline.isolation): memory, CPU time and wall clock hold
+"""The decoder processes' hard limits (pipeline.inference.isolation): memory, CPU time and wall clock hold
 whatever the decoding code does, the caller gets an InvalidImage with the reason, and the pool
 replaces a killed decoder."""
 from __future__ import annotations
@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from pipeline import isolation, upload
-from pipeline.preprocess import InvalidImage
+from pipeline.inference import isolation, upload
+from pipeline.data.preprocess import InvalidImage
 
 
 def allocate(mb: int) -> int:

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.model import build_model
-from pipeline.predict import NonFiniteOutput, Predictor
+from pipeline.model.network import build_model
+from pipeline.inference.predict import NonFiniteOutput, Predictor
 
 
 def xray_png() -> bytes:

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.model import build_model, logits_and_features
-from pipeline.predict import Predictor
+from pipeline.model.network import build_model, logits_and_features
+from pipeline.inference.predict import Predictor
 
 
 def predictor() -> Predictor:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import preprocess
-from pipeline.preprocess import InvalidImage
+from pipeline.data import preprocess
+from pipeline.data.preprocess import InvalidImage
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import config, model, train as train_mod
-from pipeline.predict import Predictor
-from pipeline.preprocess import InvalidImage
+from pipeline.settings import config
+from pipeline.model import network
+from pipeline.training import train as train_mod
+from pipeline.inference.predict import Predictor
+from pipeline.data.preprocess import InvalidImage
 
 
 def test_training_writes_checkpoint_metrics_and_plots(tiny_checkpoint):
@@ -97,16 +99,16 @@ def test_augment_keeps_shape_and_range():
 
 
 def test_model_init_settings(tiny_checkpoint, tmp_path, monkeypatch):
-    m = model.build_model("scratch")
+    m = network.build_model("scratch")
     assert m.conv1.in_channels == 1 and m.fc.out_features == 1
-    warm = model.build_model(str(tiny_checkpoint))
+    warm = network.build_model(str(tiny_checkpoint))
     saved = torch.load(tiny_checkpoint, weights_only=True)["state_dict"]
     assert torch.equal(warm.state_dict()["fc.weight"], saved["fc.weight"])
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached weights, no network here
     with pytest.raises(RuntimeError, match="ImageNet weights could not be loaded"):
-        model.build_model("imagenet")
+        network.build_model("imagenet")
     with pytest.raises(FileNotFoundError, match="neither scratch"):
-        model.build_model(str(tmp_path / "missing.pt"))
+        network.build_model(str(tmp_path / "missing.pt"))
 
 
 def test_imagenet_weights_are_summed_to_one_channel(tmp_path, monkeypatch):
@@ -121,7 +123,7 @@ def test_imagenet_weights_are_summed_to_one_channel(tmp_path, monkeypatch):
     torch.save(reference.state_dict(), cached)
     monkeypatch.setattr(type(weights), "get_state_dict",
                         lambda self, *a, **k: torch.hub.load_state_dict_from_url(self.url, check_hash=False))
-    m = model.build_model("imagenet")
+    m = network.build_model("imagenet")
     assert torch.allclose(m.conv1.weight, reference.conv1.weight.sum(1, keepdim=True))
 
 

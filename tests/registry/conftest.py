@@ -140,7 +140,7 @@ def reg_params(tiny_params) -> dict:
 def loose_params(tiny_params) -> dict:
     """Floors off: a 1-epoch 64 px model on 120 images cannot reach the production floors, and the
     tests about comparisons must not depend on that."""
-    from pipeline import config
+    from pipeline.settings import config
 
     return config.apply_overrides(tiny_params, {"promotion.floors": {}, "promotion.stress_floors": {},
                                                 "promotion.external_floors": {}})
@@ -149,7 +149,7 @@ def loose_params(tiny_params) -> dict:
 @pytest.fixture(scope="session")
 def trained(mlflow_server, small_dataset, reg_params, tmp_path_factory) -> dict:
     """One real tracked training run (1 epoch, 64 px, ~120 images) per server."""
-    from pipeline import tracking
+    from pipeline.mlops import tracking
 
     result = tracking.tracked_train(reg_params, small_dataset, tmp_path_factory.mktemp("tracked_run"),
                                     tags={"trigger": "test"}, data_version="0123456789abcdef0123")
@@ -184,7 +184,8 @@ def logged_models(mlflow_server, trained, constant_checkpoint, loose_params) -> 
     """Logged-model URIs (models:/m-...) of the trained and the zeroed model, each uploaded once."""
     from mlflow import MlflowClient
 
-    from pipeline import config, tracking
+    from pipeline.settings import config
+    from pipeline.mlops import tracking
 
     client = MlflowClient(mlflow_server)
     good = client.get_model_version(config.model_name(loose_params), str(trained["version"])).source

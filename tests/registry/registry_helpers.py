@@ -5,7 +5,7 @@ import socket
 import threading
 import time
 
-from pipeline import registry
+from pipeline.mlops import registry
 
 
 def free_port() -> int:

@@ -1,17 +1,19 @@
 """Challenger and champion scored on the fixed golden set through the real path: evaluate_candidates
-against a real registry, the decision, and the figures logged on the version (pipeline.golden)."""
+against a real registry, the decision, and the figures logged on the version (pipeline.data.golden)."""
 from __future__ import annotations
 
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import candidates, config, data, golden, policy, registry
+from pipeline.mlops import candidates, policy, registry
+from pipeline.settings import config
+from pipeline.data import dataset, golden
 
 
 def test_challenger_and_champion_are_scored_on_the_golden_set(mlflow_server, model_name, register, loose_params,
                                                               small_dataset, shared_datasets, tmp_path):
     gold = tmp_path / "golden"   # symlinks to whole patients of the real training folder, some in small_dataset
-    for sample in data.subset(data.discover(shared_datasets / "chest_xray" / "train"), 12, seed=0):
+    for sample in dataset.subset(dataset.discover(shared_datasets / "chest_xray" / "train"), 12, seed=0):
         (gold / sample.path.parent.name).mkdir(parents=True, exist_ok=True)
         (gold / sample.path.parent.name / sample.path.name).symlink_to(sample.path.resolve())
     n_golden = len(list(gold.rglob("*.jpeg")))

@@ -13,7 +13,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import registry
+from pipeline.mlops import registry
 
 
 def test_the_lease_is_shorter_than_the_wait():

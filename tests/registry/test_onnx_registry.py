@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import candidates, config, data, onnx_export, preprocess, registry
-from pipeline.pyfunc_model import onnx_in
+from pipeline.mlops import candidates, registry
+from pipeline.settings import config
+from pipeline.data import dataset, preprocess
+from pipeline.inference import onnx_export
+from pipeline.mlops.pyfunc import onnx_in
 
 
 def test_registered_version_carries_a_validated_onnx_file(mlflow_server, trained, reg_params, small_dataset):
@@ -38,7 +41,7 @@ def test_fast_path_check_tags_the_version_and_loading_follows_the_tag(mlflow_ser
                                                                       small_dataset):
     name = config.model_name(reg_params)
     version = int(trained["version"])
-    splits, _report, cache = data.load(small_dataset, reg_params)
+    splits, _report, cache = dataset.load(small_dataset, reg_params)
     result = candidates.check_fast_path(version, splits, reg_params, cache, name)
     tags = MlflowClient().get_model_version(name, str(version)).tags
     assert tags["fast_path"] == ("on" if result["ok"] else "off")
@@ -65,15 +68,15 @@ def test_one_loader_for_warm_starts_the_cli_and_the_site(mlflow_server, trained,
     cache (the site's loader): warm starts and `--model` get the registered weights."""
     import torch
 
-    from pipeline import model
+    from pipeline.model import network
 
     name = config.model_name(reg_params)
     by_alias = registry.checkpoint_path(f"models:/{name}@challenger")
     by_version = registry.checkpoint_path(f"models:/{name}/{trained['version']}")
     site = registry.download_version(trained["version"], name)
     assert by_alias == by_version and by_alias.parent.parent == site      # one cache entry
-    warm = model.build_model(f"models:/{name}/{trained['version']}")
+    warm = network.build_model(f"models:/{name}/{trained['version']}")
     reference = torch.load(trained["checkpoint"], weights_only=True)["state_dict"]
     assert all(torch.equal(v, reference[k]) for k, v in warm.state_dict().items())
     with pytest.raises(RuntimeError, match="has no alias 'nobody'"):
-        model.build_model(f"models:/{name}@nobody")
+        network.build_model(f"models:/{name}@nobody")

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from pipeline import config
-from pipeline.policy import decide
+from pipeline.settings import config
+from pipeline.mlops.policy import decide
 
 GOOD = {"auc": 0.95, "accuracy": 0.9, "sensitivity": 0.96, "specificity": 0.8, "precision": 0.9, "f1": 0.93,
         "threshold": 0.4, "stress_worst_auc": 0.9, "stress_worst_sensitivity": 0.85,

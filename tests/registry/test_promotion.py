@@ -9,7 +9,8 @@ import pytest
 from mlflow import MlflowClient
 from registry_helpers import contend
 
-from pipeline import candidates, cli, policy, registry
+from pipeline.mlops import candidates, policy, registry
+from pipeline import cli
 
 
 def aliases(client, name) -> dict:

@@ -1,4 +1,4 @@
-"""The registered pyfunc: raw X-ray bytes in, the same answers as pipeline.predict.Predictor out,
+"""The registered pyfunc: raw X-ray bytes in, the same answers as pipeline.inference.predict.Predictor out,
 in-process (mlflow.pyfunc.load_model by alias) and over HTTP (`mlflow models serve`)."""
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 import requests
 
-from pipeline import config, registry
-from pipeline.predict import Predictor
+from pipeline.settings import config
+from pipeline.mlops import registry
+from pipeline.inference.predict import Predictor
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,8 @@ import pytest
 from mlflow import MlflowClient
 from registry_helpers import contend
 
-from pipeline import cli, registry, tracking
+from pipeline import cli
+from pipeline.mlops import registry, tracking
 
 
 def tags(client, name, version) -> dict:
@@ -77,7 +78,7 @@ def test_manual_promote_refuses_a_model_that_cannot_serve(mlflow_server, model_n
 
 
 def _params() -> dict:
-    from pipeline import config
+    from pipeline.settings import config
 
     return config.load_params()
 

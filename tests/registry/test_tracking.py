@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import config, registry, tracking
+from pipeline.settings import config
+from pipeline.mlops import registry, tracking
 
 
 def _artifacts(client, run_id, path=None):

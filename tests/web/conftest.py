@@ -113,8 +113,8 @@ def accepted(paths, checkpoint) -> bytes:
     """The first real X-ray that the session's model does not refuse. These page tests are about
     the pages; the tiny model's learned gate (one epoch, 64 px) refuses a few real films, which the
     gate's own tests measure (tests/model/test_gate.py, tests/web/test_gate_web.py)."""
-    from pipeline.gate import NotAChestXray
-    from pipeline.predict import Predictor
+    from pipeline.inference.gate import NotAChestXray
+    from pipeline.inference.predict import Predictor
 
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
     for path in paths:

@@ -9,7 +9,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def predictor(tiny_checkpoint):
-    from pipeline.predict import Predictor
+    from pipeline.inference.predict import Predictor
 
     return Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
 

@@ -13,7 +13,7 @@ from PIL import Image
 from livesite import DOCTOR, DOCTOR_PASSWORD, manage, screenshot_dir
 from webutil import api, upload
 
-from pipeline.gate import PREFIX
+from pipeline.inference.gate import PREFIX
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_drift_alerts_follow_the_params_limits(doctor_client, champion, samples,
     from diagnosis import monitoring
     from django.test import override_settings
 
-    from pipeline import config
+    from pipeline.settings import config
 
     upload(doctor_client, samples["CT DICOM"][1], "ct.dcm")  # one request today, refused
     today = monitoring.daily(None, days=1)[-1][1]
@@ -93,7 +93,7 @@ def test_site_reads_the_pipeline_settings_once_from_the_params_file(tmp_path):
 
     import yaml
 
-    from pipeline import config
+    from pipeline.settings import config
 
     custom = config.apply_overrides(config.load_params(), {"data.max_pixels": 1234567, "registry.model_name": "other"})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(custom.to_dict()))

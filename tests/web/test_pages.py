@@ -138,7 +138,7 @@ def test_upload_real_xray_shows_result_with_heatmap(doctor_client, doctor, champ
     # the pixels exactly as uploaded, without the file's metadata segments (issue 25 item 13)
     import numpy as np
 
-    from pipeline.imagefile import strip
+    from pipeline.data.imagefile import strip
 
     assert kept == strip(xray_jpeg, "JPEG") and b"\xff\xe0" not in kept[:4]
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(kept))), np.asarray(Image.open(io.BytesIO(xray_jpeg))))

@@ -48,10 +48,11 @@ def threshold_variant(checkpoint: Path, threshold: float, dest: Path) -> Path:
 
 
 def register_version(uri: str, name: str, checkpoint: Path) -> str:
-    """Register the checkpoint as a new version, the way the platform does (pipeline.registry)."""
+    """Register the checkpoint as a new version, the way the platform does (pipeline.mlops.registry)."""
     import os
 
-    from pipeline import config, tracking
+    from pipeline.settings import config
+    from pipeline.mlops import tracking
 
     assert os.environ.get("MLFLOW_TRACKING_URI") == uri
     params = config.apply_overrides(config.load_params(), {"registry.model_name": name,
@@ -63,7 +64,7 @@ def set_champion(uri: str, name: str, version: str | None) -> None:
     """Move the champion alias (a promotion by hand), or delete it (None: model withdrawn)."""
     from mlflow import MlflowClient
 
-    from pipeline import registry
+    from pipeline.mlops import registry
 
     if version is None:
         MlflowClient(tracking_uri=uri).delete_registered_model_alias(name, "champion")

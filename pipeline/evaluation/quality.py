@@ -1,0 +1,178 @@
+"""A model's quality as doctors will live with it: fitted on validation, scored on held-out patients,
+on the same patients under acquisition shifts (stress) and on an external set when one is provided.
+
+- `fit_operating_point` (training): Platt calibration and the threshold, from the validation
+  patients and the same patients under every stress shift (params `evaluate`).
+- `score` (training, evaluation, promotion): held-out, stress and external figures at the model's own
+  threshold, with the per-image probabilities kept for paired comparisons of two models.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.model import calibration
+from pipeline.evaluation import evaluate, stress
+from pipeline.settings.params import Params
+
+
+def _stress_set(samples, params: Params, image_size: int, salt: int):
+    ep = params.evaluate
+    seed = params.data.seed + salt
+    picked = stress.pick(samples, ep.stress_images, seed)
+    return stress.build(picked, image_size, seed=seed, families=ep.stress_families,
+                        source_max_side=ep.stress_source_max_side)
+
+
+def stress_set(samples, params: Params, image_size: int):
+    """The held-out patients under every shift: what `score` and the fast-path check see."""
+    return _stress_set(samples, params, image_size, salt=2)
+
+
+def fit_operating_point(predictor, splits, params: Params, cache) -> dict:
+    """Set predictor.calibration and predictor.threshold from the validation patients; returns
+    what was fitted (for the run's log)."""
+    from pipeline.data import dataset
+
+    ep = params.evaluate
+    bs = ep.batch_size
+    x_val, y_val = dataset.arrays(splits.val, cache)
+    z_val = predictor.logits(x_val, bs)
+    val_stress = _stress_set(splits.val, params, predictor.image_size, salt=1)
+    z_stress = stress.logits(predictor, val_stress, bs)
+    if ep.calibration == "stress":
+        # clean validation and its shifted copies weigh half each: the scale must hold under shift
+        # without forgetting the in-distribution case
+        z = np.concatenate([z_val, *z_stress.values()])
+        y = np.concatenate([y_val, *[val_stress.labels] * len(z_stress)])
+        w = np.concatenate([np.full(len(z_val), 0.5 / len(z_val)),
+                            np.full(len(z) - len(z_val), 0.5 / max(1, len(z) - len(z_val)))])
+        predictor.calibration = calibration.fit(z, y, w)
+    else:  # clean
+        predictor.calibration = calibration.fit(z_val, y_val)
+    p_val = predictor.calibration.probability(z_val)
+    p_stress = {k: predictor.calibration.probability(v) for k, v in z_stress.items()}
+    # the threshold rule needs the same images clean and shifted: use the stress sample's clean scores
+    idx = {d: i for i, d in enumerate(s.digest for s in splits.val)}
+    p_val_sub = p_val[[idx[k] for k in val_stress.keys]]
+    target = ep.target_sensitivity
+    rule = ep.threshold_rule
+    predictor.threshold = evaluate.robust_threshold(y_val, p_val, val_stress.labels, p_stress, target, rule)
+    return {"calibration": predictor.calibration.to_dict(), "threshold": predictor.threshold, "rule": rule,
+            "clean_threshold": evaluate.choose_threshold(y_val, p_val, target),
+            "tradeoff": evaluate.threshold_tradeoff(val_stress.labels, p_val_sub, p_stress),
+            "val_ece_before": calibration.ece(y_val, 1 / (1 + np.exp(-z_val))),
+            "val_ece_after": calibration.ece(y_val, p_val)}
+
+
+def _score_set(predictor, samples, params: Params, cache) -> tuple[dict, dict]:
+    """(figures, probabilities) of one set of validated images at the predictor's stored threshold:
+    AUC, sensitivity, specificity, ..., confusion matrix, ECE, Brier. The one scoring of held-out,
+    external and golden images."""
+    y, p = evaluate.predict_samples(predictor, samples, params, cache)
+    figures = evaluate.compute_metrics(y, p, predictor.threshold)
+    figures.update(ece=calibration.ece(y, p), brier=calibration.brier(y, p))
+    return figures, {"keys": [s.digest for s in samples], "y": y, "p": p}
+
+
+def score(predictor, splits, params: Params, cache) -> dict:
+    """Held-out, stress, external and golden figures of `predictor` at its stored threshold, plus
+    the per-image probabilities ("probs") that a paired comparison of two models needs."""
+    bs = params.evaluate.batch_size
+    test, probs_test = _score_set(predictor, splits.test, params, cache)
+    held_stress = stress_set(splits.test, params, predictor.image_size)
+    p_stress = {k: predictor.calibration.probability(v) for k, v in stress.logits(predictor, held_stress, bs).items()}
+    out = {"test": test, "stress": stress.report(held_stress.labels, p_stress, predictor.threshold),
+           "external": None, "golden": None,
+           "probs": {"test": probs_test,
+                     "stress": {"keys": held_stress.keys, "y": held_stress.labels, "p": p_stress}}}
+    for name in ("external", "golden"):   # a provided test/ folder; the fixed golden set (pipeline.data.golden)
+        samples = getattr(splits, name, None) or []
+        if samples:
+            out[name], out["probs"][name] = _score_set(predictor, samples, params, cache)
+    return out
+
+
+def flat_metrics(scored: dict) -> dict:
+    """The figures as one dict: held-out keys at the top (auc, sensitivity, ...), then
+    stress_* and external_* (what metrics.json, `dvc metrics` and MLflow get)."""
+    m = dict(scored["test"])
+    st = scored["stress"]
+    m.update({f"stress_{k}": v for k, v in st.items() if k != "per_shift" and not k.endswith("_shift")})
+    m["stress_worst_shift"] = {k: st[f"worst_{k}_shift"] for k in ("auc", "sensitivity", "specificity")}
+    m["stress_per_shift"] = st["per_shift"]
+    if scored.get("external"):
+        m.update({f"external_{k}": v for k, v in scored["external"].items() if k != "confusion_matrix"})
+    if scored.get("golden"):   # golden_auc, golden_sensitivity, ..., golden_ece, golden_n and its counts
+        g = scored["golden"]
+        m.update({f"golden_{k}": v for k, v in g.items() if k != "confusion_matrix"})
+        (tn, fp), (fn, tp) = g["confusion_matrix"]
+        m.update(golden_tn=tn, golden_fp=fp, golden_fn=fn, golden_tp=tp)
+    return m
+
+
+def fit_and_score(predictor, splits, params: Params, cache, out_dir: Path) -> dict:
+    """Training's last step: fit the operating point, score, write reports and plots into out_dir."""
+    fitted = fit_operating_point(predictor, splits, params, cache)
+    scored = score(predictor, splits, params, cache)
+    metrics = flat_metrics(scored)
+    metrics.update(val_ece_uncalibrated=fitted["val_ece_before"], val_ece=fitted["val_ece_after"],
+                   clean_threshold=fitted["clean_threshold"])
+    out_dir = Path(out_dir)
+    (out_dir / "operating_point.json").write_text(json.dumps(fitted, indent=1))
+    plots = save_quality_plots(scored, fitted, out_dir / "plots")
+    return {"metrics": metrics, "scored": scored, "fitted": fitted, "plots": plots,
+            "y_test": scored["probs"]["test"]["y"], "p_test": scored["probs"]["test"]["p"]}
+
+
+def save_quality_plots(scored: dict, fitted: dict, out_dir: Path) -> list[Path]:
+    """Reliability diagram (held-out and pooled stress), per-shift bars, threshold trade-off."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    probs = scored["probs"]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=0.8)
+    sets = {"held-out": (probs["test"]["y"], probs["test"]["p"]),
+            "stress (pooled)": (np.concatenate([probs["stress"]["y"]] * len(probs["stress"]["p"])),
+                                np.concatenate(list(probs["stress"]["p"].values())))}
+    for name in ("external", "golden"):
+        if name in probs:
+            sets[name] = (probs[name]["y"], probs[name]["p"])
+    for label, (y, p) in sets.items():
+        rows = [r for r in calibration.reliability(y, p) if r["n"]]
+        ax.plot([r["mean_prob"] for r in rows], [r["observed"] for r in rows], "o-",
+                label=f"{label} (ECE {calibration.ece(y, p):.3f})")
+    ax.set(xlabel="predicted P(pneumonia)", ylabel="observed frequency", title="Reliability (calibrated)")
+    ax.legend(loc="upper left")
+    paths.append(evaluate.save_figure(fig, out_dir / "reliability.png"))
+
+    per = scored["stress"]["per_shift"]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    names = list(per)
+    xs = np.arange(len(names))
+    for i, key in enumerate(("auc", "sensitivity", "specificity")):
+        ax.bar(xs + (i - 1) * 0.27, [per[n][key] for n in names], 0.27, label=key)
+    ax.set_xticks(xs, names, rotation=60, ha="right", fontsize=7)
+    ax.set(ylim=(0.5, 1.0), title="Held-out patients under acquisition shifts (stored threshold)")
+    ax.legend(loc="lower left")
+    paths.append(evaluate.save_figure(fig, out_dir / "stress.png"))
+
+    t = fitted["tradeoff"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(t["threshold"], t["sensitivity"], label="sensitivity, clean validation")
+    ax.plot(t["threshold"], t["specificity"], label="specificity, clean validation")
+    ax.plot(t["threshold"], t["stress_sensitivity"], "--", label="sensitivity, validation under shifts")
+    ax.plot(t["threshold"], t["stress_specificity"], "--", label="specificity, validation under shifts")
+    ax.axvline(fitted["threshold"], color="red", lw=0.8, label=f"stored ({fitted['rule']}) {fitted['threshold']:.3f}")
+    ax.set(xlabel="threshold on calibrated P(pneumonia)", ylim=(0.5, 1.01), title="Threshold trade-off")
+    ax.legend(fontsize=7, loc="lower left")
+    paths.append(evaluate.save_figure(fig, out_dir / "threshold_tradeoff.png"))
+    return paths
+

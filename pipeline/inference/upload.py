@@ -1,0 +1,102 @@
+"""An untrusted upload's bytes -> what the model needs, cheapest checks first.
+
+Every upload, from the site, the API or the registered pyfunc, goes through `decode_untrusted`:
+the same work as `decode`, run in a decoder process with hard limits (pipeline.inference.isolation), so a
+file that gets past the checks below still cannot take a server's memory or CPU.
+
+The order, for every format (nothing is decoded before the cheap checks pass):
+1. size of the bytes (preprocess.read_bytes);
+2. structure: DICOM header through the bounded parser (dicom.read_header) and the gate's header
+   rules (modality, body part, frames, colour, aspect); JPEG/PNG header, pixel and byte budget,
+   JPEG scans (preprocess.open_image, imagefile);
+3. decoding, JPEG at the smallest scale still >= the model's input (draft);
+4. the gate's picture rules on a reduced copy: colourfulness and aspect (gate.check_colour);
+5. grey levels and resizing to the model input (preprocess).
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from pipeline.data import dicom, imagefile, preprocess
+from pipeline.inference import gate
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int = preprocess.DEFAULT_MAX_BYTES
+    max_pixels: int = preprocess.DEFAULT_MAX_PIXELS
+    min_side: int = preprocess.MIN_SIDE
+
+
+@dataclass
+class Decoded:
+    """An accepted upload: the model input and what may be kept of the file."""
+    array: np.ndarray               # uint8 [S, S]: the model input
+    format: str                     # JPEG | PNG | DICOM
+    size: tuple[int, int]           # (width, height) of the full image
+    warnings: list[str] = field(default_factory=list)  # the gate's cautions (a lateral view...)
+    stored: bytes = b""             # the file to keep, without metadata ("" unless asked for)
+    stored_format: str = ""         # JPEG | PNG
+
+    @property
+    def image(self) -> Image.Image:
+        return Image.fromarray(self.array, mode="L")
+
+
+def decode(data: bytes, size: int, limits: Limits = Limits(), keep: bool = False) -> Decoded:
+    """See the module docstring. keep: also return the file to store (`Decoded.stored`).
+    Raises preprocess.InvalidImage, or its subclass gate.NotAChestXray."""
+    data = preprocess.read_bytes(data, limits.max_bytes)
+    headerless = not dicom.is_dicom(data) and dicom.looks_like_headerless(data) and not _raster(data)
+    if dicom.is_dicom(data) or headerless:
+        return _decode_dicom(data, size, limits, keep, force=headerless)
+    img = preprocess.load_image(data, draft_size=size, max_pixels=limits.max_pixels, max_bytes=limits.max_bytes,
+                                min_side=limits.min_side, inspect=_inspect)
+    with Image.open(io.BytesIO(data), formats=preprocess.OPENED_FORMATS) as header:  # checked by load_image
+        fmt = "JPEG" if header.format == "MPO" else header.format
+        full_size = header.size
+        orientation = header.getexif().get(0x0112, 1) if keep else 1
+    try:
+        stored = imagefile.strip(data, fmt, orientation) if keep else b""
+    except imagefile.FileStructureError as exc:
+        raise preprocess.InvalidImage(str(exc)) from None
+    return Decoded(preprocess.to_array(img, size), fmt, full_size, [], stored, fmt if keep else "")
+
+
+def _raster(data: bytes) -> bool:
+    return data.startswith((b"\xff\xd8", b"\x89PNG"))
+
+
+def _inspect(img: Image.Image) -> None:
+    gate.check_aspect(img.size)
+    gate.check_colour(img)
+
+
+def _decode_dicom(data: bytes, size: int, limits: Limits, keep: bool, force: bool) -> Decoded:
+    try:
+        header = dicom.read_header(data, force=force)
+    except dicom.DicomError as exc:
+        raise preprocess.InvalidImage(str(exc)) from None
+    warnings = gate.check_dicom_header(header)
+    img = preprocess.load_image(data, max_pixels=limits.max_pixels, max_bytes=limits.max_bytes,
+                                min_side=limits.min_side)
+    # kept as the rendering the model saw (a DICOM file is all metadata around its pixels)
+    stored = png_bytes(img) if keep else b""
+    return Decoded(preprocess.to_array(img, size), "DICOM", img.size, warnings, stored, "PNG" if keep else "")
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=3)
+    return buf.getvalue()
+
+
+def decode_untrusted(data: bytes, size: int, limits: Limits = Limits(), keep: bool = False) -> Decoded:
+    """decode() in a decoder process under CPU, memory and wall-clock limits (pipeline.inference.isolation)."""
+    from pipeline.inference import isolation
+
+    return isolation.pool().run(decode, data, size, limits, keep)

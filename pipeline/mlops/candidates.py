@@ -1,0 +1,96 @@
+"""Scoring the candidates: the challenger and the current champion on the same held-out patients,
+the same patients under every stress shift and any external set (evaluate_candidates), and the
+challenger's fast path against its float32 reference (check_fast_path). What the policy decides on.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.settings.params import Params
+from pipeline.mlops.registry import (CHAMPION, FAST_PATH_TAG, _alias_version, _client, _jsonable, _name, _tag_version,
+                               check_server, download_version, load_version)
+
+
+def fast_path_report(version: int, splits, params: Params, cache, name: str | None = None) -> dict:
+    """The version's fast path against its float32 reference on the held-out patients and on the
+    same patients under every stress shift (pipeline.inference.engine.check). Anything going wrong is a
+    failed check: the fast path is an optimisation, never a requirement."""
+    import numpy as np
+
+    from pipeline.evaluation import evaluate, quality
+    from pipeline.inference import engine
+    from pipeline.mlops.pyfunc import onnx_in
+
+    name = _name(name=name)
+    try:
+        predictor, _ = load_version(version, name)
+        local = download_version(version, name)
+        onnx_file = onnx_in(local)
+        if onnx_file is None:
+            raise FileNotFoundError("the version has no ONNX export")
+        held = evaluate.sample_arrays(splits.test, predictor.image_size, params, cache)
+        shifted = quality.stress_set(splits.test, params, predictor.image_size)
+        stress = (np.concatenate(list(shifted.arrays.values())), np.tile(shifted.labels, len(shifted.arrays)))
+        return _jsonable(engine.check(predictor, onnx_file, {"held-out": held, "stress": stress},
+                                        int8_path=onnx_in(local, int8=True)))
+    except Exception as exc:  # noqa: BLE001
+        return {"ok": False, "reason": f"check failed: {type(exc).__name__}: {exc}", "precision": "", "sets": {},
+                "tried": {}}
+
+
+def check_fast_path(version: int, splits, params: Params, cache, name: str | None = None) -> dict:
+    """fast_path_report, recorded on the version: tag `fast_path=on|off` with the figures. The site
+    runs a version on the fast path only when it is `on` (load_version(fast=True))."""
+    name = _name(name=name)
+    result = fast_path_report(version, splits, params, cache, name)
+    sets = result["sets"].values()
+    tags = {FAST_PATH_TAG: "on" if result["ok"] else "off", f"{FAST_PATH_TAG}.reason": result["reason"][:500],
+            f"{FAST_PATH_TAG}.precision": result["precision"]}
+    if sets:
+        tags[f"{FAST_PATH_TAG}.label_agreement"] = f"{min(r['label_agreement'] for r in sets):.4f}"
+        tags[f"{FAST_PATH_TAG}.auc_delta"] = f"{max(r.get('auc_delta', 0.0) for r in sets):.4f}"
+    _tag_version(_client(), name, version, tags)
+    return result
+
+
+def evaluate_candidates(challenger_version: int, params: Params, data_root) -> dict:
+    """Score the challenger and the current champion now, on the same held-out patients, the same
+    patients under every stress shift, any external set and the golden set (pipeline.data.golden, when
+    configured: verified against its pin first), each at its own stored threshold; and compare them
+    paired on those same images (DeLong for held-out, external and golden, a patient bootstrap for
+    the mean AUC under shift). Returns plain JSON (the DAG passes it through XCom)."""
+    from pipeline.evaluation import compare, quality
+    from pipeline.data import dataset
+
+    client = _client(check_server())
+    name = _name(params)
+    splits, report, cache = dataset.load(Path(data_root), params)   # golden set verified against its pin
+    champion = _alias_version(client, name, CHAMPION)
+    level = params.promotion.confidence
+
+    def score(version: int) -> dict:
+        predictor, _ = load_version(version, name)
+        return quality.score(predictor, splits, params, cache)
+
+    ch = score(int(challenger_version))
+    fast = check_fast_path(int(challenger_version), splits, params, cache, name)
+    out = {"model_name": name, "data_root": str(data_root), "n_test": len(splits.test),
+           "n_stress": ch["stress"]["n"], "n_external": len(getattr(splits, "external", []) or []),
+           "n_golden": len(splits.golden), "golden": report.golden or None,
+           "golden_excluded": len(report.golden_excluded),
+           "challenger": {"version": int(challenger_version), "metrics": quality.flat_metrics(ch)},
+           "champion": None, "comparison": None,
+           "fast_path": {k: fast[k] for k in ("ok", "reason", "precision")}}
+    if champion is not None:
+        cp = ch if champion == int(challenger_version) else score(champion)
+        out["champion"] = {"version": champion, "metrics": quality.flat_metrics(cp)}
+        a, b = ch["probs"], cp["probs"]
+        comparison = {"test": compare.delong(a["test"]["y"], a["test"]["p"], b["test"]["p"], level).to_dict(),
+                      "stress": compare.paired_bootstrap(
+                          a["stress"]["y"], a["stress"]["p"], b["stress"]["p"],
+                          params.promotion.bootstrap_samples, params.data.seed, level).to_dict()}
+        for key in ("external", "golden"):
+            if key in a:
+                comparison[key] = compare.delong(a[key]["y"], a[key]["p"], b[key]["p"], level).to_dict()
+        out["comparison"] = comparison
+    return _jsonable(out)

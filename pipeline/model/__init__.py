@@ -1,0 +1,1 @@
+"""The model: the network, its calibration, and the files inside a registered version (artifacts)."""

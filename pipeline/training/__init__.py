@@ -1,0 +1,1 @@
+"""Training: the training loop, augmentation, and fitting the input gate."""
