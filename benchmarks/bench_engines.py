@@ -22,6 +22,7 @@ import torch
 
 from pipeline.settings import config
 from pipeline.inference import engine, onnx_export
+from pipeline.model import artifacts
 from pipeline.data import preprocess
 from pipeline.model.network import build_model
 from pipeline.inference.predict import Predictor
@@ -59,8 +60,8 @@ def main() -> None:
                                          onnx_export.CALIBRATION_IMAGES)
     images = calibration[:8]
     with tempfile.TemporaryDirectory(prefix="bench-engines-") as tmp:
-        f32 = onnx_export.export(predictor, Path(tmp) / onnx_export.FILE)
-        int8 = onnx_export.quantize(f32, calibration, predictor.intensity, Path(tmp) / onnx_export.INT8_FILE)
+        f32 = onnx_export.export(predictor, Path(tmp) / artifacts.ONNX_FILE)
+        int8 = onnx_export.quantize(f32, calibration, predictor.intensity, Path(tmp) / artifacts.ONNX_INT8_FILE)
         engines = {"torch float32 (baseline)": predictor.reference_forward,
                    "OpenVINO f32": engine.FastEngine(f32, predictor.intensity, "f32").forward}
         if engine.cpu_has_bf16():

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_gate.py --model runs/<run>/model.pt [--data ../shared/datasets/chest_xray]
 
-1. cost: full-resolution uploads (../shared/datasets/fullres_samples) answered by Predictor.predict
+1. cost: full-resolution uploads (../shared/datasets/fullres_samples) answered by inference.answer
    with the gate vs the same steps without it (decode + resize + forward pass), median of --repeat;
 2. false refusals: every held-out (test split) X-ray of the model's own patient split of --data,
    the 80 full-resolution samples (the 10 RGB-encoded ones counted apart) and --data's own val/
@@ -32,14 +32,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the tests' foreign inputs
 
 from pipeline.settings import config  # noqa: E402
-from pipeline.data import dataset, preprocess
+from pipeline.data import preprocess
+from pipeline.data import training_data
 from pipeline.inference import gate
 from pipeline.inference.predict import Predictor  # noqa: E402
+from pipeline.inference.answer import answer_file
 
 
 def refused(predictor: Predictor, blob) -> str | None:
     try:
-        predictor.predict(blob)
+        answer_file(blob, predictor)
     except gate.NotAChestXray as exc:
         return exc.reason
     return None
@@ -52,7 +54,7 @@ def cost(predictor: Predictor, files: list[Path], repeat: int) -> dict:
         predictor.probabilities(preprocess.load_array(blob, predictor.image_size)[None])
 
     def gated(blob):
-        predictor.predict(blob)
+        answer_file(blob, predictor)
 
     for blob in blobs[:3]:  # warm-up
         ungated(blob), gated(blob)
@@ -149,7 +151,7 @@ def main() -> int:
 
     if not args.skip_heldout:
         ckpt = torch.load(args.model, map_location="cpu", weights_only=True)
-        splits, _, _ = dataset.load(args.data, config.checkpoint_params(ckpt["params"]))
+        splits, _, _ = training_data.load(args.data, config.checkpoint_params(ckpt["params"]))
         reasons = [r for r in (refused(predictor, s.path) for s in splits.test) if r]
         report["heldout"] = {"n": len(splits.test), "refused": len(reasons), "rate": len(reasons) / len(splits.test),
                              "reasons": reasons[:20]}

@@ -50,7 +50,7 @@ def own_site(tmp: Path):
     import bench_web as bw
 
     from pipeline.settings import config
-    from pipeline.mlops import registry, tracking
+    from pipeline.mlops import aliases, tracking
 
     params = config.load_params()
     port, web_port = bw.free_port(), bw.free_port()
@@ -64,7 +64,7 @@ def own_site(tmp: Path):
     reg = config.apply_overrides(params, {"registry.model_name": bw.MODEL_NAME, "registry.experiment": "bench-hostile"})
     ckpt = bw.untrained_checkpoint(tmp / "model.pt", params.preprocess.image_size)
     version = tracking.register_checkpoint(ckpt, reg, tags={"trigger": "bench"})["version"]
-    registry.promote(version, name=bw.MODEL_NAME, force=True)
+    aliases.promote(version, name=bw.MODEL_NAME, force=True)
     web_env = {k: v for k, v in env.items() if not k.startswith("DJANGO_") and k != "DATABASE_URL"}
     web_env.update({"DJANGO_DEBUG": "0", "DJANGO_SECRET_KEY": "bench-" + "x" * 50, "MLFLOW_TRACKING_URI": uri,
                     "XRAY_MODEL_NAME": bw.MODEL_NAME, "XRAY_WEB_DATA_DIR": str(tmp / "web"),

@@ -35,12 +35,12 @@ COLD_LOAD = r"""
 import json, os, sys, time
 t0 = time.perf_counter()
 import mlflow.pyfunc, torch
-from pipeline.mlops import registry
+from pipeline.mlops import aliases, loading
 from pipeline.inference.predict import Predictor
 t_import = time.perf_counter() - t0
 t = time.perf_counter(); Predictor.from_checkpoint(sys.argv[1], device="cpu"); local = time.perf_counter() - t
-t = time.perf_counter(); p, mv = registry.load_champion(device="cpu"); cold = time.perf_counter() - t
-t = time.perf_counter(); registry.load_champion(device="cpu"); warm = time.perf_counter() - t
+t = time.perf_counter(); p, mv = loading.load_champion(device="cpu"); cold = time.perf_counter() - t
+t = time.perf_counter(); loading.load_champion(device="cpu"); warm = time.perf_counter() - t
 t = time.perf_counter(); mlflow.pyfunc.load_model(f"models:/{mv.name}@champion"); pyfunc = time.perf_counter() - t
 print(json.dumps({"import_s": t_import, "local_ms": local * 1e3, "cold_ms": cold * 1e3, "warm_ms": warm * 1e3,
                   "pyfunc_cold_ms": pyfunc * 1e3}))
@@ -99,7 +99,7 @@ def main() -> int:
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
         from pipeline.settings import config
-        from pipeline.mlops import registry, tracking
+        from pipeline.mlops import aliases, tracking
         from pipeline.training.train import train
 
         params = config.apply_overrides(config.load_params(), {
@@ -122,7 +122,7 @@ def main() -> int:
             tracking.register_checkpoint(plain.checkpoint, params, run_name=f"bench-register-{i}",
                                          data_root=data_root)
             register_s.append(time.perf_counter() - t)
-        registry.promote(tracked["version"], {"reason": "benchmark"}, force=True)
+        aliases.promote(tracked["version"], {"reason": "benchmark"}, force=True)
 
         loads = []
         for i in range(args.repeats):

@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 from pipeline.settings import config
-from pipeline.data import dataset, preprocess
+from pipeline.data import preprocess
+from pipeline.data import training_data
 from pipeline.evaluation import evaluate
 from pipeline.model.network import build_model
 from pipeline.training.train import StopTraining, train
@@ -141,7 +142,7 @@ def main() -> None:
     defaults = config.load_params()
     with tempfile.TemporaryDirectory() as cache_dir:
         os.environ["XRAY_CACHE_DIR"] = cache_dir  # cold cache: its build time counts in (b)
-        splits, _, _ = dataset.load(args.data, config.apply_overrides(defaults, {"preprocess.image_size": 224}))
+        splits, _, _ = training_data.load(args.data, config.apply_overrides(defaults, {"preprocess.image_size": 224}))
         train_root = args.data / "train"
         train_paths = {str(s.path) for s in splits.train if s.path.is_relative_to(train_root)}
         test_paths = {str(s.path) for s in splits.test if s.path.is_relative_to(train_root)}
@@ -166,7 +167,7 @@ def main() -> None:
         print(f"\n(b) wall time to held-out AUC {TARGET_AUC}")
         os.environ["XRAY_CACHE_DIR"] = str(Path(cache_dir) / "cold")
         ours_params = defaults
-        ours_splits, _, _ = dataset.load(args.data, ours_params)  # the same held-out patients (seeded split)
+        ours_splits, _, _ = training_data.load(args.data, ours_params)  # the same held-out patients (seeded split)
         shutil.rmtree(Path(cache_dir) / "cold")  # start cold again: train() rebuilds it on the clock
         ours = run_pipeline(ours_params, args.data, probe_samples=ours_splits.test, max_s=args.max_minutes * 60,
                             probe_every=args.probe_every)

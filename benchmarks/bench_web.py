@@ -4,7 +4,7 @@
 
 What it does
 1. Starts a throw-away MLflow server (SQLite, tmp dir) and registers the champion through
-   pipeline.mlops.registry: --checkpoint, or by default an untrained ResNet18 at params.yaml's image
+   pipeline.mlops.aliases: --checkpoint, or by default an untrained ResNet18 at params.yaml's image
    size (latency does not depend on the weights). --tracking-uri uses an existing server's
    champion instead.
 2. Starts the site exactly as production does (scripts/web_server.sh: migrate, collectstatic,
@@ -164,9 +164,9 @@ def main() -> int:
     env.setdefault("XRAY_MODEL_CACHE_DIR", str(tmp / "model-cache"))
     os.environ["XRAY_MODEL_CACHE_DIR"] = env["XRAY_MODEL_CACHE_DIR"]
     try:
-        from pipeline.mlops import candidates, registry, tracking
+        from pipeline.mlops import aliases, candidates, tracking
         from pipeline.settings import config
-        from pipeline.data import dataset
+        from pipeline.data import training_data
 
         params = config.load_params()
         if args.tracking_uri:
@@ -184,12 +184,12 @@ def main() -> int:
             reg_params = config.apply_overrides(params, {"registry.model_name": name,
                                                          "registry.experiment": "bench-web"})
             env_name = os.environ.pop("XRAY_MODEL_NAME", None)
-            splits, _report, cache = dataset.load(args.data, params)
+            splits, _report, cache = training_data.load(args.data, params)
             version = tracking.register_checkpoint(ckpt, reg_params, tags={"trigger": "bench"}, data_root=args.data,
                                                    calibration=None if args.no_int8 else
                                                    [s.path for s in splits.train])["version"]
             candidates.check_fast_path(version, splits, params, cache, name)
-            registry.promote(version, name=name, force=True)
+            aliases.promote(version, name=name, force=True)
             if env_name is not None:
                 os.environ["XRAY_MODEL_NAME"] = env_name
         env.update({"MLFLOW_TRACKING_URI": uri, "XRAY_MODEL_NAME": name})
@@ -263,7 +263,7 @@ def main() -> int:
             measure(send, images, 16, 8)
 
         if args.tracking_uri:
-            splits, _report, cache = dataset.load(args.data, params)
+            splits, _report, cache = training_data.load(args.data, params)
         agreement = candidates.fast_path_report(int(version), splits, params, cache, name)
 
         n1, n8 = args.requests, 2 * args.requests

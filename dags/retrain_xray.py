@@ -16,27 +16,23 @@ DAG_ID = "xray_retrain"
 REPO = Path(__file__).resolve().parent.parent          # the project (params.yaml)
 
 from pipeline.mlops.notify import XrayNotifier  # noqa: E402  (`pipeline` is installed: pip install -e .)
-from pipeline.settings.config import DATA_ASSET_URI  # noqa: E402
+from pipeline.settings.config import DATA_ASSET_URI, load_params, parse  # noqa: E402
+from pipeline.settings.params import Dag  # noqa: E402
 
 
-def _dag_settings() -> dict:
-    """The `dag:` section of params.yaml (tiny YAML read; defaults if absent)."""
-    defaults = {"retrain_on_unchanged_data": False, "train_timeout_minutes": 90, "retries": 3,
-                "retry_delay_seconds": 30}
+def _dag_settings() -> Dag:
+    """The `dag:` section of params.yaml (or $XRAY_PARAMS), read by the one loader at parse time: the
+    retries and timeout of the tasks. A broken file must not hide the DAG: defaults, and the run's
+    first task reports the error."""
     try:
-        import yaml
-
-        with open(os.environ.get("XRAY_PARAMS") or REPO / "params.yaml") as f:
-            loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-            section = (yaml.load(f, Loader=loader) or {}).get("dag") or {}
-        return {**defaults, **section}
-    except (OSError, ValueError):  # a broken params.yaml must not hide the DAG; tasks report it
-        return defaults
+        return load_params(os.environ.get("XRAY_PARAMS") or None).dag
+    except (OSError, ValueError):
+        return Dag(retrain_on_unchanged_data=False, train_timeout_minutes=90, retries=3, retry_delay_seconds=30)
 
 
 SETTINGS = _dag_settings()
 # Where a retry can help (git/dvc pull from a remote, calls to the MLflow server): exponential back-off.
-RETRY = dict(retries=int(SETTINGS["retries"]), retry_delay=timedelta(seconds=float(SETTINGS["retry_delay_seconds"])),
+RETRY = dict(retries=SETTINGS.retries, retry_delay=timedelta(seconds=SETTINGS.retry_delay_seconds),
              retry_exponential_backoff=2.0, max_retry_delay=timedelta(minutes=10))
 # Where it cannot (bad data, a training that diverged, an exhausted timeout): fail at once.
 NO_RETRY = dict(retries=0)
@@ -82,18 +78,17 @@ def check_overrides(overrides) -> list[str]:
     return [o for o in overrides if not str(o).split("=", 1)[0].strip().startswith(OVERRIDABLE)]
 
 
-def _context_params(context) -> dict:
-    """params.yaml (or $XRAY_PARAMS) with this run's `overrides` applied; a bad or forbidden
-    override fails the run at once (no retry can fix it)."""
-    from pipeline.settings import config
-
+def _run_params(context):
+    """params.yaml (or $XRAY_PARAMS) with this run's `overrides` applied, read ONCE per run (by
+    `detect`) and handed to every later task in `info["params"]`: an edit of the file during a run
+    cannot split the run across two settings. A bad or forbidden override fails the run at once."""
     overrides = list(context["params"].get("overrides") or [])
     forbidden = check_overrides(overrides)
     try:
         if forbidden:
             raise ValueError(f"not overridable in a DAG run: {forbidden} (allowed: "
                              f"{', '.join(k + '*' for k in OVERRIDABLE)}; change params.yaml instead)")
-        return config.load_params(os.environ.get("XRAY_PARAMS") or None, overrides)
+        return load_params(os.environ.get("XRAY_PARAMS") or None, overrides)
     except (KeyError, ValueError) as exc:
         from airflow.sdk.exceptions import AirflowFailException
 
@@ -102,6 +97,152 @@ def _context_params(context) -> dict:
 
 def _short(run_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in run_id)[:80]
+
+
+# The tasks: thin, lazy (heavy imports inside), wired by xray_retrain below.
+@task.short_circuit(**RETRY)
+def detect() -> dict | bool:
+    """Fetch the newest data version; continue only when it differs from the champion's (or forced)."""
+    from pipeline.settings import config
+    from pipeline.mlops import loading, versions
+    from pipeline.data import versioning
+
+    context = get_current_context()
+    params = _run_params(context)
+    try:
+        info = versioning.update()
+    except versioning.NoDataVersion as exc:       # nothing to retry until someone imports data
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(str(exc)) from exc
+    # the golden evaluation set: its own pointer and remote (read-only credentials); checked
+    # against its pinned fingerprint by validate, train and evaluate
+    info["golden"] = versioning.pull_golden(params.evaluate.golden_dir)
+    # the model of this run's params ($XRAY_PARAMS), passed to every registry call: the registry
+    # never guesses it from the default params.yaml
+    name = config.model_name(params)
+    champion = loading.champion_version(name)             # None: no model registered / no champion yet
+    champion_data = (versions.status(name, limit=1)["champion"] or {}).get("data_version") if champion else None
+    forced = bool(context["params"].get("force")) or params.dag.retrain_on_unchanged_data
+    # Data already decided (a version trained on it was promoted or rejected) is not retrained:
+    # after a rejection, daily runs would retrain on the same data, test on the same split, and
+    # sooner or later promote a chance win. The decision is read from the registry's tags.
+    decided = versions.decided_for_data(info["hash"], name) if info["hash"] != champion_data else None
+    new_data = info["hash"] != champion_data and decided is None
+    info.update(params=params.to_dict(), model_name=name, champion=champion, champion_data_version=champion_data, new_data=new_data,
+                forced=forced, decided=decided)
+    served = f"champion v{champion} was trained on {champion_data}" if champion else "no champion yet"
+    state = ("NEW DATA" if new_data else f"already decided: v{decided['version']} {decided['decision']}"
+             if decided else "unchanged")
+    print(f"data version {info['hash']} ({info['nfiles']} files, git {str(info['git_commit'])[:8]}); "
+          f"{served}: {state}{' (forced run)' if forced else ''}")
+    return info if (new_data or forced) else False
+
+@task(**NO_RETRY)
+def validate(info: dict) -> dict:
+    """Decode every image once (filling the preprocessing cache); fail above the rejection limit."""
+    from pipeline.data import dataset
+    from pipeline.data import training_data
+
+    params = parse(info["params"])
+    try:   # the golden set is verified against its pin first; its patients are dropped
+        _, report = training_data.prepare(info["data_root"], params)
+    except dataset.DatasetError as exc:   # incl. golden.GoldenSetError (missing, unpinned, edited)
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"dataset {info['hash'][:8]} rejected: {exc}") from exc
+    print(report.summary())
+    summary = report.to_dict()
+    return {"checked": summary.get("checked"), "rejected": len(report.rejected),
+            "duplicates": len(getattr(report, "duplicates", []) or []), "counts": summary.get("counts"),
+            "golden_excluded": len(report.golden_excluded), "golden": report.golden or None}
+
+# queue: with the CeleryExecutor a (GPU) worker listening on `training` takes this task alone;
+# the LocalExecutor ignores it.
+@task(**NO_RETRY, execution_timeout=timedelta(minutes=SETTINGS.train_timeout_minutes),
+      queue=os.environ.get("XRAY_TRAINING_QUEUE", "training"))
+def train(info: dict, report: dict) -> dict:
+    """Train the challenger; tracking.tracked_train logs everything to MLflow and registers a version."""
+    from pipeline.settings import config
+    from pipeline.mlops import tracking
+
+    context = get_current_context()
+    params = parse(info["params"])
+    run_id = context["dag_run"].run_id
+    trigger = "forced" if info["forced"] else "new-data"
+    result = tracking.tracked_train(
+        params, Path(info["data_root"]), config.runs_dir() / f"airflow-{_short(run_id)}",
+        run_name=f"airflow {context.get('ds') or pendulum.now('UTC').to_date_string()} "
+                 f"data {info['hash'][:8]} {trigger}",
+        tags={"trigger": f"airflow:{trigger}", "airflow.dag_run_id": run_id,
+              "airflow.overrides": ",".join(context["params"].get("overrides") or []) or "none",
+              "dvc.git_commit": str(info.get("git_commit"))},
+        data_version=info["hash"])
+    keep = ("run_id", "version", "experiment_id", "model_name", "metrics", "wall_time_s", "seconds")
+    return {k: result[k] for k in keep if k in result}
+
+@task(**RETRY)
+def evaluate(info: dict, trained: dict) -> dict:
+    """Score the challenger and the current champion on the same held-out split, now."""
+    from pipeline.mlops import candidates
+    from pipeline.data import golden
+
+    params = parse(info["params"])
+    try:
+        return candidates.evaluate_candidates(trained["version"], params, Path(info["data_root"]))
+    except golden.GoldenSetError as exc:   # edited since validate: no retry can fix it
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(str(exc)) from exc
+
+@task.branch
+def decide(info: dict, scores: dict) -> str:
+    """The promotion policy (params.yaml `promotion:`) decides; the decision goes to XCom."""
+    from pipeline.mlops import policy
+
+    context = get_current_context()
+    decision = policy.decide(scores, parse(info["params"]))
+    context["ti"].xcom_push(key="decision", value=decision)
+    print(f"decision: {'PROMOTE' if decision['promote'] else 'REJECT'} -- {decision['reason']}")
+    return "promote" if decision["promote"] else "reject"
+
+@task(**RETRY)
+def promote(trained: dict) -> dict:
+    from pipeline.mlops import aliases
+
+    decision = get_current_context()["ti"].xcom_pull(task_ids="decide", key="decision")
+    result = aliases.promote(trained["version"], decision, name=trained["model_name"])
+    done = result.get("promoted") or result.get("already")   # already: a retry of a try that promoted
+    if not done:   # e.g. someone promoted another version meanwhile: stale decision
+        print(f"not promoted: {result.get('reason')}")
+    return {"outcome": "promoted" if done else "stale", **result}
+
+@task(**RETRY)
+def reject(trained: dict) -> dict:
+    from pipeline.mlops import aliases
+
+    decision = get_current_context()["ti"].xcom_pull(task_ids="decide", key="decision")
+    return {"outcome": "rejected", **aliases.reject(trained["version"], decision, name=trained["model_name"])}
+
+@task(trigger_rule="none_failed_min_one_success", **NO_RETRY)
+def notify(info: dict, trained: dict, scores: dict) -> dict:
+    """Tell someone what was decided and why, with the metrics and links to MLflow."""
+    from pipeline.mlops import loading, notify
+
+    context = get_current_context()
+    decision = context["ti"].xcom_pull(task_ids="decide", key="decision") or {}
+    name = trained.get("model_name")
+    summary = {
+        "event": "decision", "dag_run_id": context["dag_run"].run_id, "decision": decision,
+        "version": trained.get("version"), "data_version": info["hash"], "nfiles": info.get("nfiles"),
+        "trigger": "forced" if info.get("forced") else "new data",
+        "champion_before": info.get("champion"), "champion_after": loading.champion_version(name),
+        "scores": scores, "run_link": notify.run_link(trained.get("run_id"), trained.get("experiment_id")),
+        "model_link": notify.model_link(name, trained.get("version")),
+    }
+    subject, text = notify.decision_message(summary)
+    summary["delivered"] = notify.send(subject, text, summary)
+    return summary
 
 
 @dag(
@@ -123,156 +264,11 @@ def _short(run_id: str) -> str:
     },
 )
 def xray_retrain():
-    @task.short_circuit(**RETRY)
-    def detect() -> dict | bool:
-        """Fetch the newest data version; continue only when it differs from the champion's (or forced)."""
-        from pipeline.settings import config
-        from pipeline.mlops import registry
-        from pipeline.data import versioning
-
-        context = get_current_context()
-        params = _context_params(context)
-        try:
-            info = versioning.update()
-        except versioning.NoDataVersion as exc:       # nothing to retry until someone imports data
-            from airflow.sdk.exceptions import AirflowFailException
-
-            raise AirflowFailException(str(exc)) from exc
-        # the golden evaluation set: its own pointer and remote (read-only credentials); checked
-        # against its pinned fingerprint by validate, train and evaluate
-        info["golden"] = versioning.pull_golden(params.evaluate.golden_dir)
-        # the model of this run's params ($XRAY_PARAMS), passed to every registry call: the registry
-        # never guesses it from the default params.yaml
-        name = config.model_name(params)
-        champion = registry.champion_version(name)             # None: no model registered / no champion yet
-        champion_data = (registry.status(name, limit=1)["champion"] or {}).get("data_version") if champion else None
-        forced = bool(context["params"].get("force")) or params.dag.retrain_on_unchanged_data
-        # Data already decided (a version trained on it was promoted or rejected) is not retrained:
-        # after a rejection, daily runs would retrain on the same data, test on the same split, and
-        # sooner or later promote a chance win. The decision is read from the registry's tags.
-        decided = registry.decided_for_data(info["hash"], name) if info["hash"] != champion_data else None
-        new_data = info["hash"] != champion_data and decided is None
-        info.update(model_name=name, champion=champion, champion_data_version=champion_data, new_data=new_data,
-                    forced=forced, decided=decided)
-        served = f"champion v{champion} was trained on {champion_data}" if champion else "no champion yet"
-        state = ("NEW DATA" if new_data else f"already decided: v{decided['version']} {decided['decision']}"
-                 if decided else "unchanged")
-        print(f"data version {info['hash']} ({info['nfiles']} files, git {str(info['git_commit'])[:8]}); "
-              f"{served}: {state}{' (forced run)' if forced else ''}")
-        return info if (new_data or forced) else False
-
-    @task(**NO_RETRY)
-    def validate(info: dict) -> dict:
-        """Decode every image once (filling the preprocessing cache); fail above the rejection limit."""
-        from pipeline.data import dataset
-
-        params = _context_params(get_current_context())
-        try:   # the golden set is verified against its pin first; its patients are dropped
-            _, report = dataset.prepare(info["data_root"], params)
-        except dataset.DatasetError as exc:   # incl. golden.GoldenSetError (missing, unpinned, edited)
-            from airflow.sdk.exceptions import AirflowFailException
-
-            raise AirflowFailException(f"dataset {info['hash'][:8]} rejected: {exc}") from exc
-        print(report.summary())
-        summary = report.to_dict()
-        return {"checked": summary.get("checked"), "rejected": len(report.rejected),
-                "duplicates": len(getattr(report, "duplicates", []) or []), "counts": summary.get("counts"),
-                "golden_excluded": len(report.golden_excluded), "golden": report.golden or None}
-
-    # queue: with the CeleryExecutor a (GPU) worker listening on `training` takes this task alone;
-    # the LocalExecutor ignores it.
-    @task(**NO_RETRY, execution_timeout=timedelta(minutes=float(SETTINGS["train_timeout_minutes"])),
-          queue=os.environ.get("XRAY_TRAINING_QUEUE", "training"))
-    def train(info: dict, report: dict) -> dict:
-        """Train the challenger; tracking.tracked_train logs everything to MLflow and registers a version."""
-        from pipeline.settings import config
-        from pipeline.mlops import tracking
-
-        context = get_current_context()
-        params = _context_params(context)
-        run_id = context["dag_run"].run_id
-        trigger = "forced" if info["forced"] else "new-data"
-        result = tracking.tracked_train(
-            params, Path(info["data_root"]), config.runs_dir() / f"airflow-{_short(run_id)}",
-            run_name=f"airflow {context.get('ds') or pendulum.now('UTC').to_date_string()} "
-                     f"data {info['hash'][:8]} {trigger}",
-            tags={"trigger": f"airflow:{trigger}", "airflow.dag_run_id": run_id,
-                  "airflow.overrides": ",".join(context["params"].get("overrides") or []) or "none",
-                  "dvc.git_commit": str(info.get("git_commit"))},
-            data_version=info["hash"])
-        keep = ("run_id", "version", "experiment_id", "model_name", "metrics", "wall_time_s", "seconds")
-        return {k: result[k] for k in keep if k in result}
-
-    @task(**RETRY)
-    def evaluate(info: dict, trained: dict) -> dict:
-        """Score the challenger and the current champion on the same held-out split, now."""
-        from pipeline.mlops import candidates
-        from pipeline.data import golden
-
-        params = _context_params(get_current_context())
-        try:
-            return candidates.evaluate_candidates(trained["version"], params, Path(info["data_root"]))
-        except golden.GoldenSetError as exc:   # edited since validate: no retry can fix it
-            from airflow.sdk.exceptions import AirflowFailException
-
-            raise AirflowFailException(str(exc)) from exc
-
-    @task.branch
-    def decide(scores: dict) -> str:
-        """The promotion policy (params.yaml `promotion:`) decides; the decision goes to XCom."""
-        from pipeline.mlops import policy
-
-        context = get_current_context()
-        decision = policy.decide(scores, _context_params(context))
-        context["ti"].xcom_push(key="decision", value=decision)
-        print(f"decision: {'PROMOTE' if decision['promote'] else 'REJECT'} -- {decision['reason']}")
-        return "promote" if decision["promote"] else "reject"
-
-    @task(**RETRY)
-    def promote(trained: dict) -> dict:
-        from pipeline.mlops import registry
-
-        decision = get_current_context()["ti"].xcom_pull(task_ids="decide", key="decision")
-        result = registry.promote(trained["version"], decision, name=trained["model_name"])
-        done = result.get("promoted") or result.get("already")   # already: a retry of a try that promoted
-        if not done:   # e.g. someone promoted another version meanwhile: stale decision
-            print(f"not promoted: {result.get('reason')}")
-        return {"outcome": "promoted" if done else "stale", **result}
-
-    @task(**RETRY)
-    def reject(trained: dict) -> dict:
-        from pipeline.mlops import registry
-
-        decision = get_current_context()["ti"].xcom_pull(task_ids="decide", key="decision")
-        return {"outcome": "rejected", **registry.reject(trained["version"], decision, name=trained["model_name"])}
-
-    @task(trigger_rule="none_failed_min_one_success", **NO_RETRY)
-    def notify(info: dict, trained: dict, scores: dict) -> dict:
-        """Tell someone what was decided and why, with the metrics and links to MLflow."""
-        from pipeline.mlops import registry
-
-        from pipeline.mlops import notify
-
-        context = get_current_context()
-        decision = context["ti"].xcom_pull(task_ids="decide", key="decision") or {}
-        name = trained.get("model_name")
-        summary = {
-            "event": "decision", "dag_run_id": context["dag_run"].run_id, "decision": decision,
-            "version": trained.get("version"), "data_version": info["hash"], "nfiles": info.get("nfiles"),
-            "trigger": "forced" if info.get("forced") else "new data",
-            "champion_before": info.get("champion"), "champion_after": registry.champion_version(name),
-            "scores": scores, "run_link": notify.run_link(trained.get("run_id"), trained.get("experiment_id")),
-            "model_link": notify.model_link(name, trained.get("version")),
-        }
-        subject, text = notify.decision_message(summary)
-        summary["delivered"] = notify.send(subject, text, summary)
-        return summary
-
     info = detect()
     report = validate(info)
     trained = train(info, report)
     scores = evaluate(info, trained)
-    branch = decide(scores)
+    branch = decide(info, scores)
     outcomes = [promote(trained), reject(trained)]
     branch >> outcomes
     outcomes >> notify(info, trained, scores)

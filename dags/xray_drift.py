@@ -57,16 +57,16 @@ def xray_drift():
         from pipeline.mlops import notify
         from pipeline.settings import config
         from pipeline.evaluation import drift
-        from pipeline.mlops import registry
+        from pipeline.mlops import server, loading
 
         params = config.load_params(os.environ.get("XRAY_PARAMS") or None)
         until = pendulum.now("UTC")
         since = until - timedelta(hours=float(get_current_context()["params"].get("hours", 24)))
         records = site_records(since, until)
         try:
-            predictor, mv = registry.load_champion(config.model_name(params))
+            predictor, mv = loading.load_champion(config.model_name(params))
             reference, version = (predictor.gate.state or {}).get("reference"), str(mv.version)
-        except registry.NoChampion:
+        except server.NoChampion:
             reference, version = None, "none"
         rep = drift.report(records, reference, params.drift)
         mlflow.set_tracking_uri(config.tracking_uri())

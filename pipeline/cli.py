@@ -2,6 +2,8 @@
 
 Every ML setting comes from params.yaml; `--set section.key=value` overrides it for one run.
 Endpoints come from the environment (MLFLOW_TRACKING_URI, XRAY_CACHE_DIR, ...; see docs/configuration.md).
+Each command imports the stages it runs when it runs (torch, MLflow): `--help` and a settings error
+answer at once.
 """
 from __future__ import annotations
 
@@ -12,9 +14,11 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.mlops import candidates, policy, registry
+from pipeline.mlops import server
 from pipeline.settings import config
 from pipeline.settings.params import Params
+from pipeline.data.dataset import DatasetError
+from pipeline.data.preprocess import InvalidImage
 
 EPILOG = """examples:
   python -m pipeline validate --data ../shared/datasets/chest_xray
@@ -94,9 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # one clear line for operators; the traceback is for --debug sessions
-        from pipeline.data.dataset import DatasetError
-        from pipeline.data.preprocess import InvalidImage
-
         if isinstance(exc, (DatasetError, InvalidImage, FileNotFoundError, RuntimeError, KeyError, ValueError)):
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -104,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_validate(args, params, data_root) -> int:
-    from pipeline.data import dataset
+    from pipeline.data import training_data
 
-    _, report = dataset.prepare(data_root, params)   # golden set verified, its patients dropped
+    _, report = training_data.prepare(data_root, params)   # golden set verified, its patients dropped
     print(report.summary())
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
@@ -115,14 +116,15 @@ def cmd_validate(args, params, data_root) -> int:
 
 
 def cmd_train(args, params, data_root) -> int:
-    out = args.out or config.runs_dir() / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    if args.mlflow:
-        result = registry.tracked_train(params, data_root, out)
-        print(json.dumps(result, indent=2, default=str))
-        return 0
+    from pipeline.mlops import loading, tracking
     from pipeline.training.train import train
 
-    result = train(params, data_root, out, progress=not args.no_progress)
+    out = args.out or config.runs_dir() / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if args.mlflow:
+        result = tracking.tracked_train(params, data_root, out)
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    result = train(params, data_root, out, progress=not args.no_progress, init=loading.warm_start(params))
     _link_latest(out)
     print(json.dumps({"checkpoint": str(result.checkpoint), "metrics": result.metrics,
                       "wall_time_s": result.system["wall_time_s"]}, indent=2))
@@ -137,20 +139,20 @@ def _link_latest(out: Path) -> None:
 
 
 def load_predictor(model: str):
-    from pipeline.model.network import resolve_checkpoint
     from pipeline.inference.predict import Predictor
+    from pipeline.mlops import loading
 
-    return Predictor.from_checkpoint(resolve_checkpoint(model))
+    return Predictor.from_checkpoint(loading.resolve_model(model))
 
 
 def cmd_evaluate(args, params, data_root) -> int:
     """Held-out figures, the stress table (same patients under every shift) and any external set;
     --split val|train scores another split in distribution only."""
-    from pipeline.data import dataset
+    from pipeline.data import training_data
     from pipeline.evaluation import evaluate, quality, stress
 
     predictor = load_predictor(args.model)
-    splits, _, cache = dataset.load(data_root, params)
+    splits, _, cache = training_data.load(data_root, params)
     if args.split != "test":
         samples = dict(splits.items())[args.split]
         y, p = evaluate.predict_samples(predictor, samples, params, cache)
@@ -180,13 +182,13 @@ def cmd_evaluate(args, params, data_root) -> int:
 
 
 def cmd_predict(args, params, data_root) -> int:
-    from pipeline.data.preprocess import InvalidImage
+    from pipeline.inference.answer import answer_file
 
     predictor = load_predictor(args.model)
     failed = 0
     for path in args.files:
         try:
-            print(json.dumps({"file": str(path), **predictor.predict(path).to_dict()}))
+            print(json.dumps({"file": str(path), **answer_file(path, predictor).prediction.to_dict()}))
         except InvalidImage as exc:
             failed += 1
             print(json.dumps({"file": str(path), "error": exc.reason}))
@@ -218,25 +220,27 @@ def cmd_promote(args, params: Params | None = None, data_root=None) -> int:
     Without --evaluate a person decides: the version becomes champion once it passes
     serving_check (tag decision=promoted_manually, with --reason). With --evaluate the policy decides, as in the DAG.
     """
+    from pipeline.mlops import aliases, candidates, loading, policy
+
     params = params if params is not None else config.load_params(getattr(args, "params", None),
                                                                  getattr(args, "overrides", None) or ())
-    name = getattr(args, "model", None) or registry._name(params)
-    client = registry._client(registry.check_server())
-    version = getattr(args, "version", None) or registry._alias_version(client, name, registry.CHALLENGER)
+    name = getattr(args, "model", None) or server.model_name(params)
+    client = server.connect(server.check_server())
+    version = getattr(args, "version", None) or server.alias_version(client, name, server.CHALLENGER)
     if version is None:
-        raise SystemExit(f"no version given and '{name}' has no '{registry.CHALLENGER}' alias")
+        raise SystemExit(f"no version given and '{name}' has no '{server.CHALLENGER}' alias")
     as_json = getattr(args, "json", False)
     reason = getattr(args, "reason", None)
     if not getattr(args, "evaluate", False):
         # A person may overrule the comparison with the champion, never the serving check: a model
         # that does not load or answers NaN would only be refused by the web app (or worse, served).
-        problems = registry.serving_check(version, name)
+        problems = loading.serving_check(version, name)
         if problems:
             _print({"promoted": False, "version": int(version), "problems": problems}, as_json,
                    f"v{version}: NOT promoted -- " + "; ".join(problems))
             return 2
         reason = reason if reason and reason != "manual promotion" else "manual promotion"
-        result = registry.promote(version, {"reason": f"{reason} (by {getpass.getuser()})", "decided_at": registry._now()},
+        result = aliases.promote(version, {"reason": f"{reason} (by {getpass.getuser()})", "decided_at": server.now()},
                          name=name, force=True)
         _print(result, as_json, f"v{version}: {'now champion' if result['promoted'] else 'unchanged'} -- "
                                 f"{result['reason']}; previous_champion: v{result.get('previous_champion')}")
@@ -246,17 +250,19 @@ def cmd_promote(args, params: Params | None = None, data_root=None) -> int:
     decision = policy.decide(scores, params)
     if reason and reason != "manual promotion":
         decision["reason"] = f"{decision['reason']} ({reason})"
-    result = registry.promote(version, decision, name=name) if decision["promote"] else registry.reject(version, decision, name=name)
+    result = aliases.promote(version, decision, name=name) if decision["promote"] else aliases.reject(version, decision, name=name)
     verdict = "promoted" if result["promoted"] else ("stale" if result.get("stale") else "rejected")
     _print({"decision": decision, "result": result}, as_json, f"v{version}: {verdict} -- {result['reason']}")
     return 0 if result["promoted"] else 2
 
 
 def cmd_rollback(args, params: Params | None = None, data_root=None) -> int:
-    name = getattr(args, "model", None) or (registry._name(params) if params is not None else None)
+    from pipeline.mlops import aliases
+
+    name = getattr(args, "model", None) or (server.model_name(params) if params is not None else None)
     try:
-        result = registry.rollback(name=name, reason=getattr(args, "reason", None) or "manual rollback")
-    except registry.PromotionError as exc:
+        result = aliases.rollback(name=name, reason=getattr(args, "reason", None) or "manual rollback")
+    except server.PromotionError as exc:
         print(f"rollback: {exc}")
         return 2
     _print(result, getattr(args, "json", False),
@@ -267,7 +273,7 @@ def cmd_rollback(args, params: Params | None = None, data_root=None) -> int:
 
 def format_status(st: dict) -> str:
     lines = [f"model {st['model_name']} at {st['tracking_uri']}"]
-    for role in ("champion", "previous_champion", "challenger"):
+    for role in (server.CHAMPION, server.PREVIOUS, server.CHALLENGER):
         d = st[role]
         if d is None:
             lines.append(f"  {role:<18} none")
@@ -283,8 +289,10 @@ def format_status(st: dict) -> str:
 
 
 def cmd_status(args, params: Params | None = None, data_root=None) -> int:
-    name = getattr(args, "model", None) or (registry._name(params) if params is not None else None)
-    st = registry.status(name=name)
+    from pipeline.mlops import versions
+
+    name = getattr(args, "model", None) or (server.model_name(params) if params is not None else None)
+    st = versions.status(name=name)
     _print(st, getattr(args, "json", False), format_status(st))
     return 0
 

@@ -57,7 +57,7 @@ def main(ini: Path, home: Path) -> None:
     trainer = os.environ.get("MLFLOW_TRAINER_USER")
     if trainer and store.has_user(trainer, use_primary=True):
         for model in trainer_models():
-            # the lock name as pipeline.mlops.registry.lock_name (not imported: the server needs no pipeline)
+            # the lock name as pipeline.mlops.aliases.lock_name (not imported: the server needs no pipeline)
             for name in (model, f"locks.promotion.{model}"):
                 grant_manage(store, name, trainer)
     print(f"mlflow_auth: basic auth on, users {', '.join(u[0] for u in users)}", file=sys.stderr)

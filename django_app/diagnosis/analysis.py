@@ -19,6 +19,11 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 from PIL import Image
 
+from pipeline.data import preprocess
+from pipeline.inference import gate
+from pipeline.inference.answer import answer
+from pipeline.inference.upload import Limits, png_bytes
+
 from .models import Diagnosis, Refusal
 
 log = logging.getLogger(__name__)
@@ -59,10 +64,8 @@ def read_upload(upload) -> bytes:
     return upload.read()
 
 
-def limits():
+def limits() -> Limits:
     """The site's upload limits (settings), for pipeline.inference.upload."""
-    from pipeline.inference.upload import Limits
-
     return Limits(max_bytes=settings.XRAY_MAX_UPLOAD_BYTES, max_pixels=settings.XRAY_MAX_PIXELS,
                   min_side=settings.XRAY_MIN_SIDE)
 
@@ -77,22 +80,14 @@ def stored_name(name: str | None, fmt: str) -> str:
 
 def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatmap: bool = True) -> Diagnosis:
     """Analyse one image with the given champion and record it. Raises UploadRejected; stores
-    nothing unless the whole analysis succeeded. The file is checked and decoded by
-    pipeline.inference.upload in a decoder process with hard limits; what is stored is its pixels only
-    (no EXIF, text chunks or DICOM header: they may name the patient)."""
-    from pipeline.inference import gate, upload
-    from pipeline.data import preprocess
-
+    nothing unless the whole analysis succeeded. The answer comes from pipeline.inference.answer,
+    the one inference path (the file decoded in a process with hard limits, the input gate, the
+    forward pass on the champion's batching thread); what is stored is the decoded file's pixels
+    only (no EXIF, text chunks or DICOM header: they may name the patient)."""
     check_size(len(data))
-    t0 = time.perf_counter()
-    try:  # the input gate: file checks before decoding, feature checks on the forward pass
-        decoded = upload.decode_untrusted(data, champion.predictor.image_size, limits(), keep=True)
-        started = time.perf_counter()
-        cam = None
-        if heatmap:
-            prediction, cam = champion.gradcam(decoded.image, decoded.warnings)
-        else:
-            prediction = champion.predict(decoded.image, decoded.warnings)
+    try:
+        result = answer(data, champion.predictor, limits=limits(), heatmap=heatmap, keep=True,
+                        network=champion.runner)
     except gate.NotAChestXray as exc:
         Refusal.objects.create(owner=owner, source=source, file_format=_sniff_format(data), size_bytes=len(data),
                                reason=exc.reason[:500], gate_score=exc.score, model_name=champion.name,
@@ -100,7 +95,8 @@ def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatm
         raise UploadRefused(exc.reason) from None
     except preprocess.InvalidImage as exc:
         raise UploadRejected(exc.reason) from None
-    inference_ms = (time.perf_counter() - started) * 1000
+    started = time.perf_counter()
+    prediction, cam, decoded = result.prediction, result.heatmap, result.file
     fmt = decoded.format
     width, height = decoded.size
 
@@ -110,7 +106,7 @@ def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatm
         label=prediction.label, probability=float(prediction.probability),
         threshold=float(prediction.threshold), model_name=champion.name,
         model_version=str(champion.version), model_run_id=champion.run_id or "",
-        inference_ms=inference_ms, heatmap_empty=cam is not None and not float(np.max(cam)) > 0,
+        inference_ms=result.infer_ms, heatmap_empty=cam is not None and not float(np.max(cam)) > 0,
         gate_score=prediction.gate_score, warning=prediction.warning[:500],
     )
     stored = []
@@ -127,8 +123,8 @@ def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatm
             f.storage.delete(f.name)
         raise
     # for the Server-Timing header: where a request's time went (ms)
-    diagnosis.timings = {"decode": (started - t0) * 1000, "infer": inference_ms,
-                         "store": (time.perf_counter() - started) * 1000 - inference_ms}
+    diagnosis.timings = {"decode": result.decode_ms, "infer": result.infer_ms,
+                         "store": (time.perf_counter() - started) * 1000}
     return diagnosis
 
 
@@ -153,8 +149,6 @@ def heatmap_png(cam: np.ndarray, side: int = 512) -> bytes:
     """Grad-CAM [S, S] in [0, 1] -> smooth RGBA PNG (stretched over the X-ray, as the model squashed it)."""
     big = Image.fromarray((np.clip(cam, 0, 1) * 255).astype(np.uint8), mode="L").resize(
         (side, side), Image.Resampling.BICUBIC)
-    from pipeline.inference.upload import png_bytes
-
     rgba = colormap(np.asarray(big, dtype=np.float32) / 255.0)
     return png_bytes(Image.fromarray(rgba, mode="RGBA"))
 
@@ -177,8 +171,6 @@ def derived_path(diagnosis: Diagnosis, kind: str) -> Path:
 
 
 def _render(source: Path, target: Path, side: int) -> None:
-    from pipeline.data import preprocess
-
     lim = limits()  # a file the site stored itself, metadata-free: decoded in process
     img = preprocess.load_image(source, draft_size=side, max_pixels=lim.max_pixels, max_bytes=lim.max_bytes,
                                 min_side=lim.min_side)  # what the model saw, grey

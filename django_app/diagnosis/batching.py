@@ -6,8 +6,9 @@ in parallel in the request threads oversubscribes the cores. So every model call
 this queue: a single thread takes everything that is waiting (no added wait: a lone request runs
 at once) and answers each request's future.
 
-The numbers are `pipeline.inference.predict.Predictor`'s own (`forward`, `gradcam_features`): batching
-changes how many images one forward pass carries, not what it computes.
+A runner is the `network` that pipeline.inference.answer.answer() runs (`logit_features`,
+`gradcam_features`, the Predictor's own methods): batching changes how many images one forward pass
+carries, not what it computes.
 """
 from __future__ import annotations
 
@@ -43,20 +44,12 @@ class ModelRunner:
         self.images = 0
 
     # --- what requests call ------------------------------------------------------------------
-    def probability(self, array: np.ndarray, timeout: float | None = 120) -> float:
-        """P(pneumonia) of one uint8 [S, S] image."""
-        return self.probability_features(array, timeout)[0]
-
-    def probability_features(self, array: np.ndarray, timeout: float | None = 120):
-        """(P(pneumonia), pooled features [1, D] for pipeline.inference.gate) of one uint8 [S, S] image."""
-        return self._submit(("prob", array)).result(timeout)
-
-    def gradcam(self, img, timeout: float | None = 120):
-        """(Prediction, heat map) of one decoded image, alone in its forward/backward pass."""
-        return self.gradcam_features(img, timeout)[:2]
+    def logit_features(self, array: np.ndarray, timeout: float | None = 120):
+        """(raw logit, pooled features [1, D] for the input gate) of one uint8 [S, S] image."""
+        return self._submit(("logit", array)).result(timeout)
 
     def gradcam_features(self, img, timeout: float | None = 120):
-        """(Prediction, heat map, pooled features [1, D]) of one decoded image."""
+        """(Prediction, heat map, pooled features [1, D]) of one decoded image, alone in its pass."""
         return self._submit(("cam", img)).result(timeout)
 
     def close(self) -> None:
@@ -122,18 +115,17 @@ class ModelRunner:
             self._run_locked(batch)
 
     def _run_locked(self, batch) -> None:
-        probs = [(job, fut) for job, fut in batch if job[0] == "prob"]
+        singles = [(job, fut) for job, fut in batch if job[0] == "logit"]
         cams = [(job, fut) for job, fut in batch if job[0] == "cam"]
-        if probs:
+        if singles:
             try:
-                logits, feats = self.predictor.forward(np.stack([job[1] for job, _ in probs]))
-                out = self.predictor.calibration.probability(logits)
-                for i, ((_, fut), p) in enumerate(zip(probs, out)):
-                    fut.set_result((float(p), feats[i:i + 1]))
+                logits, feats = self.predictor.forward(np.stack([job[1] for job, _ in singles]))
+                for i, (_, fut) in enumerate(singles):
+                    fut.set_result((float(logits[i]), feats[i:i + 1]))
                 self.batches += 1
-                self.images += len(probs)
+                self.images += len(singles)
             except BaseException as exc:  # every waiting request learns it, none hangs
-                for _, fut in probs:
+                for _, fut in singles:
                     fut.set_exception(exc)
         for job, fut in cams:
             try:

@@ -61,23 +61,6 @@ class Champion:
     def threshold(self) -> float:
         return float(self.predictor.threshold)
 
-    def predict(self, img, warnings=()):
-        """Prediction for a decoded "L" image (batched with concurrent requests), judged by the
-        model's input gate: raises pipeline.inference.gate.NotAChestXray."""
-        from pipeline.data import preprocess
-
-        arr = preprocess.to_array(img, self.predictor.image_size)
-        probability, feats = self.runner.probability_features(arr)
-        return self.predictor.judged(self.predictor.label_for(probability), arr, feats, warnings)
-
-    def gradcam(self, img, warnings=()):
-        """(Prediction, heat map [S, S] in [0, 1]), judged by the input gate like predict()."""
-        from pipeline.data import preprocess
-
-        prediction, cam, feats = self.runner.gradcam_features(img)
-        arr = preprocess.to_array(img, self.predictor.image_size)
-        return self.predictor.judged(prediction, arr, feats, warnings), cam
-
     def close(self) -> None:
         self.runner.close()
 
@@ -94,9 +77,9 @@ class Champion:
 
 
 class MlflowRegistry:
-    """Asks the MLflow registry which version holds the alias, and loads it via pipeline.mlops.registry."""
+    """Asks the MLflow registry which version holds the alias, and loads it via pipeline.mlops.aliases."""
 
-    def __init__(self, tracking_uri: str, name: str, alias: str = "champion", torch_threads: int = 0,
+    def __init__(self, tracking_uri: str, name: str, alias: str, torch_threads: int = 0,
                  max_batch: int = 8, fast: bool = False):
         self.tracking_uri = tracking_uri
         self.name = name
@@ -105,24 +88,15 @@ class MlflowRegistry:
         self.max_batch = max_batch
         self.fast = fast
 
-    def _client(self):
-        from mlflow import MlflowClient
-
-        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
-
     def current_version(self) -> str | None:
         """Version number holding the alias; None when there is none; RegistryUnavailable otherwise."""
-        from mlflow.exceptions import MlflowException
+        from pipeline.mlops import server
 
         try:
-            return str(self._client().get_model_version_by_alias(self.name, self.alias).version)
-        except MlflowException as exc:
-            code = getattr(exc, "error_code", "")
-            if code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-                return None
+            version = server.alias_version(server.connect(self.tracking_uri), self.name, self.alias)
+        except Exception as exc:  # connection refused, timeouts, DNS, server errors
             raise RegistryUnavailable(_short(exc)) from None
-        except Exception as exc:  # connection refused, timeouts, DNS
-            raise RegistryUnavailable(_short(exc)) from None
+        return None if version is None else str(version)
 
     def load(self) -> Champion:
         import mlflow
@@ -132,11 +106,11 @@ class MlflowRegistry:
             import torch
 
             torch.set_num_threads(self.torch_threads)
-        from pipeline.mlops import registry
+        from pipeline.mlops import loading
 
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
-        predictor, mv = registry.load_champion(self.name, alias=self.alias, tracking_uri=self.tracking_uri,
+        predictor, mv = loading.load_champion(self.name, alias=self.alias, tracking_uri=self.tracking_uri,
                                                fast=self.fast, threads=self.torch_threads)
         _warm_up(predictor)
         return Champion(
@@ -362,9 +336,11 @@ _holder_lock = threading.Lock()
 def model_card(version: str) -> str:
     """The model card (Markdown description) of a registered version of the served model.
     Raises RegistryUnavailable when MLflow cannot be asked, LookupError for an unknown version."""
+    from pipeline.mlops import server
+
     registry = holder().registry  # the registered model that serves this site
     name = registry.name
-    client = registry._client()
+    client = server.connect(registry.tracking_uri)
     try:
         return client.get_model_version(name, str(version)).description or ""
     except Exception as exc:  # noqa: BLE001 - mlflow raises its own or requests' errors

@@ -18,6 +18,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from pipeline.mlops.server import CHAMPION
 from pipeline.settings.config import load_params, model_name
 
 BASE_DIR = Path(__file__).resolve().parent.parent  # django_app/
@@ -226,7 +227,7 @@ FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o750
 # --- the champion model ----------------------------------------------------------------------
 XRAY_MODEL_NAME = model_name(XRAY_PIPELINE_PARAMS)  # $XRAY_MODEL_NAME, else params registry.model_name
 MLFLOW_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-XRAY_CHAMPION_ALIAS = os.environ.get("XRAY_CHAMPION_ALIAS", "champion")
+XRAY_CHAMPION_ALIAS = os.environ.get("XRAY_CHAMPION_ALIAS", CHAMPION)
 XRAY_CHAMPION_CHECK_SECONDS = env_number("XRAY_CHAMPION_CHECK_SECONDS", 30.0)
 XRAY_CHAMPION_RETRY_SECONDS = env_number("XRAY_CHAMPION_RETRY_SECONDS", 10.0)
 XRAY_CHAMPION_LOAD_TIMEOUT = env_number("XRAY_CHAMPION_LOAD_TIMEOUT", 120.0)

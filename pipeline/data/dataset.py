@@ -26,6 +26,7 @@ import numpy as np
 from pipeline.settings import config
 from pipeline.data.cache import PreprocessCache
 from pipeline.settings.params import Params
+from pipeline.data import dicom
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
@@ -133,8 +134,6 @@ def _patients_csv(root: Path) -> dict[str, str]:
 
 
 def _dicom_patient(path: Path) -> str | None:
-    from pipeline.data import dicom
-
     with open(path, "rb") as f:
         head = f.read(132)
     if not dicom.is_dicom(head + b"\0"):
@@ -335,38 +334,6 @@ def link_subset(source: str | Path, dest: str | Path, per_class: int, seed: int 
             link.symlink_to(sample.path.resolve())
             created.append(link)
     return created
-
-
-def prepare(root: str | Path, params: Params, cache: PreprocessCache | None = None, golden=None):
-    """discover -> drop golden patients -> subset -> validate -> drop copies of golden images:
-    the usable samples of a data version and the report (what the DAG's validate task, `python -m
-    pipeline validate` and `load` run). `golden`: a loaded pipeline.data.golden.GoldenSet; by default the
-    one params configure, verified against its pin first (GoldenSetError when it changed)."""
-    from pipeline.data import golden as golden_set
-
-    root = Path(root)
-    cache = cache or open_cache(params)
-    golden = golden_set.load(params, cache) if golden is None else golden
-    samples, dropped = golden_set.exclude(discover(root), golden)
-    samples = subset(samples, params.data.subset_per_class, params.data.seed)
-    usable, report = validate(samples, params, cache, root)
-    usable, copies = golden_set.exclude(usable, golden)
-    report.golden_excluded = dropped + copies
-    report.golden = golden.summary() if golden else {}
-    return usable, report
-
-
-def load(root: str | Path, params: Params) -> tuple[Splits, ValidationReport, PreprocessCache]:
-    """prepare (discover, golden exclusion, subset, validate) -> split, with the golden set (when
-    one is configured) attached as `splits.golden`: what training and evaluation start from."""
-    from pipeline.data import golden as golden_set
-
-    cache = open_cache(params)
-    golden = golden_set.load(params, cache)
-    usable, report = prepare(root, params, cache, golden)
-    splits = split(usable, params)
-    splits.golden = golden.samples if golden else []
-    return splits, report, cache
 
 
 def arrays(samples: list[Sample], cache: PreprocessCache) -> tuple[np.ndarray, np.ndarray]:

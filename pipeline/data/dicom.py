@@ -11,7 +11,7 @@ An upload is untrusted, so nothing is decoded before the header says it fits the
   decoding, and only the first frame is decoded (compressed multi-frame files cost one frame).
 - For JPEG-family frames the codestream's own size and components must match the header, since
   the codec allocates what the codestream says, not what the DICOM header says; a JPEG frame's
-  scans and a JPEG 2000 frame's tiles are counted, and its bit depth checked (`_check_codestream`).
+  scans and a JPEG 2000 frame's tiles are counted, and its bit depth checked (`_check_codestream`, imagefile.check_frame).
 
 Intensity: see `to_uint8`. The Modality LUT (or Rescale Slope/Intercept) is applied first, then
 the VOI LUT or window when the file has one (the radiographer's chosen display range), else the
@@ -188,9 +188,26 @@ def _header(meta, ds) -> DicomHeader:
     )
 
 
+@dataclass(frozen=True)
+class Parsed:
+    """A file parsed up to its Pixel Data, once: the header the gate reads, and where decode goes on."""
+    header: DicomHeader
+    meta: object
+    body: "_Body"
+    implicit: bool
+    little: bool
+
+
+def parse(data: bytes, force: bool = False) -> Parsed:
+    """Parse an upload's header without decoding (or inflating) its pixel data; pass it on to decode."""
+    def run() -> Parsed:
+        meta, ds, body, implicit, little = _parse(data, force)
+        return Parsed(_header(meta, ds), meta, body, implicit, little)
+    return _guarded(run)
+
+
 def read_header(data: bytes, force: bool = False) -> DicomHeader:
-    """The header of a DICOM upload, without decoding (or inflating) its pixel data."""
-    return _guarded(lambda: _header(*_parse(data, force)[:2]))
+    return parse(data, force).header
 
 
 def _guarded(fn):
@@ -226,9 +243,8 @@ def check_budget(h: DicomHeader, max_pixels: int, min_side: int) -> None:
 
 
 def _check_codestream(ds, h: DicomHeader, max_pixels: int) -> None:
-    """A JPEG / JPEG-LS / JPEG 2000 frame must be what the header declares (size, components, bit
-    depth), with a bounded amount of work (scans, tiles): the codec allocates and loops over what
-    the codestream says, not what the DICOM header says."""
+    """A JPEG / JPEG-LS / JPEG 2000 frame must be what the header declares, with bounded work: the
+    codec allocates and loops over what the codestream says, not what the DICOM header says."""
     from pydicom.encaps import generate_frames
     from pydicom.uid import UID
 
@@ -238,67 +254,27 @@ def _check_codestream(ds, h: DicomHeader, max_pixels: int) -> None:
         frame = next(generate_frames(ds.PixelData, number_of_frames=h.frames))
     except Exception as exc:
         raise DicomError(f"corrupt encapsulated pixel data: {exc}") from None
-    if frame[:2] == b"\xff\xd8":
-        _check_jpeg_frame(frame, h, max_pixels)
-        return
-    j2k = frame.find(b"\xff\x4f\xff\x51", 0, 256)  # SOC + SIZ (a JP2 box header may precede it)
-    if j2k >= 0:
-        _check_siz(frame[j2k + 4:], h)
-
-
-def _check_jpeg_frame(frame: bytes, h: DicomHeader, max_pixels: int) -> None:
-    try:
-        info = imagefile.jpeg_info(frame)
-        imagefile.check_jpeg(info, max_pixels)
-    except imagefile.FileStructureError as exc:
-        raise DicomError(f"compressed frame: {exc}") from None
-    if (info.height, info.width) != (h.rows, h.columns):
-        raise DicomError(f"compressed frame is {info.width}x{info.height}, header says {h.columns}x{h.rows}")
-    if info.components != h.samples:
-        raise DicomError(f"compressed frame has {info.components} components, header says {h.samples} samples")
-
-
-MAX_J2K_TILES = 4096
-
-
-def _check_siz(siz: bytes, h: DicomHeader) -> None:
-    """JPEG 2000 SIZ marker segment (ISO 15444-1 A.5.1): image and tile geometry, then per component
-    its depth. Components must equal SamplesPerPixel, depth must not exceed BitsStored."""
-    if len(siz) < 38:
-        raise DicomError("corrupt JPEG 2000 codestream: SIZ marker truncated")
-    x1, y1, x0, y0, tw, th, tx0, ty0 = np.frombuffer(siz, ">u4", 8, 4).tolist()
-    components = int.from_bytes(siz[36:38], "big")
-    if (y1 - y0, x1 - x0) != (h.rows, h.columns):
-        raise DicomError(f"compressed frame is {x1 - x0}x{y1 - y0}, header says {h.columns}x{h.rows}")
-    if components != h.samples:
-        raise DicomError(f"JPEG 2000 frame declares {components} components, header says {h.samples} samples")
-    if len(siz) < 38 + 3 * components:
-        raise DicomError("corrupt JPEG 2000 codestream: SIZ marker truncated")
     bits = h.bits_stored if 0 < h.bits_stored <= h.bits_allocated else h.bits_allocated
-    depth = max((siz[38 + 3 * c] & 0x7F) + 1 for c in range(components))
-    if depth > bits:
-        raise DicomError(f"JPEG 2000 frame declares {depth}-bit samples, header says {bits} bits stored")
-    if tw == 0 or th == 0 or tx0 > x0 or ty0 > y0:
-        raise DicomError("corrupt JPEG 2000 codestream: invalid tile grid")
-    tiles = -(-(x1 - tx0) // tw) * -(-(y1 - ty0) // th)
-    if tiles > MAX_J2K_TILES:
-        raise DicomError(f"JPEG 2000 frame of {tiles} tiles (at most {MAX_J2K_TILES}): refused")
+    try:
+        imagefile.check_frame(frame, h.rows, h.columns, h.samples, bits, max_pixels)
+    except imagefile.FileStructureError as exc:
+        raise DicomError(str(exc)) from None
 
 
-def decode(data: bytes, max_pixels: int, min_side: int, force: bool = False) -> np.ndarray:
-    """DICOM bytes -> uint8 [rows, cols] of the first frame (see `to_uint8` for the intensity)."""
-    return _guarded(lambda: _decode(data, max_pixels, min_side, force))
+def decode(data: bytes, max_pixels: int, min_side: int, force: bool = False, parsed: Parsed | None = None) -> np.ndarray:
+    """DICOM bytes -> uint8 [rows, cols] of the first frame (see `to_uint8` for the intensity).
+    `parsed`: the same bytes' parse(), when the caller has already read the header."""
+    return _guarded(lambda: _decode(data, max_pixels, min_side, parsed or parse(data, force)))
 
 
-def _decode(data: bytes, max_pixels: int, min_side: int, force: bool) -> np.ndarray:
+def _decode(data: bytes, max_pixels: int, min_side: int, parsed: Parsed) -> np.ndarray:
     from pydicom.filebase import DicomBytesIO
     from pydicom.filereader import read_dataset
     from pydicom.dataset import FileMetaDataset
     from pydicom.pixels import pixel_array
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-    meta, header_ds, body, implicit, little = _parse(data, force)
-    h = _header(meta, header_ds)
+    h, meta, body, implicit, little = parsed.header, parsed.meta, parsed.body, parsed.implicit, parsed.little
     check_budget(h, max_pixels, min_side)
     if body.deflated:  # inflate what the header promises and no more
         limit = HEADER_BUDGET + h.pixel_bytes + TRAILER_SLACK

@@ -31,6 +31,7 @@ from pipeline.settings import config
 from pipeline.data.cache import content_hash
 from pipeline.data.dataset import DatasetError, Sample, ValidationReport
 from pipeline.settings.params import Params
+from pipeline.data import dataset
 
 
 class GoldenSetError(DatasetError):
@@ -110,8 +111,6 @@ def load(params: Params, cache=None) -> GoldenSet | None:
 
     Unlike a data version, no file of a pinned golden set may be rejected or found under both
     labels: that would silently shrink the set (a file the decoder no longer accepts, say)."""
-    from pipeline.data import dataset
-
     checked = verify(params)
     if checked is None:
         return None

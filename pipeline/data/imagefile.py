@@ -182,3 +182,48 @@ def _strip_png(data: bytes, orientation: int) -> bytes:
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
     return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
+
+
+MAX_J2K_TILES = 4096
+
+
+def check_frame(frame: bytes, rows: int, columns: int, samples: int, bits: int, max_pixels: int) -> None:
+    """A compressed DICOM frame (JPEG family or JPEG 2000) must be what its header declares: size,
+    components, bit depth; and its work bounded (scans, tiles). Raises FileStructureError."""
+    if frame[:2] == b"\xff\xd8":
+        try:
+            info = jpeg_info(frame)
+            check_jpeg(info, max_pixels)
+        except FileStructureError as exc:
+            raise FileStructureError(f"compressed frame: {exc}") from None
+        if (info.height, info.width) != (rows, columns):
+            raise FileStructureError(f"compressed frame is {info.width}x{info.height}, header says {columns}x{rows}")
+        if info.components != samples:
+            raise FileStructureError(f"compressed frame has {info.components} components, header says {samples} samples")
+        return
+    j2k = frame.find(b"\xff\x4f\xff\x51", 0, 256)  # SOC + SIZ (a JP2 box header may precede it)
+    if j2k >= 0:
+        _check_siz(frame[j2k + 4:], rows, columns, samples, bits)
+
+
+def _check_siz(siz: bytes, rows: int, columns: int, samples: int, bits: int) -> None:
+    """JPEG 2000 SIZ marker segment (ISO 15444-1 A.5.1): image and tile geometry, then per component
+    its depth. Components must equal SamplesPerPixel, depth must not exceed BitsStored."""
+    if len(siz) < 38:
+        raise FileStructureError("corrupt JPEG 2000 codestream: SIZ marker truncated")
+    x1, y1, x0, y0, tw, th, tx0, ty0 = struct.unpack(">8I", siz[4:36])
+    components = int.from_bytes(siz[36:38], "big")
+    if (y1 - y0, x1 - x0) != (rows, columns):
+        raise FileStructureError(f"compressed frame is {x1 - x0}x{y1 - y0}, header says {columns}x{rows}")
+    if components != samples:
+        raise FileStructureError(f"JPEG 2000 frame declares {components} components, header says {samples} samples")
+    if len(siz) < 38 + 3 * components:
+        raise FileStructureError("corrupt JPEG 2000 codestream: SIZ marker truncated")
+    depth = max((siz[38 + 3 * c] & 0x7F) + 1 for c in range(components))
+    if depth > bits:
+        raise FileStructureError(f"JPEG 2000 frame declares {depth}-bit samples, header says {bits} bits stored")
+    if tw == 0 or th == 0 or tx0 > x0 or ty0 > y0:
+        raise FileStructureError("corrupt JPEG 2000 codestream: invalid tile grid")
+    tiles = -(-(x1 - tx0) // tw) * -(-(y1 - ty0) // th)
+    if tiles > MAX_J2K_TILES:
+        raise FileStructureError(f"JPEG 2000 frame of {tiles} tiles (at most {MAX_J2K_TILES}): refused")

@@ -74,6 +74,7 @@ def load_image(
     max_bytes: int = DEFAULT_MAX_BYTES,
     min_side: int = MIN_SIDE,
     inspect=None,
+    opened: Image.Image | None = None,
 ) -> Image.Image:
     """Decode and validate one X-ray (JPEG, PNG or DICOM); returns a fully loaded "L" image.
 
@@ -82,16 +83,18 @@ def load_image(
     given, sees the picture before it becomes grey (the input gate's colour and shape checks):
     a JPEG in colour through a separate 1/8-scale colour decode, a PNG as decoded.
 
+    `opened`: the same bytes' open_image() when the caller has read the header already.
+
     Raises InvalidImage for empty, oversized, non-image, corrupt, truncated or bomb files.
     """
     data = read_bytes(source, max_bytes)
-    if is_dicom(data):
-        return _dicom_image(data, max_pixels, min_side)
+    if opened is None and is_dicom(data):
+        return dicom_image(data, max_pixels, min_side)
     try:
-        img = open_image(data, max_pixels, min_side)
+        img = open_image(data, max_pixels, min_side) if opened is None else opened
     except InvalidImage:
         if dicom.looks_like_headerless(data):
-            return _dicom_image(data, max_pixels, min_side, force=True)
+            return dicom_image(data, max_pixels, min_side, force=True)
         raise
     jpeg = img.format in ("JPEG", "MPO")
     if inspect is not None and jpeg:
@@ -228,10 +231,11 @@ def is_dicom(data: bytes) -> bool:
     return dicom.is_dicom(data)
 
 
-def _dicom_image(data: bytes, max_pixels: int, min_side: int, force: bool = False) -> Image.Image:
-    """DICOM -> "L" through dicom.decode: header checked first, one frame, one intensity rule."""
+def dicom_image(data: bytes, max_pixels: int, min_side: int, force: bool = False, parsed=None) -> Image.Image:
+    """DICOM -> "L" through dicom.decode: header checked first, one frame, one intensity rule
+    (`parsed`: the header already read by dicom.parse, not parsed again)."""
     try:
-        pixels = dicom.decode(data, max_pixels, min_side, force=force)
+        pixels = dicom.decode(data, max_pixels, min_side, force=force, parsed=parsed)
     except dicom.DicomError as exc:
         raise InvalidImage(str(exc)) from None
     return _not_blank(Image.fromarray(pixels, mode="L"))

@@ -1,7 +1,7 @@
 """Input drift: are the images sent to the model still like the ones it was trained on?
 
 A stream of served requests (gate score, answer, refused or not) is compared with the champion's
-own reference, stored by `pipeline.inference.gate.fit` in its checkpoint: the deciles of the validation
+own reference, stored by `pipeline.training.gate_fit.fit` in its checkpoint: the deciles of the validation
 X-rays' feature distance and the share of them answered PNEUMONIA. Three signals:
 - PSI (population stability index) of the feature distance over the reference deciles: 0 when
   the inputs look like validation X-rays, > 0.25 is the usual "shifted" level;

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.settings.params import Params
+from pipeline.data import dataset
+from pipeline.settings import config
 
 
 def choose_threshold(y_true, prob, target_sensitivity: float) -> float:
@@ -123,9 +125,6 @@ def predict_samples(predictor, samples, params: Params, cache=None):
 
 def sample_arrays(samples, image_size: int, params: Params, cache=None):
     """(uint8 [N, S, S] images, labels [N]) of validated samples, from the cache at `image_size`."""
-    from pipeline.data import dataset
-    from pipeline.settings import config
-
     if cache is not None and cache.image_size == image_size:
         return dataset.arrays(samples, cache)
     cache = dataset.open_cache(config.apply_overrides(params, {"preprocess.image_size": image_size}))

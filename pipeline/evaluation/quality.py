@@ -16,6 +16,7 @@ import numpy as np
 from pipeline.model import calibration
 from pipeline.evaluation import evaluate, stress
 from pipeline.settings.params import Params
+from pipeline.data import dataset
 
 
 def _stress_set(samples, params: Params, image_size: int, salt: int):
@@ -34,8 +35,6 @@ def stress_set(samples, params: Params, image_size: int):
 def fit_operating_point(predictor, splits, params: Params, cache) -> dict:
     """Set predictor.calibration and predictor.threshold from the validation patients; returns
     what was fitted (for the run's log)."""
-    from pipeline.data import dataset
-
     ep = params.evaluate
     bs = ep.batch_size
     x_val, y_val = dataset.arrays(splits.val, cache)

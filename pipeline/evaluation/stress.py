@@ -20,6 +20,7 @@ from pipeline.model import calibration
 from pipeline.settings import config
 from pipeline.evaluation import evaluate, shift
 from pipeline.data import preprocess
+from pipeline.data.cache import CACHE_VERSION
 
 VERSION = 1  # bump when shift.py or the stress recipe changes: cached stress sets are rebuilt
 
@@ -80,8 +81,6 @@ def build(samples, image_size: int, seed: int = 0, families: list[str] | None = 
 
 
 def preprocess_version() -> int:
-    from pipeline.data.cache import CACHE_VERSION
-
     return CACHE_VERSION
 
 

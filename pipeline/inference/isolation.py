@@ -36,11 +36,14 @@ PROCESSES = int(os.environ.get("XRAY_DECODE_PROCESSES", 2))
 SINGLE_THREADED = {var: "1" for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
-def _serve(conn, memory_mb: int, cpu_seconds: int) -> None:
-    """The decoder process: set its limits, then run one call at a time until the pipe closes."""
+def _serve(conn, memory_mb: int, cpu_seconds: int, preload: str) -> None:
+    """The decoder process: import `preload` (the caller's decoders, before the address space is
+    measured), set its limits, then run one call at a time until the pipe closes."""
+    import importlib
     import resource
 
-    import pipeline.inference.upload  # noqa: F401 - the decoders' imports, before the address space is measured
+    if preload:
+        importlib.import_module(preload)
 
     with open("/proc/self/statm") as f:
         idle = int(f.read().split()[0]) * resource.getpagesize()
@@ -72,10 +75,11 @@ class DecoderFailed(RuntimeError):
 class Decoder:
     """One decoder process and its socket."""
 
-    def __init__(self, memory_mb: int, cpu_seconds: int):
+    def __init__(self, memory_mb: int, cpu_seconds: int, preload: str = ""):
         ours, theirs = socket.socketpair()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.inference.isolation", str(theirs.fileno()), str(memory_mb), str(cpu_seconds)],
+            [sys.executable, "-m", "pipeline.inference.isolation", str(theirs.fileno()), str(memory_mb), str(cpu_seconds),
+             preload],
             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True,
             env={**os.environ, **SINGLE_THREADED, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
         theirs.close()
@@ -120,8 +124,9 @@ class DecoderPool:
     """Up to `size` warm decoders shared by the threads of one process."""
 
     def __init__(self, size: int = PROCESSES, memory_mb: int = MEMORY_MB, cpu_seconds: int = CPU_SECONDS,
-                 wall_seconds: float = WALL_SECONDS):
+                 wall_seconds: float = WALL_SECONDS, preload: str = ""):
         self.size, self.memory_mb, self.cpu_seconds, self.wall_seconds = max(1, size), memory_mb, cpu_seconds, wall_seconds
+        self.preload = preload   # the module whose functions the decoders run, imported at their start
         self._idle: list[Decoder] = []
         self._started = 0
         self._cond = threading.Condition()
@@ -150,7 +155,7 @@ class DecoderPool:
                 if not self._cond.wait(max(0.0, deadline - time.monotonic())):
                     raise InvalidImage("the server is busy decoding other uploads: try again in a moment")
         try:
-            return Decoder(self.memory_mb, self.cpu_seconds)
+            return Decoder(self.memory_mb, self.cpu_seconds, self.preload)
         except BaseException:
             with self._cond:
                 self._started -= 1
@@ -177,14 +182,14 @@ _pool: DecoderPool | None = None
 _pool_lock = threading.Lock()
 
 
-def pool() -> DecoderPool:
+def pool(preload: str = "") -> DecoderPool:
     """This process's decoders (a forked child, e.g. a gunicorn worker, gets its own)."""
     global _pool
     with _pool_lock:
         if _pool is None or _pool._pid != os.getpid():
-            _pool = DecoderPool()
+            _pool = DecoderPool(preload=preload)
         return _pool
 
 
 if __name__ == "__main__":
-    _serve(Connection(int(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3]))
+    _serve(Connection(int(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else "")

@@ -34,7 +34,6 @@ OPSET = 18
 LOGIT_TOLERANCE = 1e-3
 CALIBRATION_IMAGES = 300   # training X-rays that set the int8 activation ranges (NNCF's default)
 INPUT, OUTPUTS = "image", ("logit", "features")
-FILE, INT8_FILE = "model.onnx", "model_int8.onnx"   # their names on every registered version
 
 
 class OnnxMismatch(RuntimeError):

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from pipeline.settings import config
-from pipeline.inference import gate, upload
+from pipeline.inference import gate
 from pipeline.data import preprocess
 from pipeline.model.calibration import Calibration
 from pipeline.model.network import build_model, head, last_stage, load_checkpoint, logits_and_features
@@ -28,6 +28,7 @@ class Prediction:
     threshold: float      # PNEUMONIA when probability >= threshold
     warning: str = ""     # the input gate's caution (e.g. a lateral view), "" when none
     gate_score: float | None = None  # feature distance to the training X-rays (pipeline.inference.gate)
+    logit: float | None = None       # the network's raw output: refitting a site's calibration needs no image
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,22 +73,16 @@ class Predictor:
             raise NonFiniteOutput(f"model output is {probability}: no label given")
         return Prediction(config.CLASSES[int(probability >= self.threshold)], float(probability), self.threshold)
 
-    def predict(self, source: bytes | str | Path) -> Prediction:
-        """Raises preprocess.InvalidImage for anything that is not a usable X-ray, and its
-        subclass gate.NotAChestXray for a readable file that is not a frontal chest film."""
-        decoded = upload.decode_untrusted(preprocess.read_bytes(source), self.image_size)
-        return self.gated(decoded.array, decoded.warnings)
+    def decide(self, logit: float) -> Prediction:
+        """The raw logit -> calibrated probability -> label at the stored threshold."""
+        prediction = self.label_for(float(self.calibration.probability(np.array([logit]))[0]))
+        prediction.logit = float(logit)
+        return prediction
 
-    def predict_image(self, img: Image.Image) -> Prediction:
-        return self.gated(preprocess.to_array(img, self.image_size))
-
-    def predict_batch(self, sources) -> list[Prediction]:
-        return [self.predict(s) for s in sources]
-
-    def gated(self, arr: np.ndarray, warnings=()) -> Prediction:
-        """One forward pass: the prediction, and the pooled features the gate judges."""
+    def logit_features(self, arr: np.ndarray) -> tuple[float, np.ndarray]:
+        """One uint8 [S, S] image -> (raw logit, pooled features [1, D] for the input gate)."""
         logits, feats = self.forward(arr[None])
-        return self.judged(self.label_for(self.calibration.probability(logits)[0]), arr, feats, warnings)
+        return float(logits[0]), feats
 
     def judged(self, prediction: Prediction, arr: np.ndarray, feats, warnings=()) -> Prediction:
         verdict = self.gate.assess(arr, feats, warnings)  # raises gate.NotAChestXray
@@ -142,5 +137,5 @@ class Predictor:
         cam = torch.nn.functional.interpolate(cam, size=arr.shape, mode="bilinear", align_corners=False)[0, 0]
         cam = cam.detach().cpu().numpy()
         cam = cam / cam.max() if cam.max() > 0 else cam
-        prediction = self.label_for(float(self.calibration.probability(float(logit[0].detach()))))
+        prediction = self.decide(float(logit[0].detach()))
         return prediction, cam.astype(np.float32), feats.detach().float().cpu().numpy()

@@ -6,7 +6,7 @@ file that gets past the checks below still cannot take a server's memory or CPU.
 
 The order, for every format (nothing is decoded before the cheap checks pass):
 1. size of the bytes (preprocess.read_bytes);
-2. structure: DICOM header through the bounded parser (dicom.read_header) and the gate's header
+2. structure: DICOM header through the bounded parser, once (dicom.parse) and the gate's header
    rules (modality, body part, frames, colour, aspect); JPEG/PNG header, pixel and byte budget,
    JPEG scans (preprocess.open_image, imagefile);
 3. decoding, JPEG at the smallest scale still >= the model's input (draft);
@@ -23,6 +23,7 @@ from PIL import Image
 
 from pipeline.data import dicom, imagefile, preprocess
 from pipeline.inference import gate
+from pipeline.inference import isolation
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,12 @@ def decode(data: bytes, size: int, limits: Limits = Limits(), keep: bool = False
     headerless = not dicom.is_dicom(data) and dicom.looks_like_headerless(data) and not _raster(data)
     if dicom.is_dicom(data) or headerless:
         return _decode_dicom(data, size, limits, keep, force=headerless)
+    opened = preprocess.open_image(data, limits.max_pixels, limits.min_side)   # the header, checked
+    fmt = "JPEG" if opened.format == "MPO" else opened.format
+    full_size = opened.size
     img = preprocess.load_image(data, draft_size=size, max_pixels=limits.max_pixels, max_bytes=limits.max_bytes,
-                                min_side=limits.min_side, inspect=_inspect)
-    with Image.open(io.BytesIO(data), formats=preprocess.OPENED_FORMATS) as header:  # checked by load_image
-        fmt = "JPEG" if header.format == "MPO" else header.format
-        full_size = header.size
-        orientation = header.getexif().get(0x0112, 1) if keep else 1
+                                min_side=limits.min_side, inspect=_inspect, opened=opened)
+    orientation = opened.getexif().get(0x0112, 1) if keep else 1   # after decoding: a PNG's eXIf may follow IDAT
     try:
         stored = imagefile.strip(data, fmt, orientation) if keep else b""
     except imagefile.FileStructureError as exc:
@@ -78,12 +79,11 @@ def _inspect(img: Image.Image) -> None:
 
 def _decode_dicom(data: bytes, size: int, limits: Limits, keep: bool, force: bool) -> Decoded:
     try:
-        header = dicom.read_header(data, force=force)
+        parsed = dicom.parse(data, force=force)   # once: the gate reads it, the decoder goes on from it
     except dicom.DicomError as exc:
         raise preprocess.InvalidImage(str(exc)) from None
-    warnings = gate.check_dicom_header(header)
-    img = preprocess.load_image(data, max_pixels=limits.max_pixels, max_bytes=limits.max_bytes,
-                                min_side=limits.min_side)
+    warnings = gate.check_dicom_header(parsed.header)
+    img = preprocess.dicom_image(data, limits.max_pixels, limits.min_side, parsed=parsed)
     # kept as the rendering the model saw (a DICOM file is all metadata around its pixels)
     stored = png_bytes(img) if keep else b""
     return Decoded(preprocess.to_array(img, size), "DICOM", img.size, warnings, stored, "PNG" if keep else "")
@@ -97,6 +97,4 @@ def png_bytes(img: Image.Image) -> bytes:
 
 def decode_untrusted(data: bytes, size: int, limits: Limits = Limits(), keep: bool = False) -> Decoded:
     """decode() in a decoder process under CPU, memory and wall-clock limits (pipeline.inference.isolation)."""
-    from pipeline.inference import isolation
-
-    return isolation.pool().run(decode, data, size, limits, keep)
+    return isolation.pool(preload=__name__).run(decode, data, size, limits, keep)

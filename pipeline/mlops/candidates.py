@@ -6,22 +6,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+
+from pipeline.data import training_data
+from pipeline.evaluation import compare, evaluate, fastpath, quality
+from pipeline.mlops.loading import download_version, load_version
+from pipeline.mlops.server import (CHAMPION, FAST_PATH_TAG, alias_version, check_server, connect, jsonable,
+                                   model_name, tag_version)
+from pipeline.model.artifacts import onnx_in
 from pipeline.settings.params import Params
-from pipeline.mlops.registry import (CHAMPION, FAST_PATH_TAG, _alias_version, _client, _jsonable, _name, _tag_version,
-                               check_server, download_version, load_version)
 
 
 def fast_path_report(version: int, splits, params: Params, cache, name: str | None = None) -> dict:
     """The version's fast path against its float32 reference on the held-out patients and on the
-    same patients under every stress shift (pipeline.inference.engine.check). Anything going wrong is a
+    same patients under every stress shift (pipeline.evaluation.fastpath.check). Anything going wrong is a
     failed check: the fast path is an optimisation, never a requirement."""
-    import numpy as np
 
-    from pipeline.evaluation import evaluate, quality
-    from pipeline.inference import engine
-    from pipeline.mlops.pyfunc import onnx_in
-
-    name = _name(name=name)
+    name = model_name(name=name)
     try:
         predictor, _ = load_version(version, name)
         local = download_version(version, name)
@@ -31,7 +33,7 @@ def fast_path_report(version: int, splits, params: Params, cache, name: str | No
         held = evaluate.sample_arrays(splits.test, predictor.image_size, params, cache)
         shifted = quality.stress_set(splits.test, params, predictor.image_size)
         stress = (np.concatenate(list(shifted.arrays.values())), np.tile(shifted.labels, len(shifted.arrays)))
-        return _jsonable(engine.check(predictor, onnx_file, {"held-out": held, "stress": stress},
+        return jsonable(fastpath.check(predictor, onnx_file, {"held-out": held, "stress": stress},
                                         int8_path=onnx_in(local, int8=True)))
     except Exception as exc:  # noqa: BLE001
         return {"ok": False, "reason": f"check failed: {type(exc).__name__}: {exc}", "precision": "", "sets": {},
@@ -41,7 +43,7 @@ def fast_path_report(version: int, splits, params: Params, cache, name: str | No
 def check_fast_path(version: int, splits, params: Params, cache, name: str | None = None) -> dict:
     """fast_path_report, recorded on the version: tag `fast_path=on|off` with the figures. The site
     runs a version on the fast path only when it is `on` (load_version(fast=True))."""
-    name = _name(name=name)
+    name = model_name(name=name)
     result = fast_path_report(version, splits, params, cache, name)
     sets = result["sets"].values()
     tags = {FAST_PATH_TAG: "on" if result["ok"] else "off", f"{FAST_PATH_TAG}.reason": result["reason"][:500],
@@ -49,7 +51,7 @@ def check_fast_path(version: int, splits, params: Params, cache, name: str | Non
     if sets:
         tags[f"{FAST_PATH_TAG}.label_agreement"] = f"{min(r['label_agreement'] for r in sets):.4f}"
         tags[f"{FAST_PATH_TAG}.auc_delta"] = f"{max(r.get('auc_delta', 0.0) for r in sets):.4f}"
-    _tag_version(_client(), name, version, tags)
+    tag_version(connect(), name, version, tags)
     return result
 
 
@@ -59,13 +61,10 @@ def evaluate_candidates(challenger_version: int, params: Params, data_root) -> d
     configured: verified against its pin first), each at its own stored threshold; and compare them
     paired on those same images (DeLong for held-out, external and golden, a patient bootstrap for
     the mean AUC under shift). Returns plain JSON (the DAG passes it through XCom)."""
-    from pipeline.evaluation import compare, quality
-    from pipeline.data import dataset
-
-    client = _client(check_server())
-    name = _name(params)
-    splits, report, cache = dataset.load(Path(data_root), params)   # golden set verified against its pin
-    champion = _alias_version(client, name, CHAMPION)
+    client = connect(check_server())
+    name = model_name(params)
+    splits, report, cache = training_data.load(Path(data_root), params)   # golden set verified against its pin
+    champion = alias_version(client, name, CHAMPION)
     level = params.promotion.confidence
 
     def score(version: int) -> dict:
@@ -93,4 +92,4 @@ def evaluate_candidates(challenger_version: int, params: Params, data_root) -> d
             if key in a:
                 comparison[key] = compare.delong(a[key]["y"], a[key]["p"], b[key]["p"], level).to_dict()
         out["comparison"] = comparison
-    return _jsonable(out)
+    return jsonable(out)

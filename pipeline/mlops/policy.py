@@ -6,7 +6,7 @@ promote or not, with the reason in words (it is what reviewers and doctors' IT r
 from __future__ import annotations
 
 from pipeline.settings.params import Params
-from pipeline.mlops.registry import _finite, _fmt, _jsonable, _now
+from pipeline.mlops.server import finite, fmt, jsonable, now
 
 
 def _floor_failures(metrics: dict, floors: dict, prefix: str = "", label: str = "") -> list[str]:
@@ -14,7 +14,7 @@ def _floor_failures(metrics: dict, floors: dict, prefix: str = "", label: str = 
     for key, floor in (floors or {}).items():
         value = metrics.get(prefix + key)
         name = f"{label}{key}"
-        if not _finite(value):
+        if not finite(value):
             failed.append(f"{name} unavailable (floor {floor})")
         elif value < float(floor):
             failed.append(f"{name} {value:.4f} < floor {float(floor):.4f}")
@@ -42,8 +42,8 @@ def _golden_note(ch_m: dict, champ_m: dict | None, comparison: dict | None) -> s
         return ""
 
     def figures(m: dict) -> str:
-        return (f"AUC {_fmt(m.get('golden_auc'))}, sensitivity {_fmt(m.get('golden_sensitivity'))}, "
-                f"specificity {_fmt(m.get('golden_specificity'))}, ECE {_fmt(m.get('golden_ece'))}")
+        return (f"AUC {fmt(m.get('golden_auc'))}, sensitivity {fmt(m.get('golden_sensitivity'))}, "
+                f"specificity {fmt(m.get('golden_specificity'))}, ECE {fmt(m.get('golden_ece'))}")
 
     note = f" [golden set, {int(ch_m['golden_n'])} images: challenger {figures(ch_m)}"
     if champ_m and "golden_n" in champ_m:
@@ -82,12 +82,12 @@ def decide(scores: dict, params: Params) -> dict:
             "champion_score": champ["metrics"].get("stress_mean_auc") if champ else None,
             "non_inferiority_margin": margin, "n_test": n, "n_stress": scores.get("n_stress"),
             "challenger_metrics": ch_m, "champion_metrics": champ["metrics"] if champ else None,
-            "comparison": scores.get("comparison"), "decided_at": _now()}
+            "comparison": scores.get("comparison"), "decided_at": now()}
     on = f" on {n} held-out images" if n else ""
     golden = _golden_note(ch_m, champ["metrics"] if champ else None, scores.get("comparison"))
 
     def _decision(decision: dict) -> dict:   # every reason ends with the golden-set figures
-        return _jsonable({**decision, "reason": decision["reason"] + golden})
+        return jsonable({**decision, "reason": decision["reason"] + golden})
 
     failed = _all_floor_failures(ch_m, policy)
     base["floors_failed"] = failed
@@ -98,7 +98,7 @@ def decide(scores: dict, params: Params) -> dict:
         if first == "promote_if_floors":
             return _decision({**base, "promote": True, "reason":
                               f"no champion yet; challenger v{ch['version']} passes every floor (held-out AUC "
-                              f"{_fmt(ch_m.get('auc'))}, worst-shift AUC {_fmt(ch_m.get('stress_worst_auc'))}{on})"})
+                              f"{fmt(ch_m.get('auc'))}, worst-shift AUC {fmt(ch_m.get('stress_worst_auc'))}{on})"})
         return _decision({**base, "promote": False, "reason":
                           f"no champion yet and promotion.first_champion={first!r}: promote by hand "
                           f"(python -m pipeline promote --version {ch['version']} --force)"})
@@ -113,27 +113,32 @@ def decide(scores: dict, params: Params) -> dict:
     comparison = scores.get("comparison") or {}
     if not comparison.get("test") or not comparison.get("stress"):
         return _decision({**base, "promote": False, "reason": "no paired comparison with the champion was made"})
+    promote, reason = _paired_verdict(ch["version"], champ["version"], comparison, policy)
+    return _decision({**base, "promote": promote, "reason": reason})
+
+
+def _paired_verdict(ch_version, champ_version, comparison: dict, policy) -> tuple[bool, str]:
+    """Rule 4 and 5 of decide(): the paired AUC differences, each against the margin."""
+    margin = policy.non_inferiority_margin
     parts, worse, unproven = [], [], []
     for key in ("test", "stress", "external"):   # the golden set: its own rule below (small, fixed)
         c = comparison.get(key)
         if not c:
             continue
-        text = f"{COMPARISON_LABELS[key]} {c['delta']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]"
-        parts.append(text)
+        parts.append(f"{COMPARISON_LABELS[key]} {c['delta']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]")
         if c["high"] < 0:
             worse.append(COMPARISON_LABELS[key])
         elif c["low"] < -margin:
             unproven.append(COMPARISON_LABELS[key])
-    verdict = (f"challenger v{ch['version']} vs champion v{champ['version']}, AUC difference "
+    verdict = (f"challenger v{ch_version} vs champion v{champ_version}, AUC difference "
                f"[{int(100 * policy.confidence)} % interval]: " + "; ".join(parts))
     gold = comparison.get("golden")
     if policy.golden_no_worse and gold and gold["high"] < 0:
         worse.append(COMPARISON_LABELS["golden"])
     if worse:
-        return _decision({**base, "promote": False, "reason": f"{verdict}: significantly worse {', '.join(worse)}"})
+        return False, f"{verdict}: significantly worse {', '.join(worse)}"
     if unproven:
-        return _decision({**base, "promote": False, "reason":
-                          f"{verdict}: not shown non-inferior (margin {margin}) {', '.join(unproven)}"})
+        return False, f"{verdict}: not shown non-inferior (margin {margin}) {', '.join(unproven)}"
     if comparison["stress"]["delta"] < 0:
-        return _decision({**base, "promote": False, "reason": f"{verdict}: no gain under shift"})
-    return _decision({**base, "promote": True, "reason": f"{verdict}: non-inferior everywhere, not worse under shift"})
+        return False, f"{verdict}: no gain under shift"
+    return True, f"{verdict}: non-inferior everywhere, not worse under shift"

@@ -35,11 +35,13 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from pipeline.data.preprocess import InvalidImage
+from pipeline.inference.answer import answer
+from pipeline.inference.predict import Predictor
+from pipeline.model import artifacts
+
 INPUT_COLUMN = "image"
 OUTPUT_COLUMNS = ("probability", "label", "threshold", "error", "warning", "gate_score")
-CHECKPOINT_ARTIFACT = "checkpoint"      # key in `artifacts`; the file lands in <model>/artifacts/model.pt
-ONNX_ARTIFACT = "onnx"                  # <model>/artifacts/model.onnx: the network for other runtimes
-ONNX_INT8_ARTIFACT = "onnx_int8"        # <model>/artifacts/model_int8.onnx: its int8 copy (onnx_export.quantize)
 
 
 def _as_bytes(value) -> bytes:
@@ -63,13 +65,9 @@ with warnings.catch_warnings():
         """Pneumonia classifier: raw image bytes in, probability + label + threshold out."""
 
         def load_context(self, context):
-            from pipeline.inference.predict import Predictor
-
-            self.predictor = Predictor.from_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT], device="cpu")
+            self.predictor = Predictor.from_checkpoint(context.artifacts[artifacts.CHECKPOINT_KEY], device="cpu")
 
         def predict(self, context, model_input, params=None):
-            from pipeline.data.preprocess import InvalidImage
-
             if isinstance(model_input, pd.DataFrame):
                 if INPUT_COLUMN not in model_input.columns:
                     raise ValueError(f"input DataFrame needs a column '{INPUT_COLUMN}' (raw image bytes)")
@@ -82,7 +80,7 @@ with warnings.catch_warnings():
             threshold = float(self.predictor.threshold)
             for cell in cells:
                 try:
-                    pred = self.predictor.predict(_as_bytes(cell))
+                    pred = answer(_as_bytes(cell), self.predictor).prediction
                 except (InvalidImage, TypeError, ValueError) as exc:
                     reason = getattr(exc, "reason", None) or str(exc)
                     rows.append({"probability": float("nan"), "label": "", "threshold": threshold, "error": reason,
@@ -140,10 +138,10 @@ def log_pyfunc(checkpoint: str | Path, input_example: bytes | None = None, name:
                **kwargs) -> "mlflow.models.model.ModelInfo":
     """Log the checkpoint (and its ONNX export and int8 copy, pipeline.inference.onnx_export) as a pyfunc
     model under the active run (kwargs go to log_model, e.g. registered_model_name, tags, params)."""
-    artifacts = {CHECKPOINT_ARTIFACT: str(checkpoint)}
-    for key, path in ((ONNX_ARTIFACT, onnx), (ONNX_INT8_ARTIFACT, onnx_int8)):
+    files = {artifacts.CHECKPOINT_KEY: str(checkpoint)}
+    for key, path in ((artifacts.ONNX_KEY, onnx), (artifacts.ONNX_INT8_KEY, onnx_int8)):
         if path is not None:
-            artifacts[key] = str(path)
+            files[key] = str(path)
     with tempfile.TemporaryDirectory(prefix="xray-pyfunc-") as tmp:
         code = _pipeline_source(Path(tmp))
         example = pd.DataFrame({INPUT_COLUMN: [input_example]}) if input_example is not None else None
@@ -152,7 +150,7 @@ def log_pyfunc(checkpoint: str | Path, input_example: bytes | None = None, name:
             return mlflow.pyfunc.log_model(
                 name=name,
                 python_model=XrayModel(),
-                artifacts=artifacts,
+                artifacts=files,
                 code_paths=[str(code)],
                 signature=signature(),
                 input_example=example,
@@ -160,19 +158,3 @@ def log_pyfunc(checkpoint: str | Path, input_example: bytes | None = None, name:
                 **kwargs,
             )
 
-
-def checkpoint_in(model_dir: str | Path) -> Path:
-    """Path of the torch checkpoint inside a downloaded pyfunc model directory."""
-    found = sorted(Path(model_dir).glob("artifacts/*.pt"))
-    if not found:
-        raise FileNotFoundError(f"no checkpoint (artifacts/*.pt) in model directory {model_dir}")
-    return found[0]
-
-
-def onnx_in(model_dir: str | Path, int8: bool = False) -> Path | None:
-    """Path of the ONNX export (int8: its int8 copy) inside a downloaded pyfunc model directory
-    (None: a version without it)."""
-    from pipeline.inference.onnx_export import FILE, INT8_FILE
-
-    path = Path(model_dir) / "artifacts" / (INT8_FILE if int8 else FILE)
-    return path if path.is_file() else None

@@ -19,14 +19,22 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from pipeline.model import artifacts
 from pipeline.settings import config
 from pipeline.settings.params import Params
-from pipeline.mlops.registry import (CHALLENGER, METRIC_KEYS, _client, _finite, _jsonable, _name, check_server,
-                               log_version_scores)
+from pipeline.mlops.loading import warm_start
+from pipeline.mlops.server import CHALLENGER, check_server, connect, finite, jsonable, model_name
+from pipeline.mlops.versions import METRIC_KEYS, log_version_scores
+from pipeline.data.preprocess import load_image, to_array
+from pipeline.data.preprocess import load_spread
+from pipeline.inference import onnx_export
+from pipeline.inference.predict import Predictor
+from pipeline.mlops.pyfunc import log_pyfunc
+from pipeline.training.train import train
+from pipeline.mlops import model_card
 
 log = logging.getLogger(__name__)
 
-MODEL_ARTIFACT = "model"
 
 
 def _git_commit() -> str:
@@ -52,8 +60,6 @@ def _run_name(data_version: str | None, trigger: str) -> str:
 def _example_bytes(data_root: Path, image_size: int) -> bytes | None:
     """A small real X-ray from the data (re-encoded PNG at model size) as the input example."""
     from PIL import Image
-
-    from pipeline.data.preprocess import load_image, to_array
 
     for pattern in ("*.jpeg", "*.jpg", "*.png"):
         for path in sorted(Path(data_root).rglob(pattern))[:5]:
@@ -87,8 +93,6 @@ def _validation_arrays(data_root: Path | None, image_size: int, n: int = 32):
     """(uint8 [n, S, S], where from): n real X-rays spread over the data, else a synthetic set."""
     import numpy as np
 
-    from pipeline.data.preprocess import load_spread
-
     arrays = load_spread(sorted(Path(data_root).rglob("*.jpeg")), image_size, n) if data_root else None
     if arrays is not None:
         return arrays, f"{len(arrays)} real X-rays of {data_root}"
@@ -105,12 +109,8 @@ def _export_onnx(checkpoint: Path, out_dir: Path, data_root: Path | None,
     like the whole fast path, it is an optimisation, never a requirement."""
     import mlflow
 
-    from pipeline.inference import onnx_export
-    from pipeline.inference.predict import Predictor
-    from pipeline.data.preprocess import load_spread
-
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
-    path = onnx_export.export(predictor, out_dir / onnx_export.FILE)
+    path = onnx_export.export(predictor, out_dir / artifacts.ONNX_FILE)
     arrays, source = _validation_arrays(data_root, predictor.image_size)
     report = onnx_export.validate(path, predictor, arrays)
     mlflow.log_dict({**report, "images": source}, "onnx/validation.json")
@@ -120,7 +120,7 @@ def _export_onnx(checkpoint: Path, out_dir: Path, data_root: Path | None,
         if calibration else None
     if images is not None:
         try:
-            int8 = onnx_export.quantize(path, images, predictor.intensity, out_dir / onnx_export.INT8_FILE)
+            int8 = onnx_export.quantize(path, images, predictor.intensity, out_dir / artifacts.ONNX_INT8_FILE)
             tags["onnx.int8_calibrated_on"] = f"{len(images)} training X-rays"
         except Exception as exc:  # noqa: BLE001
             log.warning("int8 copy not made: %s: %s", type(exc).__name__, exc)
@@ -136,8 +136,6 @@ def _register(client, name: str, checkpoint: Path, run_id: str, example: bytes |
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from pipeline.mlops.pyfunc import log_pyfunc
-
     try:
         client.create_registered_model(name, description=(
             "ResNet18 chest X-ray pneumonia classifier (pyfunc: raw image bytes -> probability, "
@@ -148,7 +146,7 @@ def _register(client, name: str, checkpoint: Path, run_id: str, example: bytes |
             raise
     with tempfile.TemporaryDirectory(prefix="xray-onnx-") as tmp:
         onnx_file, int8_file, onnx_tags = _export_onnx(checkpoint, Path(tmp), data_root, calibration)
-        info = log_pyfunc(checkpoint, input_example=example, name=MODEL_ARTIFACT, onnx=onnx_file,
+        info = log_pyfunc(checkpoint, input_example=example, name=artifacts.MODEL_ARTIFACT, onnx=onnx_file,
                           onnx_int8=int8_file)
     tags = {"run_id": run_id, **onnx_tags, **version_tags}
     mv = mlflow.register_model(info.model_uri, name, tags=tags)
@@ -160,12 +158,12 @@ def _run_metrics(metrics: dict) -> dict[str, float]:
     """train()'s metrics as flat MLflow metric names: test_* (held-out), stress_*, external_*, golden_*,
     stress.<family>.<strength>.<metric> per shift, best_val_auc, best_epoch, the confusion counts."""
     final = {(k if k.startswith(("stress_", "external_", "golden_", "val_")) else f"test_{k}"): float(v)
-             for k, v in metrics.items() if _finite(v) and k not in ("val_auc", "best_epoch")}
+             for k, v in metrics.items() if finite(v) and k not in ("val_auc", "best_epoch")}
     for shift_name, figures in (metrics.get("stress_per_shift") or {}).items():  # MLflow metric names: no ':'
         final.update({f"stress.{shift_name.replace(':', '.')}.{k}": float(v)
-                      for k, v in figures.items() if _finite(v)})
+                      for k, v in figures.items() if finite(v)})
     final.update({k if k != "val_auc" else "best_val_auc": float(metrics[k])
-                  for k in ("val_auc", "best_epoch") if _finite(metrics.get(k))})
+                  for k in ("val_auc", "best_epoch") if finite(metrics.get(k))})
     cm = metrics.get("confusion_matrix")
     if isinstance(cm, (list, tuple)) and len(cm) == 2 and all(len(r) == 2 for r in cm):
         (tn, fp), (fn, tp) = cm
@@ -205,12 +203,10 @@ def tracked_train(params: Params, data_root, out_dir, run_name: str | None = Non
     """
     import mlflow
 
-    from pipeline.training.train import train
-
     t_start = time.perf_counter()
     uri = check_server()
-    client = _client(uri)
-    name = _name(params)
+    client = connect(uri)
+    name = model_name(params)
     tags = {str(k): str(v) for k, v in (tags or {}).items()}
     trigger = tags.get("trigger", "manual")
     run_name = run_name or _run_name(data_version, trigger)
@@ -230,10 +226,11 @@ def tracked_train(params: Params, data_root, out_dir, run_name: str | None = Non
 
         def on_epoch_end(row: dict) -> None:
             step = int(row.get("epoch", 0))
-            mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch" and _finite(v)}, step=step)
+            mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch" and finite(v)}, step=step)
 
         t_train = time.perf_counter()
-        result = train(params, data_root, out_dir, on_epoch_end=on_epoch_end, progress=False)
+        result = train(params, data_root, out_dir, on_epoch_end=on_epoch_end, progress=False,
+                       init=warm_start(params))
         t_train = time.perf_counter() - t_train
 
         metrics = dict(result.metrics or {})
@@ -243,7 +240,7 @@ def tracked_train(params: Params, data_root, out_dir, run_name: str | None = Non
         t_total = time.perf_counter() - t_start
         mlflow.log_metric("tracking_overhead_s", t_total - t_train)
 
-    return _jsonable({
+    return jsonable({
         "run_id": run_id, "run_name": run_name, "experiment_id": experiment.experiment_id,
         "tracking_uri": uri, "model_name": name, "version": int(mv.version),
         "model_uri": f"models:/{name}/{mv.version}", "metrics": metrics,
@@ -287,9 +284,9 @@ def _log_training(result, metrics: dict, data_root: Path, out_dir: Path, data_ve
 
     system = dict(result.system or {})
     mlflow.set_tags({f"system.{k}": str(v) for k, v in system.items()})
-    if _finite(system.get("wall_time_s")):
+    if finite(system.get("wall_time_s")):
         mlflow.log_metric("train_wall_time_s", float(system["wall_time_s"]))
-    mlflow.log_dict(_jsonable(system), "system.json")
+    mlflow.log_dict(jsonable(system), "system.json")
 
     for fname in ("metrics.json", "history.json", "validation_report.json", "split.json", "operating_point.json"):
         if (out_dir / fname).exists():
@@ -303,8 +300,6 @@ def _register_trained(client, name: str, result, metrics: dict, params: Params, 
                       data_version: str | None, fingerprint: str, commit: str, trigger: str):
     """Register the run's checkpoint as a new version with its scores and model card."""
     import mlflow
-
-    from pipeline.mlops import model_card
 
     image_size = params.preprocess.image_size
     mv = _register(client, name, Path(result.checkpoint), run_id, _example_bytes(data_root, image_size), {
@@ -330,15 +325,15 @@ def register_checkpoint(checkpoint, params: Params, run_name: str | None = None,
     import mlflow
 
     uri = check_server()
-    client = _client(uri)
-    name = _name(params)
+    client = connect(uri)
+    name = model_name(params)
     mlflow.set_experiment(params.registry.experiment)
     tags = {str(k): str(v) for k, v in (tags or {}).items()}
     tags.setdefault("trigger", "import")
     with mlflow.start_run(run_name=run_name or _run_name(None, tags["trigger"]), tags=tags) as run:
         _log_params(params)
         if metrics:
-            mlflow.log_metrics({f"test_{k}": float(v) for k, v in metrics.items() if _finite(v)})
+            mlflow.log_metrics({f"test_{k}": float(v) for k, v in metrics.items() if finite(v)})
         example = _example_bytes(Path(data_root), params.preprocess.image_size) if data_root else None
         mv = _register(client, name, Path(checkpoint), run.info.run_id, example, {"trigger": tags["trigger"]},
                        data_root=Path(data_root) if data_root else None, calibration=calibration)

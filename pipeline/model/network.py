@@ -29,13 +29,19 @@ def _binary_head(model: nn.Module) -> nn.Module:
     return model
 
 
-def build_model(init: str = "scratch") -> nn.Module:
-    """init: `scratch` | `imagenet` | path to a model.pt | `models:/<name>@<alias>` (warm start)."""
+def build_model(init: str | Path = "scratch") -> nn.Module:
+    """init: `scratch` | `imagenet` | path to a model.pt to warm start from (a registered version's
+    `models:/<name>@<alias>` is resolved to its model.pt by pipeline.mlops.loading.resolve_model)."""
     if init == "scratch":
         return _binary_head(_one_channel(resnet18(weights=None)))
     if init == "imagenet":
         return _binary_head(_one_channel(resnet18(weights=_imagenet_weights())))
-    state = load_checkpoint(resolve_checkpoint(init))["state_dict"]
+    if str(init).startswith("models:/"):
+        raise ValueError(f"model.init={init}: resolve it to a model.pt first (pipeline.mlops.loading.resolve_model)")
+    if not Path(init).is_file():
+        raise FileNotFoundError(
+            f"model.init={init!r} is neither scratch, imagenet, an existing checkpoint file nor models:/...")
+    state = load_checkpoint(init)["state_dict"]
     model = build_model("scratch")
     model.load_state_dict(state)
     return model
@@ -73,24 +79,6 @@ def _imagenet_weights():
             f"~/.cache/torch/hub/checkpoints/) or set model.init=scratch or a checkpoint to warm start from."
         ) from exc
     return weights
-
-
-def resolve_checkpoint(init: str) -> Path:
-    """A model.pt path, or the model.pt of a registered MLflow model (models:/name@alias or
-    models:/name/version, through pipeline.mlops.registry's version cache, as the site loads it)."""
-    if init.startswith("models:/"):
-        from pipeline.mlops import registry
-
-        try:
-            return registry.checkpoint_path(init)
-        except Exception as exc:
-            raise RuntimeError(f"cannot load {init}: {exc}") from exc
-    path = Path(init)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"model.init={init!r} is neither scratch, imagenet, an existing checkpoint file nor models:/..."
-        )
-    return path
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -27,9 +27,11 @@ from tqdm.auto import tqdm
 
 from pipeline.settings import config
 from pipeline.data import dataset, preprocess
+from pipeline.data import training_data
 from pipeline.evaluation import evaluate
-from pipeline.inference import gate
+from pipeline.training import gate_fit
 from pipeline.training.augment import augment
+from pipeline.model import artifacts
 from pipeline.model.network import ARCH, build_model
 from pipeline.settings.params import Params, Train
 from pipeline.inference.predict import Predictor
@@ -46,7 +48,7 @@ class TrainResult:
     system: dict
     plots: list[Path] = field(default_factory=list)
     validation_report: Path | None = None
-    gate_metrics: dict = field(default_factory=dict)  # pipeline.inference.gate.fit: thresholds and val rates
+    gate_metrics: dict = field(default_factory=dict)  # pipeline.training.gate_fit.fit: thresholds and val rates
     splits: dataset.Splits | None = None                  # the patients of each split (MLflow's dataset input)
 
 
@@ -221,10 +223,11 @@ def validate(loop: Loop, x_val: np.ndarray, y_val: np.ndarray, batch_size: int) 
     return val_loss, evaluate.roc_auc(y_val, val_logits)
 
 
-def make_loop(params: Params, y_train: np.ndarray, device: torch.device, gen: torch.Generator) -> Loop:
-    """Model (params model.init), EMA, AdamW with warm-up + cosine, class-balanced loss."""
+def make_loop(params: Params, y_train: np.ndarray, device: torch.device, gen: torch.Generator,
+              init: str | Path | None = None) -> Loop:
+    """Model (params model.init, or `init`: its model.pt), EMA, AdamW with warm-up + cosine, class-balanced loss."""
     tp = params.train
-    model = build_model(params.model.init).to(device, memory_format=torch.channels_last)
+    model = build_model(init or params.model.init).to(device, memory_format=torch.channels_last)
     decay = tp.ema_decay
     steps_per_epoch = math.ceil(len(y_train) / tp.batch_size)
     epochs = tp.epochs
@@ -240,7 +243,8 @@ def make_loop(params: Params, y_train: np.ndarray, device: torch.device, gen: to
 
 def train(params: Params, data_root: str | Path, out_dir: str | Path,
           on_epoch_end: Callable[[dict], None] | None = None, progress: bool = True,
-          on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
+          on_step: Callable[[int, torch.nn.Module], None] | None = None,
+          init: str | Path | None = None) -> TrainResult:
     """Validate and split the data at data_root, train, pick the threshold, score the held-out set.
 
     Writes to out_dir: model.pt, metrics.json, history.json, split.json, validation_report.json,
@@ -256,13 +260,13 @@ def train(params: Params, data_root: str | Path, out_dir: str | Path,
     gen = seed_everything(params.data.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    splits, report, cache = dataset.load(data_root, params)
+    splits, report, cache = training_data.load(data_root, params)
     report.save(out_dir / "validation_report.json")
     (out_dir / "split.json").write_text(json.dumps(splits.to_dict(Path(data_root)), indent=1))
     x_train, y_train = dataset.arrays(splits.train, cache)
     x_val, y_val = dataset.arrays(splits.val, cache)
 
-    loop = make_loop(params, y_train, device, gen)
+    loop = make_loop(params, y_train, device, gen, init)
     history = fit(loop, x_train, y_train, x_val, y_val, params, progress, on_epoch_end, on_step)
     del x_train
     model = loop.model
@@ -277,7 +281,7 @@ def train(params: Params, data_root: str | Path, out_dir: str | Path,
     gp = params.gate
     gate_state, gate_metrics = None, {}
     if gp.enabled:
-        gate_state, gate_metrics = gate.fit(predictor, dataset.arrays(splits.train, cache)[0], x_val,
+        gate_state, gate_metrics = gate_fit.fit(predictor, dataset.arrays(splits.train, cache)[0], x_val,
                                             gp.target_false_refusal, gp.max_fit_images,
                                             params.data.seed, gp.distance_margin)
 
@@ -289,7 +293,7 @@ def train(params: Params, data_root: str | Path, out_dir: str | Path,
     system = {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
               "bf16": loop.bf16, "channels_last": True, "cpu": platform.processor() or platform.machine(),
               "python": platform.python_version(), "wall_time_s": round(time.time() - start, 1)}
-    checkpoint = save_checkpoint(out_dir / "model.pt", predictor, params, metrics, data_info["fingerprint"], gate_state)
+    checkpoint = save_checkpoint(out_dir / artifacts.CHECKPOINT_FILE, predictor, params, metrics, data_info["fingerprint"], gate_state)
     plots = evaluate.save_plots(quality["y_test"], quality["p_test"], predictor.threshold, history, out_dir / "plots")
     plots += quality["plots"]
     evaluate.save_metrics(metrics, out_dir / "metrics.json")

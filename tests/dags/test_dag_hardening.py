@@ -31,7 +31,7 @@ def test_only_training_side_keys_are_overridable():
 def test_policy_overrides_fail_and_decided_data_is_not_retrained(world, mlflow_server, tiny_checkpoint,
                                                                   tmp_path, monkeypatch):
     from pipeline.settings import config
-    from pipeline.mlops import registry, tracking
+    from pipeline.mlops import aliases, tracking
 
     name = f"dagtest-hard-{uuid.uuid4().hex[:8]}"
     env = airflow_env(tmp_path / "airflow", XRAY_REPO=str(world.workspace), XRAY_MODEL_NAME=name,
@@ -56,7 +56,7 @@ def test_policy_overrides_fail_and_decided_data_is_not_retrained(world, mlflow_s
     rejected = tracking.register_checkpoint(tiny_checkpoint, params, run_name="rejected-before")["version"]
     client = mlflow_client(mlflow_server)
     client.set_model_version_tag(name, str(rejected), "data.version", data_version)
-    registry.reject(rejected, {"reason": "under the floors", "champion_version": None})
+    aliases.reject(rejected, {"reason": "under the floors", "champion_version": None})
 
     daily = run_dag(env, {"overrides": TINY_OVERRIDES})
     assert daily["state"] == "success", daily["log"][-3000:]

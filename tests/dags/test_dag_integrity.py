@@ -22,7 +22,7 @@ PARSE = textwrap.dedent("""
     out = {"errors": {k: str(v)[-2000:] for k, v in bag.import_errors.items()}, "dag_ids": sorted(bag.dags),
            "wall_s": wall, "file_s": {s.file: s.duration.total_seconds() for s in bag.dagbag_stats},
            "heavy": sorted(m for m in ("torch", "torchvision", "mlflow", "dvc", "sklearn", "pipeline.training.train",
-                                       "pipeline.mlops.registry", "pipeline.data.versioning") if m in sys.modules)}
+                                       "pipeline.mlops.aliases", "pipeline.data.versioning") if m in sys.modules)}
     if dag:
         tt = dag.timetable
         out["timetable"] = {"assets": sorted(a.uri for a in getattr(getattr(tt, "asset_condition", None), "objects", [])),
@@ -77,7 +77,7 @@ def test_dag_operational_settings(parsed):
         assert tasks[not_retried]["retries"] == 0, not_retried
     assert tasks["train"]["timeout"] and tasks["train"]["timeout"] >= 600
     assert all(t["on_failure"] == ["XrayNotifier"] for t in tasks.values())
-    assert tasks["detect"]["downstream"] == ["evaluate", "notify", "train", "validate"]
+    assert tasks["detect"]["downstream"] == ["decide", "evaluate", "notify", "train", "validate"]   # info, with the run's settings
     assert tasks["decide"]["downstream"] == ["promote", "reject"]
     assert tasks["promote"]["downstream"] == tasks["reject"]["downstream"] == ["notify"]
     assert tasks["notify"]["trigger_rule"] == "none_failed_min_one_success"

@@ -51,13 +51,13 @@ def _shifted_stream(reference: dict, n: int = 60, seed: int = 0) -> list[dict]:
 
 def test_drift_dag_reports_and_notifies(tiny_checkpoint, mlflow_server, webhook, tmp_path, monkeypatch):
     from pipeline.settings import config
-    from pipeline.mlops import registry, tracking
+    from pipeline.mlops import aliases, tracking
 
     name = f"drifttest-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     params = config.apply_overrides(config.load_params(), {"registry.model_name": name})
     version = tracking.register_checkpoint(tiny_checkpoint, params, tags={"trigger": "drift-test"})["version"]
-    registry.promote(int(version), name=name, force=True)
+    aliases.promote(int(version), name=name, force=True)
 
     reference = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)["gate"]["reference"]
     site_db = f"sqlite:///{tmp_path / 'site.db'}"

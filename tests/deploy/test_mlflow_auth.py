@@ -74,9 +74,9 @@ def test_only_the_trainer_moves_the_champion(auth_server):
 def test_the_reader_creates_nothing(auth_server):
     """Issue 25 item 11: the web's login reads (GET, searches) and creates nothing: no registered
     model (so never the promotion lock), no experiment, no run."""
-    from pipeline.mlops import registry
+    from pipeline.mlops import aliases
 
-    for name in (registry.lock_name(SERVED), "reader-made-model"):
+    for name in (aliases.lock_name(SERVED), "reader-made-model"):
         r = api(auth_server, "registered-models/create", "web", "POST", json={"name": name})
         assert r.status_code == 403, r.text
     assert api(auth_server, "experiments/create", "web", "POST", json={"name": "reader-exp"}).status_code == 403
@@ -90,7 +90,7 @@ def test_the_reader_creates_nothing(auth_server):
 def test_the_trainer_is_no_admin_and_manages_only_its_model(auth_server, monkeypatch):
     """Issue 25 item 12: the trainer has MANAGE on the served model, its lock and what it creates
     (its experiment, runs, artifacts), and only READ on anything else."""
-    from pipeline.mlops import registry
+    from pipeline.mlops import aliases, loading
 
     user = api(auth_server, "users/get?username=airflow", "admin").json()
     assert user["user"]["is_admin"] is False
@@ -98,7 +98,7 @@ def test_the_trainer_is_no_admin_and_manages_only_its_model(auth_server, monkeyp
     # registry reads that as "no champion yet", as it reads a 404
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "airflow")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", USERS["airflow"])
-    assert registry.champion_version(SERVED, tracking_uri=auth_server) is None
+    assert loading.champion_version(SERVED, tracking_uri=auth_server) is None
     # someone else's model: readable, not writable
     assert api(auth_server, "registered-models/create", "admin", "POST", json={"name": "other-model"}).status_code == 200
     assert api(auth_server, "registered-models/get?name=other-model", "airflow").status_code == 200
@@ -118,7 +118,7 @@ def test_the_trainer_is_no_admin_and_manages_only_its_model(auth_server, monkeyp
     alias = {"name": SERVED, "alias": "champion", "version": mv.json()["model_version"]["version"]}
     assert api(auth_server, "registered-models/alias", "airflow", "POST", json=alias).status_code == 200
     # the promotion lock: create, touch (its lease clock), delete
-    lock = registry.lock_name(SERVED)
+    lock = aliases.lock_name(SERVED)
     assert api(auth_server, "registered-models/create", "airflow", "POST", json={"name": lock}).status_code == 200
     assert api(auth_server, "registered-models/update", "airflow", "PATCH",
                json={"name": lock, "description": "seen"}).status_code == 200

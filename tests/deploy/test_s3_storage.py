@@ -63,7 +63,7 @@ def test_dvc_remote_on_s3(s3, tmp_path):
     # an empty workspace (no data, no cache) gets the same files back from the bucket
     shutil.rmtree(repo / "data/chest_xray")
     shutil.rmtree(repo / ".dvc/cache", ignore_errors=True)
-    proc = subprocess.run([sys.executable, "-c", "from pipeline import versioning; print(versioning.pull())"],
+    proc = subprocess.run([sys.executable, "-c", "from pipeline.data import versioning; print(versioning.pull())"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list((repo / "data/chest_xray/train/NORMAL").glob("*.jpeg"))) == 3

@@ -13,9 +13,12 @@ from PIL import Image, ImageFilter
 
 from pipeline.settings import config
 from pipeline.data import dataset, preprocess
+from pipeline.data import training_data
 from pipeline.evaluation import drift
 from pipeline.inference import gate, upload
 from pipeline.inference.predict import Predictor
+from pipeline.training import gate_fit
+from pipeline.inference.answer import answer_file
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +33,7 @@ def fullres(shared_datasets) -> list:
 
 def _refusal(predictor, blob: bytes) -> str | None:
     try:
-        predictor.predict(blob)
+        answer_file(blob, predictor)
     except gate.NotAChestXray as exc:
         assert exc.reason.startswith(gate.PREFIX)
         return exc.reason
@@ -142,14 +145,14 @@ def test_checkpoint_without_texture_skips_it(tiny_checkpoint, tmp_path, fullres)
     old = Predictor.from_checkpoint(tmp_path / "no-texture.pt", device="cpu")
     assert old.gate.learned and "texture" not in old.gate.description
     assert not old.gate.texture_score(np.zeros((2, 8, 8), np.uint8)).any()
-    assert old.predict(fullres[0].read_bytes()).label in ("NORMAL", "PNEUMONIA")
+    assert answer_file(fullres[0].read_bytes(), old).prediction.label in ("NORMAL", "PNEUMONIA")
 
 
 def test_real_xrays_answered_and_lateral_view_warned(predictor, fullres):
     xray = Image.open(fullres[0])
-    ok = predictor.predict(xray_dicom(xray, "PA"))
+    ok = answer_file(xray_dicom(xray, "PA"), predictor).prediction
     assert ok.warning == "" and ok.gate_score is not None
-    lateral = predictor.predict(xray_dicom(xray, "LL"))
+    lateral = answer_file(xray_dicom(xray, "LL"), predictor).prediction
     assert "lateral view" in lateral.warning
     refused = [p.name for p in fullres if _refusal(predictor, p.read_bytes())]
     rate = len(refused) / len(fullres)
@@ -168,7 +171,7 @@ def test_old_checkpoint_gets_cheap_checks_only(tiny_checkpoint, tmp_path, fullre
     assert not old.gate.learned and "cheap checks only" in old.gate.description
     assert _refusal(old, foreign()["colour photo (flower)"][1])
     assert _refusal(old, foreign()["CT DICOM"][1])
-    answer = old.predict(fullres[0].read_bytes())
+    answer = answer_file(fullres[0].read_bytes(), old).prediction
     assert answer.gate_score is None and answer.label in ("NORMAL", "PNEUMONIA")
 
 
@@ -176,7 +179,7 @@ def test_refit_adds_the_gate_to_an_old_checkpoint(tiny_checkpoint, small_dataset
     ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
     del ckpt["gate"]
     torch.save(ckpt, tmp_path / "old.pt")
-    metrics = gate.refit(tmp_path / "old.pt", small_dataset, tmp_path / "new.pt")
+    metrics = gate_fit.refit(tmp_path / "old.pt", small_dataset, tmp_path / "new.pt")
     assert metrics["gate_val_false_refusal_rate"] <= 0.01 + 1e-9
     assert Predictor.from_checkpoint(tmp_path / "new.pt", device="cpu").gate.learned
 
@@ -190,7 +193,7 @@ def _shift(arr: np.ndarray) -> np.ndarray:
 def test_drift_report_on_a_shifted_stream(predictor, small_dataset, tiny_params):
     """A seeded stream of the validation X-rays (the population the reference describes) as served,
     then the same stream through another 'device': the first is quiet, the second raises the alert."""
-    splits, _, cache = dataset.load(small_dataset, tiny_params)
+    splits, _, cache = training_data.load(small_dataset, tiny_params)
     x = dataset.arrays(splits.val, cache)[0]
     # every validation image 5 times, seeded order: a small reference (13 images at TINY size)
     # makes random draws too lumpy for a PSI over its deciles
@@ -201,7 +204,8 @@ def test_drift_report_on_a_shifted_stream(predictor, small_dataset, tiny_params)
         records = []
         for arr in arrays:
             try:
-                p = predictor.gated(arr)
+                logit, feats = predictor.logit_features(arr)
+                p = predictor.judged(predictor.decide(logit), arr, feats)
                 records.append({"gate_score": p.gate_score, "label": p.label, "refused": False})
             except gate.NotAChestXray as exc:
                 records.append({"gate_score": exc.score, "label": "", "refused": True})

@@ -14,6 +14,7 @@ from pipeline.data import preprocess
 from pipeline.training.augment import augment, photometric
 from pipeline.settings.params import Photometric
 from pipeline.inference.predict import Predictor
+from pipeline.inference.answer import answer_file
 
 
 def png(img: Image.Image) -> bytes:
@@ -62,8 +63,8 @@ def test_answer_is_stable_under_small_changes(predictor, films, change):
             return img.rotate(3, Image.BILINEAR)
         return img.transform(img.size, Image.AFFINE, (1, 0, 3, 0, 1, 2), Image.BILINEAR)
 
-    before = np.array([predictor.predict(png(f)).probability for f in films])
-    after = np.array([predictor.predict(png(changed(f))).probability for f in films])
+    before = np.array([answer_file(png(f), predictor).prediction.probability for f in films])
+    after = np.array([answer_file(png(changed(f)), predictor).prediction.probability for f in films])
     # A change no radiologist would notice must move the answer far less than changing the patient
     # does. Relative, because the session's model is one epoch at 64 px (its probabilities are noisy,
     # a 3 px shift is one of its input pixels); the full model's figures are bench_quality's stress table.

@@ -8,9 +8,11 @@ import onnx
 import pytest
 import torch
 
+from pipeline.evaluation import fastpath
 from pipeline.inference import engine, onnx_export
 from pipeline.data import preprocess
 from pipeline.inference.predict import Predictor
+from pipeline.model import artifacts
 
 
 @pytest.fixture(scope="module")
@@ -65,19 +67,19 @@ def test_a_file_that_does_not_match_is_refused(predictor, xrays, onnx_file, tiny
 
 
 def test_fast_path_agrees_with_the_reference_or_is_refused(predictor, xrays, onnx_file):
-    result = engine.check(predictor, onnx_file, {"held-out": xrays})
+    result = fastpath.check(predictor, onnx_file, {"held-out": xrays})
     report = result["sets"]["held-out"]
     assert result["precision"] in ("bf16", "f32")
     assert 0.0 <= report["label_agreement"] <= 1.0 and report["max_abs_probability_diff"] < 0.05
     # the rule itself: one label in 200 flipped passes, two do not; an AUC move of 0.003 does not
     ok = {"label_agreement": 0.995, "gate_agreement": 1.0, "auc_delta": 0.0}
-    assert engine.verdict({"a": ok})[0]
-    assert not engine.verdict({"a": {**ok, "label_agreement": 0.99}})[0]
-    assert not engine.verdict({"a": {**ok, "gate_agreement": 0.99}})[0]
-    assert "AUC" in engine.verdict({"a": ok, "b": {**ok, "auc_delta": 0.003}})[1]
+    assert fastpath.verdict({"a": ok})[0]
+    assert not fastpath.verdict({"a": {**ok, "label_agreement": 0.99}})[0]
+    assert not fastpath.verdict({"a": {**ok, "gate_agreement": 0.99}})[0]
+    assert "AUC" in fastpath.verdict({"a": ok, "b": {**ok, "auc_delta": 0.003}})[1]
     # and the confidence stays calibrated: ECE may grow by 0.01, not more
-    assert engine.verdict({"a": {**ok, "ece_reference": 0.02, "ece_fast": 0.03}})[0]
-    assert "calibration" in engine.verdict({"a": {**ok, "ece_reference": 0.02, "ece_fast": 0.035}})[1]
+    assert fastpath.verdict({"a": {**ok, "ece_reference": 0.02, "ece_fast": 0.03}})[0]
+    assert "calibration" in fastpath.verdict({"a": {**ok, "ece_reference": 0.02, "ece_fast": 0.035}})[1]
 
 
 def test_predictor_on_the_fast_engine_answers_like_the_reference(predictor, xrays, onnx_file, tiny_checkpoint):
@@ -92,7 +94,7 @@ def test_predictor_on_the_fast_engine_answers_like_the_reference(predictor, xray
 
 def test_int8_copy_is_quantized_keeps_the_metadata_and_runs_in_onnx_runtime(predictor, xrays, onnx_file,
                                                                             training_xrays, tmp_path):
-    int8 = onnx_export.quantize(onnx_file, training_xrays, predictor.intensity, tmp_path / onnx_export.INT8_FILE)
+    int8 = onnx_export.quantize(onnx_file, training_xrays, predictor.intensity, tmp_path / artifacts.ONNX_INT8_FILE)
     model = onnx.load(str(int8))
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -111,7 +113,7 @@ def test_fast_path_check_tries_int8_first_and_falls_back_when_it_disagrees(predi
                                                                           training_xrays, tiny_checkpoint,
                                                                           tmp_path):
     good = onnx_export.quantize(onnx_file, training_xrays, predictor.intensity, tmp_path / "good.onnx")
-    result = engine.check(predictor, onnx_file, {"held-out": xrays}, int8_path=good)
+    result = fastpath.check(predictor, onnx_file, {"held-out": xrays}, int8_path=good)
     assert next(iter(result["tried"])) == "int8"
     assert (result["precision"] == "int8") == result["tried"]["int8"]["ok"]
     # an int8 file of another network (its logits negated) must not answer for this one
@@ -121,7 +123,7 @@ def test_fast_path_check_tries_int8_first_and_falls_back_when_it_disagrees(predi
         other.model.fc.bias.neg_()
     bad = onnx_export.quantize(onnx_export.export(other, tmp_path / "other.onnx"), training_xrays,
                                predictor.intensity, tmp_path / "bad.onnx")
-    result = engine.check(predictor, onnx_file, {"held-out": xrays}, int8_path=bad)
+    result = fastpath.check(predictor, onnx_file, {"held-out": xrays}, int8_path=bad)
     assert list(result["tried"]) == ["int8", result["precision"]] and result["precision"] in ("bf16", "f32")
     assert not result["tried"]["int8"]["ok"] and result["reason"].startswith("int8: ")
     assert result["ok"] == result["tried"][result["precision"]]["ok"]

@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.settings import config
 from pipeline.data import dataset, golden
+from pipeline.data import training_data
 
 
 def link_golden(source: Path, dest: Path, per_class: int, seed: int) -> Path:
@@ -45,12 +46,12 @@ def test_golden_patients_never_reach_a_data_versions_splits(tmp_path, train_fold
     (version / "patients.csv").write_text("file,patient\ntrain/NORMAL/scan-0001.jpeg,ALIAS-0001\n")
     golden_patients = {s.patient for s in dataset.discover(gold)}
 
-    plain, _, _ = dataset.load(version, tiny_params)   # without the golden set: they train and test
+    plain, _, _ = training_data.load(version, tiny_params)   # without the golden set: they train and test
     assert golden_patients <= {s.patient for _, part in plain.items() for s in part}
     assert not plain.golden
 
     params = with_golden(tiny_params, gold)
-    splits, report, _ = dataset.load(version, params)
+    splits, report, _ = training_data.load(version, params)
     scored_apart = [s for name, part in splits.items() if name != "golden" for s in part]
     assert splits.train and splits.val and splits.test
     assert not golden_patients & {s.patient for s in scored_apart}
@@ -65,7 +66,7 @@ def test_golden_patients_never_reach_a_data_versions_splits(tmp_path, train_fold
     assert f"{len(report.golden_excluded)} images of {len(golden_patients) + 1} golden patients" in report.summary()
     assert "golden" in splits.counts() and json.loads(json.dumps(report.to_dict()))["golden_excluded"]
     # the DAG's validate task and `python -m pipeline validate` run the same path
-    usable, again = dataset.prepare(version, params)
+    usable, again = training_data.prepare(version, params)
     assert len(again.golden_excluded) == len(report.golden_excluded)
     assert not golden_patients & {s.patient for s in usable}
 
@@ -80,10 +81,10 @@ def test_an_edited_missing_or_unpinned_golden_set_is_refused(tmp_path, train_fol
     monkeypatch.setenv("XRAY_REPO", str(tmp_path))
     params = config.apply_overrides(tiny_params, {"evaluate.golden_dir": "golden", "evaluate.golden_fingerprint": pin})
     assert golden.main(["fingerprint", str(gold)]) == 0 and capsys.readouterr().out.strip() == pin
-    assert len(dataset.load(version, params)[0].golden) == len(list(gold.rglob("*.jpeg")))   # as pinned: runs
+    assert len(training_data.load(version, params)[0].golden) == len(list(gold.rglob("*.jpeg")))   # as pinned: runs
 
     def refused(match: str):
-        for run in (lambda: dataset.load(version, params), lambda: dataset.prepare(version, params)):
+        for run in (lambda: training_data.load(version, params), lambda: training_data.prepare(version, params)):
             with pytest.raises(golden.GoldenSetError, match=match):
                 run()
 
@@ -105,14 +106,14 @@ def test_an_edited_missing_or_unpinned_golden_set_is_refused(tmp_path, train_fol
     (gold / "NORMAL" / other[1].name).symlink_to(other[1])
     refused("changed since it was pinned")
     (gold / "NORMAL" / other[1].name).unlink()
-    dataset.load(version, params)
+    training_data.load(version, params)
     # missing, and not pinned
     os.rename(gold, tmp_path / "elsewhere")
     refused("golden set not found at .*golden .*dvc pull golden.dvc")
     os.rename(tmp_path / "elsewhere", gold)
     refused_params = config.apply_overrides(params, {"evaluate.golden_fingerprint": "\"\""})
     with pytest.raises(golden.GoldenSetError, match=f"no pinned fingerprint.*prints {pin}"):
-        dataset.load(version, refused_params)
+        training_data.load(version, refused_params)
     # the CLI says it in one line
     from pipeline import cli
 

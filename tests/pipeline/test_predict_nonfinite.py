@@ -8,6 +8,7 @@ from PIL import Image
 
 from pipeline.model.network import build_model
 from pipeline.inference.predict import NonFiniteOutput, Predictor
+from pipeline.inference.answer import answer_file
 
 
 def xray_png() -> bytes:
@@ -24,7 +25,7 @@ def test_non_finite_output_is_refused(value):
             p.fill_(value)
     predictor = Predictor(model, image_size=64, threshold=0.5, device="cpu", intensity="none")
     with pytest.raises(NonFiniteOutput):
-        predictor.predict(xray_png())
+        answer_file(xray_png(), predictor)
     with pytest.raises(NonFiniteOutput):
         predictor.label_for(value)
 

@@ -11,6 +11,8 @@ from pipeline.settings import config
 from pipeline.model import network
 from pipeline.training import train as train_mod
 from pipeline.inference.predict import Predictor
+from pipeline.inference.answer import answer_file
+from pipeline.data import preprocess
 from pipeline.data.preprocess import InvalidImage
 
 
@@ -36,15 +38,15 @@ def test_predictor_returns_sane_probabilities(tiny_checkpoint, shared_datasets):
     predictor = Predictor.from_checkpoint(tiny_checkpoint)
     files = sorted((shared_datasets / "fullres_samples" / "NORMAL").iterdir())[:2] + \
         sorted((shared_datasets / "fullres_samples" / "PNEUMONIA").iterdir())[:2]
-    preds = predictor.predict_batch(files)
+    preds = [answer_file(f, predictor).prediction for f in files]
     for f, p in zip(files, preds):
         assert 0.0 <= p.probability <= 1.0 and p.threshold == predictor.threshold
         assert p.label == ("PNEUMONIA" if p.probability >= p.threshold else "NORMAL")
-        single = predictor.predict(f.read_bytes())  # bytes and path agree
+        single = answer_file(f.read_bytes(), predictor).prediction  # bytes and path agree
         assert single.probability == pytest.approx(p.probability, abs=1e-5)
     assert len({round(p.probability, 6) for p in preds}) > 1  # not a constant output
     with pytest.raises(InvalidImage):
-        predictor.predict(b"not an image at all" * 10)
+        answer_file(b"not an image at all" * 10, predictor)
 
 
 def test_gradcam_heatmap(tiny_checkpoint, shared_datasets):
@@ -55,7 +57,7 @@ def test_gradcam_heatmap(tiny_checkpoint, shared_datasets):
     pred, cam = predictor.gradcam(img)
     assert cam.shape == (64, 64) and cam.dtype == np.float32
     assert 0 <= cam.min() and cam.max() <= 1
-    assert pred.probability == pytest.approx(predictor.predict_image(img).probability, abs=1e-4)
+    assert pred.probability == pytest.approx(predictor.decide(predictor.logit_features(preprocess.to_array(img, predictor.image_size))[0]).probability, abs=1e-4)
 
 
 def test_training_is_reproducible(small_dataset, tiny_params, tmp_path):

@@ -159,13 +159,15 @@ def trained(mlflow_server, small_dataset, reg_params, tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def constant_checkpoint(trained, tmp_path_factory) -> Path:
-    """The trained checkpoint with every weight zeroed: P(pneumonia) = 0.5 for any image, so AUC is
-    exactly 0.5; the stored threshold (< 0.5) calls everything PNEUMONIA (specificity 0)."""
+    """The trained checkpoint with every weight zeroed and an identity calibration: P(pneumonia) = 0.5
+    for any image, so AUC is exactly 0.5; a threshold of 0.25 (set here: the trained one depends on the
+    CPU's arithmetic) calls everything PNEUMONIA (specificity 0)."""
     import torch
 
     ckpt = torch.load(trained["checkpoint"], map_location="cpu", weights_only=True)
     ckpt["state_dict"] = {k: torch.zeros_like(v) if v.is_floating_point() else v
                           for k, v in ckpt["state_dict"].items()}
+    ckpt["threshold"], ckpt["calibration"] = 0.25, {"a": 1.0, "b": 0.0}
     path = tmp_path_factory.mktemp("degraded") / "model.pt"
     torch.save(ckpt, path)
     return path
@@ -211,3 +213,10 @@ def register(model_name, logged_models):
         mlflow.MlflowClient().set_registered_model_alias(model_name, "challenger", version)  # as tracked_train
         return int(version)
     return _register
+
+
+@pytest.fixture(scope="session")
+def xray_bytes(shared_datasets) -> list[bytes]:
+    """Full-resolution originals, as doctors upload them: two of each class."""
+    files = [sorted((shared_datasets / "fullres_samples" / cls).iterdir())[:2] for cls in ("NORMAL", "PNEUMONIA")]
+    return [p.read_bytes() for group in files for p in group]

@@ -5,7 +5,7 @@ import socket
 import threading
 import time
 
-from pipeline.mlops import registry
+from pipeline.mlops import aliases
 
 
 def free_port() -> int:
@@ -21,14 +21,14 @@ def free_port_uri() -> str:
 
 def contend(client, model_name: str, workers: int = 6, rounds: int = 1, hold_s: float = 0.02,
             join_s: float = 120, on_enter=None, **lock_kwargs) -> tuple[list, list, list]:
-    """`workers` threads each take registry.promotion_lock `rounds` times and hold it `hold_s`.
+    """`workers` threads each take aliases.promotion_lock `rounds` times and hold it `hold_s`.
     Returns (done: who got in, overlaps: any moment two were inside, errors: what was raised)."""
     inside, overlaps, errors, done = [], [], [], []
 
     def worker(i):
         for _ in range(rounds):
             try:
-                with registry.promotion_lock(client, model_name, **lock_kwargs) as owner:
+                with aliases.promotion_lock(client, model_name, **lock_kwargs) as owner:
                     if on_enter:
                         on_enter(owner)
                     inside.append(i)

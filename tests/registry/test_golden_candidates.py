@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.mlops import candidates, policy, registry
+from pipeline.mlops import aliases, candidates, policy, versions
 from pipeline.settings import config
 from pipeline.data import dataset, golden
 
@@ -21,7 +21,7 @@ def test_challenger_and_champion_are_scored_on_the_golden_set(mlflow_server, mod
                                                    "evaluate.golden_fingerprint": golden.fingerprint(gold)[0]})
     client = MlflowClient(mlflow_server)
     v1 = register("constant")
-    registry.promote(v1, force=True)
+    aliases.promote(v1, force=True)
     v2 = register("good")
 
     scores = candidates.evaluate_candidates(v2, params, small_dataset)
@@ -38,8 +38,8 @@ def test_challenger_and_champion_are_scored_on_the_golden_set(mlflow_server, mod
     decision = policy.decide(scores, params)
     assert decision["promote"] and f"[golden set, {n_golden} images: challenger AUC {ch['golden_auc']:.4f}" \
         in decision["reason"]
-    registry.promote(v2, decision)
-    logged = registry.version_scores(client, model_name, v2)   # metrics of the version's logged model
+    aliases.promote(v2, decision)
+    logged = versions.version_scores(client, model_name, v2)   # metrics of the version's logged model
     assert logged["challenger.golden_auc"] == pytest.approx(ch["golden_auc"])
     assert logged["champion.golden_auc"] == pytest.approx(0.5) and logged["challenger.golden_n"] == n_golden
     tags = client.get_model_version(model_name, str(v2)).tags

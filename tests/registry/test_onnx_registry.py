@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.mlops import candidates, registry
+from pipeline.mlops import candidates, loading
 from pipeline.settings import config
-from pipeline.data import dataset, preprocess
+from pipeline.data import preprocess
+from pipeline.data import training_data
 from pipeline.inference import onnx_export
-from pipeline.mlops.pyfunc import onnx_in
+from pipeline.model.artifacts import onnx_in
 
 
 def test_registered_version_carries_a_validated_onnx_file(mlflow_server, trained, reg_params, small_dataset):
@@ -21,7 +22,7 @@ def test_registered_version_carries_a_validated_onnx_file(mlflow_server, trained
     mv = MlflowClient().get_model_version(name, str(trained["version"]))
     assert float(mv.tags["onnx.max_abs_logit_diff"]) <= onnx_export.LOGIT_TOLERANCE
     assert mv.tags["onnx.validated_on"].startswith("32 real X-rays")
-    local = registry.download_version(trained["version"], name)
+    local = loading.download_version(trained["version"], name)
     onnx_file = onnx_in(local)
     assert onnx_file is not None and onnx_file.name == "model.onnx"
     # and its int8 copy, calibrated on the run's training patients (tracked_train passes them)
@@ -30,7 +31,7 @@ def test_registered_version_carries_a_validated_onnx_file(mlflow_server, trained
     n_train = len(json.loads(Path(trained["out_dir"], "split.json").read_text())["train"])
     assert mv.tags["onnx.int8_calibrated_on"] == f"{min(n_train, onnx_export.CALIBRATION_IMAGES)} training X-rays"
     # run by ONNX Runtime straight from the registry's copy, it answers like the registered network
-    predictor, _ = registry.load_version(trained["version"], name)
+    predictor, _ = loading.load_version(trained["version"], name)
     arrays = np.stack([preprocess.load_array(p, predictor.image_size)
                        for p in sorted(small_dataset.rglob("*.jpeg"))[:6]])
     report = onnx_export.validate(onnx_file, predictor, arrays)
@@ -41,7 +42,7 @@ def test_fast_path_check_tags_the_version_and_loading_follows_the_tag(mlflow_ser
                                                                       small_dataset):
     name = config.model_name(reg_params)
     version = int(trained["version"])
-    splits, _report, cache = dataset.load(small_dataset, reg_params)
+    splits, _report, cache = training_data.load(small_dataset, reg_params)
     result = candidates.check_fast_path(version, splits, reg_params, cache, name)
     tags = MlflowClient().get_model_version(name, str(version)).tags
     assert tags["fast_path"] == ("on" if result["ok"] else "off")
@@ -51,15 +52,15 @@ def test_fast_path_check_tags_the_version_and_loading_follows_the_tag(mlflow_ser
 
     client = MlflowClient()
     client.set_model_version_tag(name, str(version), "fast_path", "on")
-    fast, _ = registry.load_version(version, name, fast=True)
+    fast, _ = loading.load_version(version, name, fast=True)
     assert fast.engine is not None and fast.engine_name.startswith("openvino-")
-    reference, _ = registry.load_version(version, name)  # fast=False: the reference, whatever the tag
+    reference, _ = loading.load_version(version, name)  # fast=False: the reference, whatever the tag
     assert reference.engine is None
     client.set_model_version_tag(name, str(version), "fast_path.precision", "int8")  # the int8 copy's verdict
-    assert registry.load_version(version, name, fast=True)[0].engine_name == "openvino-int8"
+    assert loading.load_version(version, name, fast=True)[0].engine_name == "openvino-int8"
     client.set_model_version_tag(name, str(version), "fast_path.precision", tags["fast_path.precision"])
     client.set_model_version_tag(name, str(version), "fast_path", "off")
-    assert registry.load_version(version, name, fast=True)[0].engine is None
+    assert loading.load_version(version, name, fast=True)[0].engine is None
     client.set_model_version_tag(name, str(version), "fast_path", tags["fast_path"])
 
 
@@ -71,9 +72,9 @@ def test_one_loader_for_warm_starts_the_cli_and_the_site(mlflow_server, trained,
     from pipeline.model import network
 
     name = config.model_name(reg_params)
-    by_alias = registry.checkpoint_path(f"models:/{name}@challenger")
-    by_version = registry.checkpoint_path(f"models:/{name}/{trained['version']}")
-    site = registry.download_version(trained["version"], name)
+    by_alias = loading.checkpoint_path(f"models:/{name}@challenger")
+    by_version = loading.checkpoint_path(f"models:/{name}/{trained['version']}")
+    site = loading.download_version(trained["version"], name)
     assert by_alias == by_version and by_alias.parent.parent == site      # one cache entry
     warm = network.build_model(f"models:/{name}/{trained['version']}")
     reference = torch.load(trained["checkpoint"], weights_only=True)["state_dict"]

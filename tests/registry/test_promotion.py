@@ -9,11 +9,11 @@ import pytest
 from mlflow import MlflowClient
 from registry_helpers import contend
 
-from pipeline.mlops import candidates, policy, registry
+from pipeline.mlops import aliases, candidates, server, loading, policy, versions
 from pipeline import cli
 
 
-def aliases(client, name) -> dict:
+def held(client, name) -> dict:
     return {k: int(v) for k, v in client.get_registered_model(name).aliases.items()}
 
 
@@ -24,7 +24,7 @@ def tags(client, name, version) -> dict:
 def evaluate_and_apply(version, params, data):
     scores = candidates.evaluate_candidates(version, params, data)
     decision = policy.decide(scores, params)
-    result = (registry.promote(version, decision) if decision["promote"] else registry.reject(version, decision))
+    result = (aliases.promote(version, decision) if decision["promote"] else aliases.reject(version, decision))
     return scores, decision, result
 
 
@@ -36,7 +36,7 @@ def test_better_challenger_promoted_worse_rejected(mlflow_server, model_name, re
     scores, d1, r1 = evaluate_and_apply(v1, loose_params, small_dataset)
     assert scores["champion"] is None and scores["challenger"]["metrics"]["auc"] == pytest.approx(0.5)
     assert d1["promote"] and r1["promoted"] and "no champion yet" in d1["reason"]
-    assert aliases(client, model_name) == {"champion": v1, "challenger": v1}
+    assert held(client, model_name) == {"champion": v1, "challenger": v1}
 
     # v2: the trained model beats it, both scored now on the same held-out images
     v2 = register("good")
@@ -45,10 +45,10 @@ def test_better_challenger_promoted_worse_rejected(mlflow_server, model_name, re
     assert scores["challenger"]["metrics"]["n"] == scores["champion"]["metrics"]["n"] == scores["n_test"]
     assert scores["challenger"]["metrics"]["auc"] == pytest.approx(trained["metrics"]["auc"])  # same split
     assert d2["promote"] and r2 == {**r2, "promoted": True, "previous_champion": v1}
-    assert aliases(client, model_name) == {"champion": v2, "previous_champion": v1, "challenger": v2}
+    assert held(client, model_name) == {"champion": v2, "previous_champion": v1, "challenger": v2}
     t2 = tags(client, model_name, v2)
     assert t2["decision"] == "promoted" and t2["compared_with"] == str(v1) and t2["promoted_over"] == str(v1)
-    s2 = registry.version_scores(client, model_name, v2)   # figures: metrics of the logged model, not tags
+    s2 = versions.version_scores(client, model_name, v2)   # figures: metrics of the logged model, not tags
     assert s2["challenger.auc"] == pytest.approx(trained["metrics"]["auc"], abs=1e-9)
     assert s2["champion.auc"] == pytest.approx(0.5) and t2["eval_n"] == str(scores["n_test"])
     assert not any(k.startswith(("challenger.", "champion.")) for k in t2)
@@ -65,15 +65,15 @@ def test_better_challenger_promoted_worse_rejected(mlflow_server, model_name, re
     assert "compare.test.auc_delta" in t3 and float(t3["compare.test.auc_delta"]) < 0
     card = client.get_model_version(model_name, str(v3)).description
     assert "**Promotion decision.** rejected: challenger v" in card   # the card (description) says why
-    s3 = registry.version_scores(client, model_name, v3)
+    s3 = versions.version_scores(client, model_name, v3)
     assert s3["challenger.auc"] == pytest.approx(0.5) and s3["champion.auc"] > 0.6
-    assert aliases(client, model_name) == {"champion": v2, "previous_champion": v1, "challenger": v3}
+    assert held(client, model_name) == {"champion": v2, "previous_champion": v1, "challenger": v3}
 
     # serving follows the alias: load_champion gives the trained model
-    predictor, mv = registry.load_champion()
+    predictor, mv = loading.load_champion()
     assert int(mv.version) == v2 and predictor.threshold == pytest.approx(trained["metrics"]["threshold"])
-    assert registry.champion_version() == v2
-    assert registry.load_champion(alias="challenger", tracking_uri=mlflow_server)[1].version == str(v3)
+    assert loading.champion_version() == v2
+    assert loading.load_champion(alias="challenger", tracking_uri=mlflow_server)[1].version == str(v3)
 
 
 def test_floors_reject_even_the_first_model(mlflow_server, model_name, register, constant_checkpoint,
@@ -85,9 +85,9 @@ def test_floors_reject_even_the_first_model(mlflow_server, model_name, register,
     reason = tags(client, model_name, v)["decision_reason"]
     assert "under the floors" in reason and "auc 0.5000 < floor 0.9000" in reason
     assert "worst-shift auc 0.5000 < floor 0.8500" in reason   # and under shift too
-    assert "champion" not in aliases(client, model_name)
-    with pytest.raises(registry.NoChampion, match=model_name):
-        registry.load_champion()
+    assert "champion" not in held(client, model_name)
+    with pytest.raises(server.NoChampion, match=model_name):
+        loading.load_champion()
 
 
 def test_rollback_walks_back_the_promotion_history(mlflow_server, model_name, register, trained,
@@ -95,31 +95,31 @@ def test_rollback_walks_back_the_promotion_history(mlflow_server, model_name, re
     client = MlflowClient(mlflow_server)
     v1, v2, v3 = (register(k) for k in ("constant", "good", "constant"))
     for v in (v1, v2, v3):
-        assert registry.promote(v, {"reason": f"test {v}"}, force=True)["promoted"]
-    assert aliases(client, model_name)["champion"] == v3 and aliases(client, model_name)["previous_champion"] == v2
+        assert aliases.promote(v, {"reason": f"test {v}"}, force=True)["promoted"]
+    assert held(client, model_name)["champion"] == v3 and held(client, model_name)["previous_champion"] == v2
 
-    r = registry.rollback(reason="v3 misbehaves")
+    r = aliases.rollback(reason="v3 misbehaves")
     assert r == {"champion": v2, "rolled_back_from": v3, "previous_champion": v1, "reason": "v3 misbehaves"}
     assert tags(client, model_name, v3)["decision"] == "rolled_back"
     assert tags(client, model_name, v3)["decision_reason"] == "v3 misbehaves"
-    assert registry.load_champion()[1].version == str(v2)
+    assert loading.load_champion()[1].version == str(v2)
 
-    r = registry.rollback()
+    r = aliases.rollback()
     assert r["champion"] == v1 and r["previous_champion"] is None
-    assert aliases(client, model_name) == {"champion": v1, "challenger": v3}
-    with pytest.raises(registry.PromotionError, match="nothing to roll back"):
-        registry.rollback()
+    assert held(client, model_name) == {"champion": v1, "challenger": v3}
+    with pytest.raises(server.PromotionError, match="nothing to roll back"):
+        aliases.rollback()
 
 
 def test_stale_decision_is_not_applied(mlflow_server, model_name, register, trained, constant_checkpoint):
     client = MlflowClient(mlflow_server)
     v1, v2 = register("constant"), register("good")
     decision_vs_nothing = {"promote": True, "reason": "no champion yet", "champion_version": None}
-    assert registry.promote(v1, decision_vs_nothing)["promoted"]
+    assert aliases.promote(v1, decision_vs_nothing)["promoted"]
     # v2's decision was computed when there was no champion: v1 has become champion since
-    result = registry.promote(v2, decision_vs_nothing)
+    result = aliases.promote(v2, decision_vs_nothing)
     assert result["stale"] and not result["promoted"] and "evaluate again" in result["reason"]
-    assert aliases(client, model_name)["champion"] == v1
+    assert held(client, model_name)["champion"] == v1
     assert tags(client, model_name, v2)["decision"] == "stale"
 
 
@@ -127,7 +127,7 @@ def test_racing_promotions_end_on_one_consistent_version(mlflow_server, model_na
                                                          constant_checkpoint):
     client = MlflowClient(mlflow_server)
     c = register("constant")
-    registry.promote(c, {"reason": "base"}, force=True)
+    aliases.promote(c, {"reason": "base"}, force=True)
     racers = [register("good") for _ in range(4)]
 
     def race(fn):
@@ -149,17 +149,17 @@ def test_racing_promotions_end_on_one_consistent_version(mlflow_server, model_na
         return results
 
     # 1. four DAG-style decisions, all computed against champion c: exactly one may win
-    results = race(lambda v: registry.promote(v, {"promote": True, "reason": f"race {v}", "champion_version": c}))
+    results = race(lambda v: aliases.promote(v, {"promote": True, "reason": f"race {v}", "champion_version": c}))
     winners = [v for v, r in results.items() if r["promoted"]]
     assert len(winners) == 1, results
     assert all(r["stale"] for v, r in results.items() if v != winners[0])
-    assert aliases(client, model_name)["champion"] == winners[0]
-    assert aliases(client, model_name)["previous_champion"] == c
+    assert held(client, model_name)["champion"] == winners[0]
+    assert held(client, model_name)["previous_champion"] == c
     assert tags(client, model_name, winners[0])["promoted_over"] == str(c)
 
     # 2. four people forcing promotions at once: they serialize; the chain stays consistent
-    results = race(lambda v: registry.promote(v, {"reason": f"force {v}"}, force=True))
-    final = aliases(client, model_name)
+    results = race(lambda v: aliases.promote(v, {"reason": f"force {v}"}, force=True))
+    final = held(client, model_name)
     assert final["champion"] in racers
     chain_prev = tags(client, model_name, final["champion"])["promoted_over"]
     assert str(final["previous_champion"]) == chain_prev
@@ -170,19 +170,19 @@ def test_racing_promotions_end_on_one_consistent_version(mlflow_server, model_na
                and order[0][0] == winners[0] and order[-1][1] == final["champion"]
                for order in itertools.permutations(edges)), edges
     assert all(r["champion"] == v for v, r in results.items() if not r["promoted"])   # was already champion
-    assert client.search_registered_models(f"name = '{registry.lock_name(model_name)}'") == []
+    assert client.search_registered_models(f"name = '{aliases.lock_name(model_name)}'") == []
 
 
 def test_stale_lock_of_a_crashed_holder_is_broken(mlflow_server, model_name, register, constant_checkpoint,
                                                   monkeypatch):
     client = MlflowClient(mlflow_server)
     v = register("constant")
-    client.create_registered_model(registry.lock_name(model_name), tags={"owner": "crashed"})
+    client.create_registered_model(aliases.lock_name(model_name), tags={"owner": "crashed"})
     # the lease (LOCK_STALE_S) is shorter than the wait: the waiter breaks the crashed holder's lock
-    monkeypatch.setattr(registry, "LOCK_STALE_S", 1.5)
-    monkeypatch.setattr(registry, "LOCK_WAIT_S", 10.0)
-    assert registry.promote(v, {"reason": "after crash"}, force=True)["promoted"]
-    assert client.search_registered_models(f"name = '{registry.lock_name(model_name)}'") == []
+    monkeypatch.setattr(aliases, "LOCK_STALE_S", 1.5)
+    monkeypatch.setattr(aliases, "LOCK_WAIT_S", 10.0)
+    assert aliases.promote(v, {"reason": "after crash"}, force=True)["promoted"]
+    assert client.search_registered_models(f"name = '{aliases.lock_name(model_name)}'") == []
 
 
 def test_cli_promote_status_rollback(mlflow_server, model_name, register, trained, constant_checkpoint, capsys):
@@ -196,7 +196,7 @@ def test_cli_promote_status_rollback(mlflow_server, model_name, register, traine
     assert "promoted_manually" in out
     assert cli.main(["rollback"]) == 0
     assert f"champion is now v{v1}" in capsys.readouterr().out
-    st = registry.status()
+    st = versions.status()
     assert st["champion"]["version"] == v1 and st["champion"]["reason"].startswith("first by hand")
     assert {v["version"]: v["decision"] for v in st["versions"]}[v2] == "rolled_back"
     json.dumps(st)
@@ -204,7 +204,7 @@ def test_cli_promote_status_rollback(mlflow_server, model_name, register, traine
 
 def test_promotion_lock_is_mutually_exclusive(mlflow_server, model_name):
     """Six processes' worth of contenders (threads, each its own HTTP calls) never overlap inside."""
-    client = registry._client(mlflow_server)
+    client = server.connect(mlflow_server)
     done, overlaps, errors = contend(client, model_name, rounds=4)
     assert not errors and not overlaps and len(done) == 24
-    assert client.search_registered_models(f"name = '{registry.lock_name(model_name)}'") == []
+    assert client.search_registered_models(f"name = '{aliases.lock_name(model_name)}'") == []

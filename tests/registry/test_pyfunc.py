@@ -16,22 +16,16 @@ import pytest
 import requests
 
 from pipeline.settings import config
-from pipeline.mlops import registry
+from pipeline.mlops import aliases, loading
 from pipeline.inference.predict import Predictor
-
-
-@pytest.fixture(scope="session")
-def xray_bytes(shared_datasets) -> list[bytes]:
-    """Full-resolution originals, as doctors upload them: two of each class."""
-    files = [sorted((shared_datasets / "fullres_samples" / cls).iterdir())[:2] for cls in ("NORMAL", "PNEUMONIA")]
-    return [p.read_bytes() for group in files for p in group]
+from pipeline.inference.answer import answer_file
 
 
 def test_pyfunc_by_alias_predicts_like_predictor(mlflow_server, trained, reg_params, xray_bytes, tmp_path):
     name = config.model_name(reg_params)
     model = mlflow.pyfunc.load_model(f"models:/{name}@challenger")
     reference = Predictor.from_checkpoint(trained["checkpoint"], device="cpu")
-    expected = [reference.predict(b) for b in xray_bytes]
+    expected = [answer_file(b, reference).prediction for b in xray_bytes]
 
     out = model.predict(pd.DataFrame({"image": xray_bytes}))
     assert list(out.columns) == ["probability", "label", "threshold", "error", "warning", "gate_score"]
@@ -48,9 +42,9 @@ def test_pyfunc_by_alias_predicts_like_predictor(mlflow_server, trained, reg_par
     assert mixed["label"][1] == expected[3].label
 
     # self-contained: the pipeline code, the checkpoint, a binary-column signature and an example
-    local = registry.download_version(trained["version"], name)
-    assert (local / "code" / "pipeline" / "predict.py").exists()
-    assert (local / "code" / "pipeline" / "preprocess.py").exists()
+    local = loading.download_version(trained["version"], name)
+    assert (local / "code" / "pipeline" / "inference" / "predict.py").exists()
+    assert (local / "code" / "pipeline" / "data" / "preprocess.py").exists()
     assert not list(local.rglob("__pycache__"))
     assert (local / "artifacts" / "model.pt").exists()
     info = mlflow.models.get_model_info(f"models:/{name}/{trained['version']}")
@@ -66,7 +60,7 @@ def test_mlflow_models_serve_answers_a_real_xray(mlflow_server, trained, reg_par
     from registry_helpers import free_port
 
     name = config.model_name(reg_params)
-    registry.promote(trained["version"], {"reason": "serve test"}, force=True)
+    aliases.promote(trained["version"], {"reason": "serve test"}, force=True)
     port = free_port()
     venv_bin = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
@@ -93,7 +87,7 @@ def test_mlflow_models_serve_answers_a_real_xray(mlflow_server, trained, reg_par
         preds = resp.json()["predictions"]          # strict JSON: no NaN
         reference = Predictor.from_checkpoint(trained["checkpoint"], device="cpu")
         for got, raw in zip(preds, xray_bytes):
-            want = reference.predict(raw)
+            want = answer_file(raw, reference).prediction
             assert got["label"] == want.label and got["error"] == ""
             assert got["probability"] == pytest.approx(want.probability, abs=1e-6)
             assert got["threshold"] == pytest.approx(want.threshold)

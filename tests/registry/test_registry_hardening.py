@@ -7,12 +7,11 @@ import threading
 import time
 import types
 
-import pytest
 from mlflow import MlflowClient
 from registry_helpers import contend
 
 from pipeline import cli
-from pipeline.mlops import registry, tracking
+from pipeline.mlops import aliases, server, loading, tracking, versions
 
 
 def tags(client, name, version) -> dict:
@@ -24,14 +23,14 @@ def test_retried_promote_is_idempotent(mlflow_server, model_name, register):
     client = MlflowClient(mlflow_server)
     v1, v2 = register("constant"), register("good")
     first = {"promote": True, "reason": "no champion yet", "champion_version": None}
-    assert registry.promote(v1, first)["promoted"]
-    retry = registry.promote(v1, first)                       # same decision, the alias already moved
+    assert aliases.promote(v1, first)["promoted"]
+    retry = aliases.promote(v1, first)                       # same decision, the alias already moved
     assert retry["already"] and not retry["stale"] and retry["champion"] == v1
     assert tags(client, model_name, v1)["decision"] == "promoted"   # not overwritten with "stale"
 
     # a first try that moved the alias and died before tagging: the retry completes the tags
     client.set_registered_model_alias(model_name, "champion", str(v2))
-    retry = registry.promote(v2, {"promote": True, "reason": "beats v1", "champion_version": v1})
+    retry = aliases.promote(v2, {"promote": True, "reason": "beats v1", "champion_version": v1})
     assert retry["already"] and not retry["stale"]
     assert tags(client, model_name, v2)["decision"] == "promoted"
     assert tags(client, model_name, v2)["compared_with"] == str(v1)
@@ -43,14 +42,14 @@ def test_decided_data_versions(mlflow_server, model_name, register):
     v1, v2 = register("constant"), register("constant")
     for v, data in ((v1, "aaaa1111"), (v2, "bbbb2222")):
         client.set_model_version_tag(model_name, str(v), "data.version", data)
-    assert registry.decided_for_data("aaaa1111") is None           # trained, not decided yet
-    registry.reject(v1, {"reason": "under the floors", "champion_version": None})
-    assert registry.decided_for_data("aaaa1111") == {"version": v1, "decision": "rejected",
+    assert versions.decided_for_data("aaaa1111") is None           # trained, not decided yet
+    aliases.reject(v1, {"reason": "under the floors", "champion_version": None})
+    assert versions.decided_for_data("aaaa1111") == {"version": v1, "decision": "rejected",
                                                       "reason": "under the floors"}
     # a stale decision settles nothing: the champion moved, that data deserves a new evaluation
     client.set_model_version_tag(model_name, str(v2), "decision", "stale")
-    assert registry.decided_for_data("bbbb2222") is None
-    assert registry.decided_for_data("cccc3333") is None
+    assert versions.decided_for_data("bbbb2222") is None
+    assert versions.decided_for_data("cccc3333") is None
 
 
 def test_manual_promote_refuses_a_model_that_cannot_serve(mlflow_server, model_name, logged_models,
@@ -67,14 +66,14 @@ def test_manual_promote_refuses_a_model_that_cannot_serve(mlflow_server, model_n
                                                run_name="nan-weights")["version"]
     good = int(mlflow.register_model(logged_models["good"], model_name).version)
 
-    assert registry.serving_check(good) == []
-    problems = registry.serving_check(nan_version)
+    assert loading.serving_check(good) == []
+    problems = loading.serving_check(nan_version)
     assert problems and "non-finite" in problems[0]
     assert cli.main(["promote", str(nan_version), "--reason", "trust me"]) == 2
     assert "NOT promoted" in capsys.readouterr().out
-    assert registry.champion_version() is None
+    assert loading.champion_version() is None
     assert cli.main(["promote", str(good)]) == 0
-    assert registry.champion_version() == good
+    assert loading.champion_version() == good
 
 
 def _params() -> dict:
@@ -104,7 +103,7 @@ class SlowClient:
         return model
 
     def delete_registered_model(self, name):
-        if name.startswith(registry.LOCK_PREFIX) and ".break-" not in name:
+        if name.startswith(aliases.LOCK_PREFIX) and ".break-" not in name:
             try:
                 owner = self._client.get_registered_model(name).tags.get("owner")
             except Exception:  # noqa: BLE001 - already gone
@@ -119,8 +118,8 @@ class SlowClient:
 def test_a_stale_lock_is_broken_by_one_waiter_only(mlflow_server, model_name):
     """Item 16: six waiters find a crashed holder's lock; one breaks it, and no waiter deletes the
     new lock of the one that got in (they enter one at a time)."""
-    client = registry._client(mlflow_server)
-    client.create_registered_model(registry.lock_name(model_name), tags={"owner": "crashed"})
+    client = server.connect(mlflow_server)
+    client.create_registered_model(aliases.lock_name(model_name), tags={"owner": "crashed"})
     slow = SlowClient(client)
 
     def on_enter(owner):
@@ -130,7 +129,7 @@ def test_a_stale_lock_is_broken_by_one_waiter_only(mlflow_server, model_name):
     assert not errors and len(done) == 6, (errors, done)
     assert slow.stolen == [] and not overlaps, (slow.stolen, overlaps)
     assert slow.broken == ["crashed"]
-    leftovers = [m.name for m in client.search_registered_models(f"name LIKE '{registry.lock_name(model_name)}%'")]
+    leftovers = [m.name for m in client.search_registered_models(f"name LIKE '{aliases.lock_name(model_name)}%'")]
     assert leftovers == []
 
 
@@ -139,16 +138,16 @@ def test_a_client_clock_ahead_does_not_break_a_live_lock(mlflow_server, model_na
     and last_updated timestamps), never this host's clock: an hour ahead changes nothing."""
     v = register("constant")
     client = MlflowClient(mlflow_server)
-    client.create_registered_model(registry.lock_name(model_name), tags={"owner": "alive"})
+    client.create_registered_model(aliases.lock_name(model_name), tags={"owner": "alive"})
     skewed = types.SimpleNamespace(time=lambda: time.time() + 3600, monotonic=time.monotonic,
                                    sleep=time.sleep, perf_counter=time.perf_counter)
-    monkeypatch.setattr(registry, "time", skewed)          # this host's wall clock is an hour ahead
-    monkeypatch.setattr(registry, "LOCK_STALE_S", 5.0)
-    monkeypatch.setattr(registry, "LOCK_WAIT_S", 8.0)
+    monkeypatch.setattr(aliases, "time", skewed)          # this host's wall clock is an hour ahead
+    monkeypatch.setattr(aliases, "LOCK_STALE_S", 5.0)
+    monkeypatch.setattr(aliases, "LOCK_WAIT_S", 8.0)
     # the live holder releases after 2 s: the waiter must wait for that, not break its lock
-    release = threading.Timer(2.0, client.delete_registered_model, args=[registry.lock_name(model_name)])
+    release = threading.Timer(2.0, client.delete_registered_model, args=[aliases.lock_name(model_name)])
     release.start()
     start = time.monotonic()
-    assert registry.promote(v, {"reason": "skewed clock"}, force=True)["promoted"]
+    assert aliases.promote(v, {"reason": "skewed clock"}, force=True)["promoted"]
     release.join()
     assert 1.5 < time.monotonic() - start < 4.5

@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.settings import config
-from pipeline.mlops import registry, tracking
+from pipeline.mlops import server, tracking, versions
 
 
 def _artifacts(client, run_id, path=None):
@@ -93,7 +93,7 @@ def test_run_is_logged_with_everything(mlflow_server, trained, reg_params, small
     assert mv.run_id == run.info.run_id and mv.status == "READY"
     assert client.get_model_version_by_alias(name, "challenger").version == str(trained["version"])
     assert mv.tags["data.version"] == "0123456789abcdef0123"
-    scores = registry.version_scores(client, name, trained["version"])   # on the logged model, as metrics
+    scores = versions.version_scores(client, name, trained["version"])   # on the logged model, as metrics
     assert scores["test.auc"] == pytest.approx(trained["metrics"]["auc"]) and "test.sensitivity" in scores
     assert client.get_logged_model(mv.source.removeprefix("models:/")).metrics
     # its model card: population, intended use, figures in distribution and under stress, threshold, limits
@@ -110,7 +110,7 @@ def test_unreachable_server_fails_fast_naming_the_uri(mlflow_server, reg_params,
     dead = free_port_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
     start = time.monotonic()
-    with pytest.raises(registry.TrackingServerUnavailable, match=dead.replace(".", r"\.")):
+    with pytest.raises(server.TrackingServerUnavailable, match=dead.replace(".", r"\.")):
         tracking.tracked_train(reg_params, small_dataset, tmp_path / "out")
     assert time.monotonic() - start < 10
     assert not (tmp_path / "out").exists()          # failed before training started

@@ -115,12 +115,13 @@ def accepted(paths, checkpoint) -> bytes:
     gate's own tests measure (tests/model/test_gate.py, tests/web/test_gate_web.py)."""
     from pipeline.inference.gate import NotAChestXray
     from pipeline.inference.predict import Predictor
+    from pipeline.inference.answer import answer_file
 
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
     for path in paths:
         data = Path(path).read_bytes()
         try:
-            predictor.predict(data)
+            answer_file(data, predictor)
             return data
         except NotAChestXray:
             continue

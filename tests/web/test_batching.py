@@ -23,13 +23,13 @@ def test_concurrent_requests_are_batched_and_answered_exactly(predictor):
     from diagnosis.batching import ModelRunner
 
     images = _images(16, predictor.image_size)
-    expected = predictor.probabilities(np.stack(images))
+    expected = predictor.logits(np.stack(images))
     runner = ModelRunner(predictor, max_batch=8)
     results, start = [None] * len(images), threading.Barrier(len(images))
 
     def ask(i):
         start.wait()
-        results[i] = runner.probability(images[i])
+        results[i] = runner.logit_features(images[i])[0]
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(images))]
     for t in threads:
@@ -38,7 +38,7 @@ def test_concurrent_requests_are_batched_and_answered_exactly(predictor):
         t.join(60)
     assert runner.images == 16
     assert runner.batches < 16  # some requests shared a forward pass
-    np.testing.assert_allclose(results, expected, atol=1e-5)  # and each got its own probability
+    np.testing.assert_allclose(results, expected, atol=1e-5)  # and each got its own logit
     runner.close()
 
 
@@ -49,13 +49,13 @@ def test_gradcam_and_errors_go_through_the_runner(predictor):
 
     runner = ModelRunner(predictor)
     img = Image.fromarray(_images(1, 200)[0])
-    prediction, cam = runner.gradcam(img)
+    prediction, cam, _ = runner.gradcam_features(img)
     direct, direct_cam = predictor.gradcam(img)
     assert prediction.probability == pytest.approx(direct.probability, abs=1e-5)
     np.testing.assert_allclose(cam, direct_cam, atol=1e-4)
     with pytest.raises(Exception):  # a wrong shape fails that request, and the thread lives on
-        runner.probability(np.zeros((3, 3, 3), np.uint8))
-    assert 0 <= runner.probability(_images(1, predictor.image_size)[0]) <= 1
+        runner.logit_features(np.zeros((3, 3, 3), np.uint8))
+    assert np.isfinite(runner.logit_features(_images(1, predictor.image_size)[0])[0])
 
 
 def test_a_closed_runner_still_answers_late_requests(predictor):
@@ -64,9 +64,9 @@ def test_a_closed_runner_still_answers_late_requests(predictor):
 
     runner = ModelRunner(predictor)
     image = _images(1, predictor.image_size)[0]
-    before = runner.probability(image)
+    before = runner.logit_features(image)[0]
     runner.close()
-    assert runner.probability(image, timeout=30) == pytest.approx(before, abs=1e-6)
+    assert runner.logit_features(image, timeout=30)[0] == pytest.approx(before, abs=1e-6)
 
 
 def test_a_request_racing_close_is_not_lost(predictor):
@@ -84,9 +84,9 @@ def test_a_request_racing_close_is_not_lost(predictor):
 
     runner = SlowSubmit(predictor)
     image = _images(1, predictor.image_size)[0]
-    expected = runner.probability(image)            # the inference thread is running
+    expected = runner.logit_features(image)[0]            # the inference thread is running
     answer = []
-    late = threading.Thread(target=lambda: answer.append(runner.probability(image, timeout=10)),
+    late = threading.Thread(target=lambda: answer.append(runner.logit_features(image, timeout=10)[0]),
                             name="late-request")
     late.start()
     time.sleep(0.1)
@@ -104,7 +104,6 @@ def test_drain_and_late_inline_callers_never_run_the_model_at_once(predictor):
     class Counting:
         def __init__(self, inner):
             self.inner, self.active, self.most, self.lock = inner, 0, 0, threading.Lock()
-            self.calibration = inner.calibration
 
         def forward(self, arrays):
             with self.lock:
@@ -120,12 +119,12 @@ def test_drain_and_late_inline_callers_never_run_the_model_at_once(predictor):
     counting = Counting(predictor)
     runner = ModelRunner(counting, max_batch=1)
     images = _images(12, predictor.image_size)
-    queued = [runner._submit(("prob", img)) for img in images]   # a backlog for the drain
+    queued = [runner._submit(("logit", img)) for img in images]   # a backlog for the drain
     runner.close()
-    late = [threading.Thread(target=runner.probability, args=(img,)) for img in images[:4]]
+    late = [threading.Thread(target=runner.logit_features, args=(img,)) for img in images[:4]]
     for t in late:
         t.start()
     for t in late:
         t.join(30)
-    assert all(0 <= f.result(30)[0] <= 1 for f in queued)   # (probability, gate features)
+    assert all(np.isfinite(f.result(30)[0]) for f in queued)   # (logit, gate features)
     assert counting.most == 1

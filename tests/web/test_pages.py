@@ -7,6 +7,8 @@ import time
 
 import numpy as np
 import pytest
+
+from pipeline.inference.answer import answer_file
 from PIL import Image
 
 from webutil import PASSWORD, api, bomb_png, make_holder, make_user, png_bytes, set_champion, truncated_jpeg, upload
@@ -492,7 +494,7 @@ def test_alias_move_swaps_the_model_without_restart(client, doctor, own_holder, 
     assert second["threshold"] == 0.0 and second["label"] == "PNEUMONIA"
     assert second["probability"] == pytest.approx(first["probability"], abs=1e-5)
     # a request that took v1 before the swap can still finish with it
-    assert serving_v1.predictor.predict(xray_jpeg).threshold == pytest.approx(first["threshold"], abs=1e-6)
+    assert answer_file(xray_jpeg, serving_v1.predictor).prediction.threshold == pytest.approx(first["threshold"], abs=1e-6)
 
     set_champion(registry["uri"], registry["name"], None)  # alias deleted: withdrawn from service
     time.sleep(0.6)

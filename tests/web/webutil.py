@@ -48,7 +48,7 @@ def threshold_variant(checkpoint: Path, threshold: float, dest: Path) -> Path:
 
 
 def register_version(uri: str, name: str, checkpoint: Path) -> str:
-    """Register the checkpoint as a new version, the way the platform does (pipeline.mlops.registry)."""
+    """Register the checkpoint as a new version, the way the platform does (pipeline.mlops.aliases)."""
     import os
 
     from pipeline.settings import config
@@ -64,12 +64,12 @@ def set_champion(uri: str, name: str, version: str | None) -> None:
     """Move the champion alias (a promotion by hand), or delete it (None: model withdrawn)."""
     from mlflow import MlflowClient
 
-    from pipeline.mlops import registry
+    from pipeline.mlops import aliases
 
     if version is None:
         MlflowClient(tracking_uri=uri).delete_registered_model_alias(name, "champion")
     else:
-        registry.promote(int(version), name=name, force=True)
+        aliases.promote(int(version), name=name, force=True)
 
 
 def ensure_champion(uri: str, name: str, version: str) -> None:
@@ -87,8 +87,9 @@ def ensure_champion(uri: str, name: str, version: str) -> None:
 
 def make_holder(uri: str, name: str, check_seconds: float = 3600, retry_seconds: float = 3600):
     from diagnosis.champion import ChampionHolder, MlflowRegistry
+    from pipeline.mlops.server import CHAMPION
 
-    return ChampionHolder(MlflowRegistry(uri, name), check_seconds=check_seconds,
+    return ChampionHolder(MlflowRegistry(uri, name, CHAMPION), check_seconds=check_seconds,
                           retry_seconds=retry_seconds, load_timeout=120)
 
 

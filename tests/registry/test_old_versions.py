@@ -1,0 +1,73 @@
+"""A version registered by the code before the stage packages (flat `pipeline/`, git commit 9756f4e)
+still loads: the site's way (mlops.loading, from its checkpoint) and the pyfunc's way (its own copy of
+the old code, in a fresh process as `mlflow models serve` runs it). See docs/architecture.md."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.inference.answer import answer_file
+from pipeline.inference.predict import Predictor
+from pipeline.mlops import loading
+
+REPO = Path(__file__).resolve().parents[2]
+OLD_LAYOUT = "9756f4e"   # the last commit with the flat pipeline/ package
+
+
+@pytest.fixture(scope="module")
+def old_code(tmp_path_factory) -> Path:
+    run = subprocess.run(["git", "-C", str(REPO), "archive", OLD_LAYOUT, "pipeline"], capture_output=True)
+    if run.returncode != 0:   # a shallow clone without that commit: nothing to compare with
+        pytest.skip(f"commit {OLD_LAYOUT} not in this clone: {run.stderr.decode().strip()[:200]}")
+    root = tmp_path_factory.mktemp("old-layout")
+    with tarfile.open(fileobj=io.BytesIO(run.stdout)) as tar:
+        tar.extractall(root, filter="data")
+    assert (root / "pipeline" / "registry.py").exists() and not (root / "pipeline" / "mlops").exists()
+    return root
+
+
+def test_a_version_logged_by_the_old_layout_still_loads(old_code, mlflow_server, trained, reg_params, model_name,
+                                                       xray_bytes, tmp_path):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(reg_params.to_dict()))
+    log_old = ("import json, sys; from pipeline import config, tracking; "
+               "r = tracking.register_checkpoint(sys.argv[1], config.load_params(sys.argv[2]), run_name='old-layout', "
+               "tags={'trigger': 'test'}); print(json.dumps({'version': int(r['version'])}))")
+    env = {**os.environ, "PYTHONPATH": str(old_code), "MLFLOW_TRACKING_URI": mlflow_server, "XRAY_MODEL_NAME": model_name}
+    run = subprocess.run([sys.executable, "-c", log_old, str(trained["checkpoint"]), str(params_file)], cwd=old_code,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    version = json.loads(run.stdout.strip().splitlines()[-1])["version"]
+
+    reference = Predictor.from_checkpoint(trained["checkpoint"], device="cpu")
+    expected = [answer_file(b, reference).prediction.probability for b in xray_bytes[:3]]
+
+    # the site's way: this code, the version's checkpoint
+    predictor, mv = loading.load_version(version, name=model_name)
+    assert int(mv.version) == version
+    assert [answer_file(b, predictor).prediction.probability for b in xray_bytes[:3]] == pytest.approx(expected, abs=1e-6)
+
+    # the pyfunc's way: its own copy of the old code, in a process that has not imported this one
+    serve = ("import base64, json, sys; import mlflow.pyfunc, pandas as pd; "
+             "m = mlflow.pyfunc.load_model(sys.argv[1]); import pipeline; "
+             "rows = [base64.b64decode(x) for x in json.loads(sys.stdin.read())]; "
+             "out = m.predict(pd.DataFrame({'image': rows})); "
+             "print(json.dumps({'p': out['probability'].tolist(), 'code': pipeline.__file__}))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    import base64
+
+    run = subprocess.run([sys.executable, "-c", serve, f"models:/{model_name}/{version}"], cwd=tmp_path, env=env,
+                         input=json.dumps([base64.b64encode(b).decode() for b in xray_bytes[:3]]),
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert "/code/pipeline/" in got["code"]     # the version's own (old) code answered, not this checkout
+    assert got["p"] == pytest.approx(expected, abs=1e-6)
