@@ -142,6 +142,18 @@ class Promotion:
 
 
 @dataclass(frozen=True)
+class Site:
+    # the site's operating point from its confirmed cases (pipeline/evaluation/site.py)
+    target_sensitivity: float = within(0.5, 1)
+    confidence: float = within(0.5, 0.9999)
+    min_cases: int = within(2)
+    min_per_class: int = within(1)
+    folds: int = within(2, 20)
+    floors: dict[str, float]
+    margin: float = within(0, 1)
+
+
+@dataclass(frozen=True)
 class Dag:
     retrain_on_unchanged_data: bool
     train_timeout_minutes: float = within(1)
@@ -160,6 +172,7 @@ class Params:
     drift: Drift
     registry: Registry
     promotion: Promotion
+    site: Site
     dag: Dag
 
     def to_dict(self) -> dict[str, Any]:

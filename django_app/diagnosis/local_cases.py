@@ -1,0 +1,191 @@
+"""The site's local evidence: diagnoses confirmed by doctors or imported, and what is fitted on them.
+
+- `confirm`: a doctor records the known diagnosis of one of their own results (page and API).
+- `adjudicate`: staff rule on a confirmation that disagrees with the model.
+- `import_folder`: `python -m pipeline site import --data DIR`, a folder NORMAL/ PNEUMONIA/ of
+  confirmed films; each goes through the same path as an upload (limits, decoding process, input
+  gate, champion) and is recorded with its confirmation; refused films are listed, not counted.
+- `cases`: the confirmed NORMAL / PNEUMONIA cases with the model's raw output, for
+  pipeline.evaluation.site (the site's operating point) and the realised-performance figures.
+
+Patients are grouped by a salted hash of their id (`patient_key`), never the id itself.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from pipeline.data import dataset, dicom
+
+from . import analysis
+from .models import Confirmation, Diagnosis
+
+CLASS_DIRS = (Diagnosis.NORMAL, Diagnosis.PNEUMONIA)
+IMPORT_ACCOUNT = "site-import"  # owner of imported films: no password, cannot log in
+
+
+def _salt() -> bytes:
+    """$XRAY_PATIENT_SALT, else derived from the site's secret key: the same patient gets the same
+    key on this site, and a key cannot be reversed to an id without the salt."""
+    salt = os.environ.get("XRAY_PATIENT_SALT") or f"patient-key:{settings.SECRET_KEY}"
+    return salt.encode()
+
+
+def patient_key(raw_id: str | None) -> str:
+    """Salted hash of a patient id ("" when there is none: the film is its own patient)."""
+    if not raw_id:
+        return ""
+    return hashlib.sha256(_salt() + raw_id.strip().encode()).hexdigest()[:32]
+
+
+def confirm(diagnosis: Diagnosis, user, label: str, note: str = "") -> Confirmation:
+    """Record (or correct) the confirmed diagnosis of a result. Only the doctor whose result it is
+    may; a ruling by staff is kept (a doctor's correction clears it only when it changes the label)."""
+    if diagnosis.owner_id != user.pk:
+        raise PermissionDenied("only the doctor who asked for this result can confirm it")
+    label = _label(label)
+    with transaction.atomic():
+        current = Confirmation.objects.select_for_update().filter(diagnosis=diagnosis).first()
+        if current is None:
+            return Confirmation.objects.create(diagnosis=diagnosis, label=label, by=user, note=note[:500])
+        if current.label != label:
+            current.adjudicated_label, current.adjudicated_by, current.adjudicated_at = "", None, None
+        current.label, current.by, current.note = label, user, note[:500]
+        current.save()
+        return current
+
+
+def adjudicate(confirmation: Confirmation, user, label: str, note: str = "") -> Confirmation:
+    """Staff's ruling on a confirmation: it becomes the case's truth."""
+    if not user.is_staff:
+        raise PermissionDenied("only staff adjudicate confirmations")
+    confirmation.adjudicated_label = _label(label)
+    confirmation.adjudicated_by, confirmation.adjudicated_at = user, timezone.now()
+    confirmation.adjudication_note = note[:500]
+    confirmation.save()
+    return confirmation
+
+
+def _label(label: str) -> str:
+    label = (label or "").strip().upper()
+    if label not in dict(Confirmation.LABELS):
+        raise ValidationError(f"label must be one of {', '.join(dict(Confirmation.LABELS))}, not {label!r}")
+    return label
+
+
+def disagreements(open_only: bool = True):
+    """Confirmations (not unsure) that disagree with the model's answer: the adjudication queue."""
+    from django.db.models import F
+
+    qs = (Confirmation.objects.select_related("diagnosis", "by", "adjudicated_by")
+          .exclude(label=Confirmation.UNSURE).exclude(label=F("diagnosis__label")))
+    if open_only:
+        qs = qs.filter(adjudicated_label="")
+    return qs.order_by("updated")
+
+
+@dataclass
+class Case:
+    """One confirmed local case as the fit needs it."""
+    id: str
+    label: int                 # 1 PNEUMONIA, 0 NORMAL
+    logit: float | None        # None: recorded before logits were kept
+    model_version: str
+    group: str                 # patient key, else the result's id
+    image: str                 # path of the stored image (to score another model on it)
+    created: object
+    answered: str              # the label the site answered
+
+
+def cases(model_name: str | None = None) -> list[Case]:
+    """Confirmed NORMAL / PNEUMONIA cases (adjudication wins; unsure is left out), oldest first."""
+    qs = Confirmation.objects.select_related("diagnosis").order_by("diagnosis__created")
+    if model_name:
+        qs = qs.filter(diagnosis__model_name=model_name)
+    out = []
+    for c in qs:
+        truth, d = c.final_label, c.diagnosis
+        if truth == Confirmation.UNSURE:
+            continue
+        out.append(Case(str(d.id), int(truth == Diagnosis.PNEUMONIA), d.logit, d.model_version,
+                        d.patient_key or str(d.id), d.image.path if d.image else "", d.created, d.label))
+    return out
+
+
+@dataclass
+class ImportReport:
+    recorded: list[tuple[str, str, str]] = field(default_factory=list)   # (file, confirmed label, result id)
+    refused: list[tuple[str, str]] = field(default_factory=list)         # (file, reason)
+    already: list[str] = field(default_factory=list)                     # imported before (same bytes)
+
+    def to_dict(self) -> dict:
+        return {"recorded": len(self.recorded), "refused": [{"file": f, "reason": r} for f, r in self.refused],
+                "already_imported": len(self.already)}
+
+
+def import_account():
+    from django.contrib.auth import get_user_model
+
+    user, made = get_user_model().objects.get_or_create(username=IMPORT_ACCOUNT, defaults={"is_active": False})
+    if made:
+        user.set_unusable_password()
+        user.save()
+    return user
+
+
+def _patient_of(path: Path, data: bytes) -> str | None:
+    """The patient id of an imported film: from its DICOM header, else from its file name
+    (the dataset's naming rules, pipeline.data.dataset.patient_id)."""
+    if data[128:132] == b"DICM":
+        try:
+            return dicom.read_header(data).patient_id or None
+        except Exception:  # noqa: BLE001  (the film is refused by the decoding path with its reason)
+            return None
+    return dataset.patient_id(path.name)
+
+
+def import_folder(root: Path, champion, owner=None, progress=None) -> ImportReport:
+    """Record every film under root/NORMAL and root/PNEUMONIA as a confirmed local case."""
+    root = Path(root)
+    missing = [d for d in CLASS_DIRS if not (root / d).is_dir()]
+    if len(missing) == len(CLASS_DIRS):
+        raise FileNotFoundError(f"{root}: expected folders {' and '.join(CLASS_DIRS)} (of confirmed films)")
+    owner = owner or import_account()
+    report = ImportReport()
+    for label in CLASS_DIRS:
+        files = sorted(p for p in (root / label).rglob("*") if p.is_file() and not p.name.startswith("."))
+        for path in files:
+            _import_one(path, label, root, champion, owner, report)
+            if progress:
+                progress(report)
+    return report
+
+
+def _import_one(path: Path, label: str, root: Path, champion, owner, report: ImportReport) -> None:
+    name = str(path.relative_to(root))
+    try:
+        size = path.stat().st_size
+        analysis.check_size(size)
+        data = path.read_bytes()
+    except analysis.UploadRejected as exc:
+        report.refused.append((name, exc.reason))
+        return
+    digest = hashlib.sha256(data).hexdigest()
+    if Diagnosis.objects.filter(sha256=digest, source="import", confirmation__isnull=False).exists():
+        report.already.append(name)
+        return
+    try:
+        d = analysis.diagnose(owner, path.name, data, champion, source="import", heatmap=False,
+                              patient_key=patient_key(_patient_of(path, data)))
+    except analysis.UploadRejected as exc:
+        report.refused.append((name, exc.reason))
+        return
+    Confirmation.objects.create(diagnosis=d, label=label, by=owner, note=f"imported from {label}/")
+    report.recorded.append((name, label, str(d.id)))
