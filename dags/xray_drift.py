@@ -1,10 +1,17 @@
 """The daily input-drift DAG: were yesterday's requests still like the champion's training X-rays?
 
-One task. It reads the site's records of the window (answers with their gate score, refusals with
+Two tasks.
+
+drift_report reads the site's records of the window (answers with their gate score, refusals with
 their reason; never an image) from the site's database (XRAY_SITE_DATABASE_URL, in compose a
 read-only role; else DATABASE_URL, as the site itself), the champion's reference from the
 registry (stored in its checkpoint by training, pipeline.inference.gate), computes pipeline.evaluation.drift's report,
 logs it to MLflow (experiment `<registry.experiment>-drift`) and notifies (pipeline/mlops/notify.py) when a limit of params.yaml `drift:` is crossed.
+It also says whether the served operating point is backed by enough confirmed local cases.
+
+site_adapt fits the site's calibration and threshold on the confirmed local cases and serves them
+when the checks pass (pipeline.mlops.site_version; the same as `python -m pipeline site adapt`).
+
 Nothing heavy is imported when this file is parsed.
 """
 from __future__ import annotations
@@ -22,18 +29,36 @@ REPO = Path(__file__).resolve().parent.parent
 from pipeline.mlops.notify import XrayNotifier  # noqa: E402
 
 
-def site_records(since, until) -> list[dict]:
-    """The site's records in [since, until), through its own models (django_app/diagnosis).
-    XRAY_SITE_DATABASE_URL (compose: a read-only role on the web database) wins over DATABASE_URL."""
-    if os.environ.get("XRAY_SITE_DATABASE_URL"):
+def site_django(read_only: bool = True) -> None:
+    """The site's own models (django_app/diagnosis) in this task. XRAY_SITE_DATABASE_URL (compose: a
+    read-only role on the web database) wins over DATABASE_URL for the tasks that only read."""
+    if read_only and os.environ.get("XRAY_SITE_DATABASE_URL"):
         os.environ["DATABASE_URL"] = os.environ["XRAY_SITE_DATABASE_URL"]
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xray_site.settings")
     import django
 
     django.setup()
+
+
+def site_records(since, until) -> list[dict]:
+    """The site's records in [since, until)."""
+    site_django()
     from diagnosis import monitoring
 
     return monitoring.records(since, until)
+
+
+def confirmed_for(name: str, version: int) -> int:
+    """Confirmed local cases answered by the champion's weights (site versions share them)."""
+    site_django()
+    from diagnosis import local_cases
+    from pipeline.mlops import server, site_version
+
+    client = server.connect()
+    mine = site_version.weights_version(client, name, version)
+    versions = {}
+    return sum(1 for c in local_cases.cases() if versions.setdefault(
+        c.model_version, site_version.weights_version(client, name, c.model_version)) == mine)
 
 
 @dag(
@@ -66,9 +91,10 @@ def xray_drift():
         try:
             predictor, mv = loading.load_champion(config.model_name(params))
             reference, version = (predictor.gate.state or {}).get("reference"), str(mv.version)
+            confirmed = confirmed_for(config.model_name(params), mv.version)
         except server.NoChampion:
-            reference, version = None, "none"
-        rep = drift.report(records, reference, params.drift)
+            reference, version, confirmed = None, "none", None
+        rep = drift.report(records, reference, params.drift, confirmed, params.site.min_cases)
         mlflow.set_tracking_uri(config.tracking_uri())
         run_id = drift.log_to_mlflow(rep, f"{params.registry.experiment}-drift",
                                      run_name=f"drift-{until:%Y-%m-%d}",
@@ -83,7 +109,32 @@ def xray_drift():
                 {"event": "drift", **json.loads(json.dumps(out, default=str))})
         return json.loads(json.dumps(out, default=str))
 
+    @task(retries=2, retry_delay=timedelta(seconds=30))
+    def site_adapt() -> dict:
+        """The site's operating point from its confirmed cases (`python -m pipeline site adapt`)."""
+        import json
+
+        from pipeline.mlops import notify, server, site_version
+        from pipeline.settings import config
+
+        site_django()
+        from diagnosis import local_cases
+        from diagnosis.management.commands.site import format_adapt
+
+        params = config.load_params(os.environ.get("XRAY_PARAMS") or None)
+        try:
+            out = site_version.adapt(local_cases.cases(), params, name=config.model_name(params))
+        except server.NoChampion as exc:
+            return {"promoted": False, "reason": str(exc)}
+        text = format_adapt(out)
+        print(text)
+        if out["promoted"]:
+            out["notified"] = notify.send(f"[chest-xray] site operating point served: v{out['version']}", text,
+                                          {"event": "site_adapt", **json.loads(json.dumps(server.jsonable(out)))})
+        return json.loads(json.dumps(server.jsonable(out), default=str))
+
     drift_report()
+    site_adapt()
 
 
 xray_drift()

@@ -93,7 +93,7 @@ class MlflowRegistry:
         from pipeline.mlops import server
 
         try:
-            version = server.alias_version(server.connect(self.tracking_uri), self.name, self.alias)
+            version = server.alias_version(server.client_of(self.tracking_uri), self.name, self.alias)
         except Exception as exc:  # connection refused, timeouts, DNS, server errors
             raise RegistryUnavailable(_short(exc)) from None
         return None if version is None else str(version)

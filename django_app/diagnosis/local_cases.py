@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,10 +33,18 @@ IMPORT_ACCOUNT = "site-import"  # owner of imported films: no password, cannot l
 
 
 def _salt() -> bytes:
-    """$XRAY_PATIENT_SALT, else derived from the site's secret key: the same patient gets the same
-    key on this site, and a key cannot be reversed to an id without the salt."""
-    salt = os.environ.get("XRAY_PATIENT_SALT") or f"patient-key:{settings.SECRET_KEY}"
-    return salt.encode()
+    """$XRAY_PATIENT_SALT, else a random salt made once in .local/secrets/patient_salt: the same
+    patient gets the same key on this site (web, import, export), and a key cannot be turned back
+    into an id without the salt."""
+    if os.environ.get("XRAY_PATIENT_SALT"):
+        return os.environ["XRAY_PATIENT_SALT"].encode()
+    path = Path(settings.XRAY_SECRETS_DIR) / "patient_salt"
+    if not path.is_file() or path.stat().st_size == 0:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(24))
+    return path.read_text().strip().encode()
 
 
 def patient_key(raw_id: str | None) -> str:
@@ -104,15 +113,20 @@ class Case:
     answered: str              # the label the site answered
 
 
-def cases(model_name: str | None = None) -> list[Case]:
-    """Confirmed NORMAL / PNEUMONIA cases (adjudication wins; unsure is left out), oldest first."""
+def cases(model_name: str | None = None, share: str | None = "local") -> list[Case]:
+    """Confirmed NORMAL / PNEUMONIA cases (adjudication wins; unsure is left out), oldest first.
+    share="local": only the patients that fit and judge operating points (params site.train_share
+    sends the others to training, `export`); None: all."""
+    from pipeline.evaluation.site import share_of
+
+    train_share = settings.XRAY_PIPELINE_PARAMS.site.train_share
     qs = Confirmation.objects.select_related("diagnosis").order_by("diagnosis__created")
     if model_name:
         qs = qs.filter(diagnosis__model_name=model_name)
     out = []
     for c in qs:
         truth, d = c.final_label, c.diagnosis
-        if truth == Confirmation.UNSURE:
+        if truth == Confirmation.UNSURE or (share and share_of(d.patient_key or str(d.id), train_share) != share):
             continue
         out.append(Case(str(d.id), int(truth == Diagnosis.PNEUMONIA), d.logit, d.model_version,
                         d.patient_key or str(d.id), d.image.path if d.image else "", d.created, d.label))
@@ -189,3 +203,36 @@ def _import_one(path: Path, label: str, root: Path, champion, owner, report: Imp
         return
     Confirmation.objects.create(diagnosis=d, label=label, by=owner, note=f"imported from {label}/")
     report.recorded.append((name, label, str(d.id)))
+
+
+def export(root: Path, train_share: float | None = None) -> dict:
+    """Write the confirmed cases into a dataset folder for the next data version: patients of the
+    training share under train/<CLASS>/, the others under local/<CLASS>/ (evaluation only, scored at
+    each model's own site operating point). Files are named site-<patient hash>-<case>: no name, no
+    patient id, the images as stored (metadata-free); files of cases no longer confirmed so (a
+    label changed by adjudication) are removed. Returns the counts."""
+    from pipeline.evaluation.site import share_of
+
+    root = Path(root)
+    train_share = settings.XRAY_PIPELINE_PARAMS.site.train_share if train_share is None else train_share
+    wanted: dict[Path, Path] = {}
+    for case in cases(share=None):
+        if not case.image or not Path(case.image).is_file():
+            continue
+        share = share_of(case.group, train_share)
+        label = Diagnosis.PNEUMONIA if case.label else Diagnosis.NORMAL
+        patient = hashlib.sha256(case.group.encode()).hexdigest()[:16]
+        name = f"site-{patient}-{case.id.replace('-', '')[:12]}{Path(case.image).suffix.lower()}"
+        wanted[root / ("train" if share == "train" else "local") / label / name] = Path(case.image)
+    removed = 0
+    for old in list(root.glob("train/*/site-*")) + list(root.glob("local/*/site-*")):
+        if old not in wanted:
+            old.unlink()
+            removed += 1
+    for dest, source in wanted.items():
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(source.read_bytes())
+    counts = {share: {label: sum(1 for d in wanted if d.parts[-3] == share and d.parts[-2] == label)
+                      for label in CLASS_DIRS} for share in ("train", "local")}
+    return {"root": str(root), "written": counts, "removed": removed, "train_share": train_share}

@@ -109,6 +109,13 @@ def folds_of(groups, k: int, seed: int = 0) -> np.ndarray:
     return np.array([fold(g) for g in groups], dtype=int)
 
 
+def share_of(group: str, train_share: float) -> str:
+    """"train" for the patients exported for training (a seeded hash of the patient key, so a patient
+    never moves), "local" for those that fit and judge operating points: never both."""
+    bucket = int(hashlib.sha256(f"train-share:{group}".encode()).hexdigest()[:16], 16) / 16 ** 16
+    return "train" if bucket < train_share else "local"
+
+
 def fit_point(logits, y, settings: Site) -> tuple[Calibration, float]:
     """Calibration and threshold on these cases (no refusal check: see `fit`)."""
     cal = fit_calibration(logits, y)

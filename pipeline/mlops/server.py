@@ -69,12 +69,20 @@ def check_server(uri: str | None = None, timeout: float = 5.0) -> str:
 
 
 def connect(uri: str | None = None):
+    """A client of `uri`, also made the process's MLflow URI (mlflow.register_model and runs use it)."""
     import mlflow
-    from mlflow import MlflowClient
 
     uri = uri or tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    return client_of(uri)
+
+
+def client_of(uri: str):
+    """A client of `uri` that leaves the process's MLflow URI alone (the site's registry poller: the
+    process may talk to another server meanwhile)."""
+    from mlflow import MlflowClient
+
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

@@ -119,6 +119,7 @@ class Drift:
     refusal_rate: float = within(0, 1)
     positive_rate_shift: float = within(0, 1)
     min_records: int = within(0)
+    psi_watch: float = within(0)
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ class Site:
     folds: int = within(2, 20)
     floors: dict[str, float]
     margin: float = within(0, 1)
+    train_share: float = within(0, 1)
 
 
 @dataclass(frozen=True)
