@@ -6,15 +6,19 @@
   confirmed films; each goes through the same path as an upload (limits, decoding process, input
   gate, champion) and is recorded with its confirmation; refused films are listed, not counted.
 - `cases`: the confirmed NORMAL / PNEUMONIA cases with the model's raw output, for
-  pipeline.evaluation.site (the site's operating point) and the realised-performance figures.
+  pipeline.evaluation.site (the site's operating point).
+- `realised`: what the served answers achieved on those cases, per model version and month (the
+  staff performance page; the same dicts for the pipeline to log to MLflow).
 
 Patients are grouped by a salted hash of their id (`patient_key`), never the id itself.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import secrets
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,6 +134,39 @@ def cases(model_name: str | None = None, share: str | None = "local") -> list[Ca
             continue
         out.append(Case(str(d.id), int(truth == Diagnosis.PNEUMONIA), d.logit, d.model_version,
                         d.patient_key or str(d.id), d.image.path if d.image else "", d.created, d.label))
+    return out
+
+
+def realised() -> list[dict]:
+    """Realised performance of the answers given: per served model (name, version) and calendar
+    month of the result (site time zone), sensitivity and specificity (95 % Clopper-Pearson),
+    AUC, ECE and counts on the confirmed NORMAL / PNEUMONIA cases (adjudication wins, unsure left
+    out). Each case is scored with its stored probability against the threshold it was answered
+    with, so a month served by a refitted operating point is judged by what doctors were told.
+    A figure that needs a class the group lacks is None. Newest month first."""
+    from pipeline.evaluation.site import answers
+
+    groups: dict[tuple, list] = defaultdict(list)
+    for c in Confirmation.objects.select_related("diagnosis").order_by("diagnosis__created"):
+        truth, d = c.final_label, c.diagnosis
+        if truth == Confirmation.UNSURE:
+            continue
+        month = timezone.localtime(d.created).strftime("%Y-%m")
+        groups[(month, d.model_name, d.model_version)].append(
+            (int(truth == Diagnosis.PNEUMONIA), d.probability, d.threshold))
+    out = []
+    for (month, name, version), rows in groups.items():
+        y, prob, threshold = zip(*rows)
+        figures = answers(y, prob, threshold).to_dict()
+        if not figures["positives"]:
+            figures["sensitivity"] = figures["sensitivity_ci"] = None
+        if not figures["negatives"]:
+            figures["specificity"] = figures["specificity_ci"] = None
+        figures = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in figures.items()}
+        out.append({"month": month, "model_name": name, "model_version": version, **figures})
+    # newest month first; within it, by model and newest version (versions are registry numbers)
+    out.sort(key=lambda g: (g["model_name"], -int(g["model_version"]) if g["model_version"].isdigit() else 0))
+    out.sort(key=lambda g: g["month"], reverse=True)
     return out
 
 
