@@ -1,6 +1,6 @@
 """The daily input-drift DAG: were yesterday's requests still like the champion's training X-rays?
 
-Two tasks.
+Three tasks.
 
 drift_report reads the site's records of the window (answers with their gate score, refusals with
 their reason; never an image) from the site's database (XRAY_SITE_DATABASE_URL, in compose a
@@ -9,7 +9,11 @@ registry (stored in its checkpoint by training, pipeline.inference.gate), comput
 logs it to MLflow (experiment `<registry.experiment>-drift`) and notifies (pipeline/mlops/notify.py) when a limit of params.yaml `drift:` is crossed.
 It also says whether the served operating point is backed by enough confirmed local cases.
 
-site_adapt fits the site's calibration and threshold on the confirmed local cases and serves them
+realised_performance logs sensitivity, specificity, AUC and ECE on the confirmed cases per served
+version and month to MLflow (experiment `<registry.experiment>-site`) and notifies when the champion
+is under params `site.floors`.
+
+site_adapt then fits the site's calibration and threshold on the confirmed local cases and serves them
 when the checks pass (pipeline.mlops.site_version; the same as `python -m pipeline site adapt`).
 
 Nothing heavy is imported when this file is parsed.
@@ -133,8 +137,46 @@ def xray_drift():
                                           {"event": "site_adapt", **json.loads(json.dumps(server.jsonable(out)))})
         return json.loads(json.dumps(server.jsonable(out), default=str))
 
+    @task(retries=2, retry_delay=timedelta(seconds=30))
+    def realised_performance() -> dict:
+        """Realised performance per served version and month on the confirmed cases (what staff see
+        on /staff/performance/), logged to MLflow; notify when the champion's figures of the month
+        are under params `site.floors` on enough cases (site.min_per_class of the class)."""
+        import json
+
+        import mlflow
+
+        from pipeline.mlops import loading, notify
+        from pipeline.settings import config
+
+        site_django()
+        from diagnosis import local_cases
+
+        params = config.load_params(os.environ.get("XRAY_PARAMS") or None)
+        rows = local_cases.realised()
+        champion = loading.champion_version(config.model_name(params))
+        mlflow.set_tracking_uri(config.tracking_uri())
+        mlflow.set_experiment(f"{params.registry.experiment}-site")
+        with mlflow.start_run(run_name=f"realised-{pendulum.now('UTC'):%Y-%m-%d}") as run:
+            for r in rows:
+                step = int(r["month"].replace("-", ""))  # YYYYMM: one point per month
+                for key in ("sensitivity", "specificity", "auc", "ece", "n", "positives", "negatives"):
+                    if r.get(key) is not None:
+                        mlflow.log_metric(f"v{r['model_version']}.{key}", float(r[key]), step=step)
+            mlflow.log_dict({"rows": rows}, "realised.json")
+        current = [r for r in rows if r["model_version"] == str(champion)][:1]   # its newest month
+        below = [f"{key} {r[key]:.3f} < floor {floor} ({r[count]} cases, {r['month']})"
+                 for r in current for key, floor in params.site.floors.items()
+                 for count in [{"sensitivity": "positives", "specificity": "negatives"}.get(key, "n")]
+                 if r.get(key) is not None and r[count] >= params.site.min_per_class and r[key] < floor]
+        out = {"run_id": run.info.run_id, "champion": champion, "rows": len(rows), "below_floors": below}
+        if below:
+            out["notified"] = notify.send(f"[chest-xray] champion v{champion} under the floors on confirmed cases",
+                                          "\n".join(below), {"event": "realised", **out})
+        return json.loads(json.dumps(out, default=str))
+
     drift_report()
-    site_adapt()
+    realised_performance() >> site_adapt()
 
 
 xray_drift()

@@ -29,6 +29,9 @@ from pipeline.model.calibration import Calibration, ece, fit as fit_calibration
 from pipeline.settings.params import Site
 
 
+MIN_SLOPE = 1e-3  # the refit may flatten the network's scale, never turn its ranking around
+
+
 @dataclass
 class Answers:
     """An operating point's figures on labelled cases, with 95 % intervals and counts."""
@@ -118,7 +121,7 @@ def share_of(group: str, train_share: float) -> str:
 
 def fit_point(logits, y, settings: Site) -> tuple[Calibration, float]:
     """Calibration and threshold on these cases (no refusal check: see `fit`)."""
-    cal = fit_calibration(logits, y)
+    cal = fit_calibration(logits, y, min_slope=MIN_SLOPE)
     return cal, bounded_threshold(y, cal.probability(logits), settings.target_sensitivity, settings.confidence)
 
 

@@ -94,5 +94,6 @@ def evaluate_candidates(challenger_version: int, params: Params, data_root) -> d
         out["comparison"] = comparison
     if "local" in ch["probs"]:   # for the promoted version's own site operating point (site_version.adapt)
         local = ch["probs"]["local"]
-        out["local_cases"] = {"ids": local["keys"], "y": local["y"], "groups": local["groups"], "logits": local["p"]}
+        out["local_cases"] = {"ids": list(local["keys"]), "y": [int(v) for v in local["y"]],
+                              "groups": list(local["groups"]), "logits": [float(v) for v in local["p"]]}
     return jsonable(out)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import uuid
 
+import pytest
 import torch
 from dagtest_utils import REPO, airflow_env, base_env, migrate, mlflow_client
 
@@ -156,4 +157,13 @@ def test_site_adapt_task_serves_the_sites_operating_point(tiny_checkpoint, mlflo
     mv = client.get_model_version(name, str(adapted["version"]))
     assert mv.tags["site.parent_version"] == version and mv.tags["trigger"] == "site-adapt"
     assert summary["xcom"]["drift_report"]["confirmed"] == 120
-    assert "site_adapt" in [m["event"] for m in webhook.received]
+    # realised performance: what the site answered (the served threshold calls most NORMAL films
+    # PNEUMONIA) against the confirmations, logged to MLflow, and a notification under the floors
+    real = summary["xcom"]["realised_performance"]
+    answered = np.array([r["answered"] == "PNEUMONIA" for r in rows])
+    specificity = float(np.mean(~answered[~y]))                  # by hand
+    history = client.get_metric_history(real["run_id"], f"v{version}.specificity")
+    assert len(history) == 1 and history[0].value == pytest.approx(specificity)
+    assert client.get_metric_history(real["run_id"], f"v{version}.n")[0].value == 120
+    assert specificity < 0.6 and any(b.startswith("specificity") for b in real["below_floors"])
+    assert {"site_adapt", "realised"} <= {m["event"] for m in webhook.received}

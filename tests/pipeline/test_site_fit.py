@@ -54,7 +54,7 @@ def test_cross_fitting_answers_each_fold_with_the_others_fit(settings):
         assert len(set(fold[[i for i, x in enumerate(groups) if x == g]])) == 1
     for f in range(settings.folds):
         held = fold == f
-        cal = platt(z[~held], y[~held])   # by hand: Platt on the other folds...
+        cal = platt(z[~held], y[~held], min_slope=site.MIN_SLOPE)   # by hand: Platt on the other folds...
         t = site.bounded_threshold(y[~held], cal.probability(z[~held]), settings.target_sensitivity,
                                    settings.confidence)   # ...and their bounded threshold
         assert np.allclose(prob[held], cal.probability(z[held]))
@@ -82,7 +82,7 @@ def test_fit_serves_a_better_answer_and_refuses_a_worse_one(settings):
     assert good.after.specificity > good.before.specificity + 0.3 and good.after.ece < good.before.ece
     assert good.after.sensitivity >= settings.floors["sensitivity"]
     # the served fit is the one on all cases
-    cal = platt(z, y)
+    cal = platt(z, y, min_slope=site.MIN_SLOPE)
     assert good.calibration.a == pytest.approx(cal.a) and good.calibration.b == pytest.approx(cal.b)
     # already at the site's own fit: nothing to gain, nothing served
     same = site.fit(z, y, range(n), (good.calibration, good.threshold), settings)
@@ -90,3 +90,12 @@ def test_fit_serves_a_better_answer_and_refuses_a_worse_one(settings):
     # floors are checked out of fold
     strict = dataclasses.replace(settings, floors={"specificity": 0.999})
     assert not site.fit(z, y, range(n), served, strict).accepted
+
+
+def test_a_site_fit_never_turns_the_ranking_around(settings):
+    rng = np.random.default_rng(2)
+    y = (rng.random(120) < 0.5).astype(int)
+    z = -(rng.normal(0, 1, 120) + 3.0 * y)          # a network that ranks this site's films backwards
+    fitted = site.fit(z, y, range(120), (Calibration(), 0.5), settings)
+    assert fitted.calibration.a == pytest.approx(site.MIN_SLOPE)   # flattened, not flipped
+    assert not fitted.accepted and any("floor" in c for c in fitted.checks)

@@ -76,8 +76,11 @@ def test_one_loader_for_warm_starts_the_cli_and_the_site(mlflow_server, trained,
     by_version = loading.checkpoint_path(f"models:/{name}/{trained['version']}")
     site = loading.download_version(trained["version"], name)
     assert by_alias == by_version and by_alias.parent.parent == site      # one cache entry
-    warm = network.build_model(f"models:/{name}/{trained['version']}")
+    # model.init=models:/...: the registry resolves it to a file first (the model layer knows no registry)
+    warm = network.build_model(str(loading.resolve_model(f"models:/{name}/{trained['version']}")))
     reference = torch.load(trained["checkpoint"], weights_only=True)["state_dict"]
     assert all(torch.equal(v, reference[k]) for k, v in warm.state_dict().items())
     with pytest.raises(RuntimeError, match="has no alias 'nobody'"):
-        network.build_model(f"models:/{name}@nobody")
+        loading.resolve_model(f"models:/{name}@nobody")
+    with pytest.raises(ValueError, match="resolve it to a model.pt first"):
+        network.build_model(f"models:/{name}/{trained['version']}")

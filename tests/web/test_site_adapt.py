@@ -149,3 +149,110 @@ def test_cli_runs_the_site_command():
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "--dry-run" in out.stdout
+
+
+class FakeAirflow:
+    """Airflow's REST API as far as `versioning.announce` uses it (token, asset lookup, asset event);
+    the DAG's schedule on that asset is checked by tests/dags/test_dag_integrity.py."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from pipeline.settings import config
+
+        events = self.events = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def _reply(self, body):
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path == "/auth/token":
+                    return self._reply({"access_token": "t"})
+                events.append(body)
+                self._reply({"id": 1})
+
+            def do_GET(self):  # noqa: N802
+                self._reply({"assets": [{"id": 3, "uri": config.DATA_ASSET_URI}]})
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+def _git_dvc_repo(root):
+    """A repository with DVC and a local DVC remote, as the platform's checkout is."""
+    dvc = [sys.executable, "-m", "dvc"]
+    repo, remote = root / "repo", root / "dvc-remote"
+    repo.mkdir()
+    for cmd in (["git", "init", "-q"], dvc + ["init", "-q"], dvc + ["config", "core.analytics", "false"],
+                dvc + ["remote", "add", "-d", "local", str(remote)],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "dvc init"]):
+        subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
+    return repo, remote
+
+
+def test_export_puts_deidentified_cases_in_a_new_data_version(champion, xray_jpeg, pneumonia_jpeg, tmp_path,
+                                                              monkeypatch):
+    from django.test import override_settings
+
+    from diagnosis import local_cases
+    from diagnosis.models import Confirmation, Diagnosis
+    from pipeline.evaluation.site import share_of
+    from pipeline.settings import config
+
+    films = tmp_path / "films"
+    for i in range(6):   # three patients, two films each, both classes
+        for label, data in (("NORMAL", xray_jpeg), ("PNEUMONIA", pneumonia_jpeg)):
+            path = films / label / f"person{100 + i // 2}_bacteria_{i}.jpeg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data + bytes([i]) * (i + 1))    # other bytes, the same pixels
+    assert json.loads(run("import", "--data", str(films), "--json"))["recorded"] == 12
+    repo, remote = _git_dvc_repo(tmp_path)
+    airflow = FakeAirflow()
+    monkeypatch.setenv("XRAY_REPO", str(repo))
+    monkeypatch.setenv("AIRFLOW_URL", airflow.url)
+    monkeypatch.setenv("XRAY_GIT_PUSH", "0")
+    half = config.apply_overrides(config.load_params(), {"site.train_share": 0.5})
+    with override_settings(XRAY_PIPELINE_PARAMS=half):
+        out = json.loads(run("export", "--json"))
+        data = repo / "data" / "chest_xray"
+        files = sorted(p.relative_to(data).as_posix() for p in data.rglob("*") if p.is_file())
+        assert len(files) == 12 and all(f.split("/")[0] in ("train", "local") for f in files)
+        by_patient = {}
+        for f in files:
+            share, label, name = f.split("/")
+            assert name.startswith("site-") and "person" not in name     # no patient id in a name
+            by_patient.setdefault(name.split("-")[1], set()).add(share)
+        assert len(by_patient) == 3 and all(len(s) == 1 for s in by_patient.values())   # a patient on one side
+        shares = {share_of(c.group, 0.5) for c in local_cases.cases(share=None)}
+        assert {f.split("/")[0] for f in files} == {"train" if s == "train" else "local" for s in shares}
+        # a new data version: the pointer committed, the files in the DVC remote, the Asset announced
+        assert out["data_version"] and (repo / "data" / "chest_xray.dvc").is_file()
+        log = subprocess.run(["git", "log", "--format=%s"], cwd=repo, capture_output=True, text=True).stdout
+        assert "the site's confirmed cases" in log.splitlines()[0]
+        distinct = {(data / f).read_bytes() for f in files}    # DVC stores each content once, plus the listing
+        assert sum(1 for p in remote.rglob("*") if p.is_file()) == len(distinct) + 1
+        assert out["announced"] and airflow.events[-1]["extra"]["data_version"] == out["data_version"]
+        # staff overturn one confirmation: the next export moves that film to the other class
+        c = Confirmation.objects.filter(diagnosis__source="import").first()
+        local_cases.adjudicate(c, _staff(), "NORMAL" if c.label == "PNEUMONIA" else "PNEUMONIA")
+        again = json.loads(run("export", "--json", "--no-publish"))
+        assert again["removed"] == 1
+    airflow.server.shutdown()
+    assert Diagnosis.objects.filter(source="import").count() == 12
+
+
+def _staff():
+    from webutil import make_user
+
+    return make_user("site_staff", staff=True)
