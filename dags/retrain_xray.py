@@ -207,14 +207,20 @@ def decide(info: dict, scores: dict) -> str:
     return "promote" if decision["promote"] else "reject"
 
 @task(**RETRY)
-def promote(trained: dict) -> dict:
-    from pipeline.mlops import aliases
+def promote(info: dict, trained: dict, scores: dict) -> dict:
+    """Move the champion alias; then, when the data version has the site's confirmed cases, serve the
+    new champion at its own site operating point (a new version's threshold is never the old one's)."""
+    from pipeline.mlops import aliases, site_version
 
     decision = get_current_context()["ti"].xcom_pull(task_ids="decide", key="decision")
     result = aliases.promote(trained["version"], decision, name=trained["model_name"])
     done = result.get("promoted") or result.get("already")   # already: a retry of a try that promoted
     if not done:   # e.g. someone promoted another version meanwhile: stale decision
         print(f"not promoted: {result.get('reason')}")
+    elif scores.get("local_cases"):
+        result["site"] = site_version.adapt_version(trained["version"], scores["local_cases"], parse(info["params"]),
+                                                    name=trained["model_name"])
+        print(f"site operating point: {result['site']['reason']}")
     return {"outcome": "promoted" if done else "stale", **result}
 
 @task(**RETRY)
@@ -269,7 +275,7 @@ def xray_retrain():
     trained = train(info, report)
     scores = evaluate(info, trained)
     branch = decide(info, scores)
-    outcomes = [promote(trained), reject(trained)]
+    outcomes = [promote(info, trained, scores), reject(trained)]
     branch >> outcomes
     outcomes >> notify(info, trained, scores)
 

@@ -26,6 +26,8 @@ EPILOG = """examples:
   python -m pipeline evaluate --model runs/latest/model.pt
   python -m pipeline predict --model runs/latest/model.pt xray1.jpeg xray2.png
   python -m pipeline status
+  python -m pipeline site import --data confirmed/     (folders NORMAL/ and PNEUMONIA/)
+  python -m pipeline site adapt
 """
 
 
@@ -82,10 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
                            help="registered model version to promote (default: the current challenger)")
             p.add_argument("--reason", default="manual promotion", help="recorded on the version")
         add_arguments(name, p)
+
+    p = sub.add_parser("site", add_help=False, help="the site's confirmed cases: import labelled films "
+                       "(site import --data DIR), fit and serve the site's operating point (site adapt)")
+    p.add_argument("site_args", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["site"]:  # its options are the Django command's (argparse would take --help)
+        return cmd_site(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         params = config.load_params(getattr(args, "params", None), getattr(args, "overrides", []))
@@ -102,6 +111,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         raise
+
+
+def cmd_site(site_args: list[str]) -> int:
+    """Runs in the site's Django, whose database holds the confirmed cases (the command itself:
+    django_app/diagnosis/management/commands/site.py); the same settings as the site (DATABASE_URL,
+    MLFLOW_TRACKING_URI, XRAY_PARAMS)."""
+    import os
+
+    from django.core.management import ManagementUtility
+
+    sys.path.insert(0, str(Path(os.environ.get("XRAY_REPO") or config.REPO_ROOT) / "django_app"))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xray_site.settings")
+    try:
+        ManagementUtility(["python -m pipeline", "site", *site_args]).execute()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
 
 
 def cmd_validate(args, params, data_root) -> int:

@@ -78,7 +78,8 @@ def stored_name(name: str | None, fmt: str) -> str:
     return f"upload.{EXTENSIONS.get(fmt, 'bin') if fmt != 'DICOM' else 'dcm'}"
 
 
-def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatmap: bool = True) -> Diagnosis:
+def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatmap: bool = True,
+             patient_key: str = "") -> Diagnosis:
     """Analyse one image with the given champion and record it. Raises UploadRejected; stores
     nothing unless the whole analysis succeeded. The answer comes from pipeline.inference.answer,
     the one inference path (the file decoded in a process with hard limits, the input gate, the
@@ -107,7 +108,8 @@ def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatm
         threshold=float(prediction.threshold), model_name=champion.name,
         model_version=str(champion.version), model_run_id=champion.run_id or "",
         inference_ms=result.infer_ms, heatmap_empty=cam is not None and not float(np.max(cam)) > 0,
-        gate_score=prediction.gate_score, warning=prediction.warning[:500],
+        gate_score=prediction.gate_score, warning=prediction.warning[:500], logit=prediction.logit,
+        patient_key=patient_key,
     )
     stored = []
     try:

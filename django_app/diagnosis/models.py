@@ -1,4 +1,5 @@
-"""What the site remembers: every answer the model gave (with its image) and API tokens."""
+"""What the site remembers: every answer the model gave (with its image and raw output), the
+diagnoses doctors confirmed, and API tokens."""
 from __future__ import annotations
 
 import hashlib
@@ -20,7 +21,7 @@ def upload_path(instance: "Diagnosis", filename: str) -> str:
 class Diagnosis(models.Model):
     NORMAL, PNEUMONIA = "NORMAL", "PNEUMONIA"
     LABELS = [(NORMAL, "Normal"), (PNEUMONIA, "Pneumonia")]
-    SOURCES = [("web", "Web page"), ("api", "API")]
+    SOURCES = [("web", "Web page"), ("api", "API"), ("import", "Confirmed-film import")]
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)  # unguessable
     # PROTECT: a doctor's account going must not take the medical record with it (issue 25 item 8);
@@ -47,6 +48,12 @@ class Diagnosis(models.Model):
     # the input gate (pipeline.inference.gate): feature distance to the training X-rays (drift), and a caution
     gate_score = models.FloatField(null=True, blank=True)
     warning = models.CharField(max_length=500, blank=True)
+    # the network's raw output: the site's calibration and threshold are refitted from it without
+    # reading the image again (pipeline.evaluation.site); null for results recorded before it was kept
+    logit = models.FloatField(null=True, blank=True)
+    # salted hash of the patient's id (DICOM PatientID, or an imported film's name): groups a patient's
+    # films when cases are cross-fitted or exported; never the id itself (diagnosis.local_cases)
+    patient_key = models.CharField(max_length=32, blank=True)
 
     class Meta:
         ordering = ["-created"]
@@ -95,7 +102,55 @@ class Diagnosis(models.Model):
             data["inference_ms"] = round(self.inference_ms, 1)
         data["warning"] = self.warning
         data["gate_score"] = round(self.gate_score, 3) if self.gate_score is not None else None
+        confirmation = getattr(self, "confirmation", None)
+        data["confirmation"] = confirmation.to_api() if confirmation else None
+        data["confirmation_url"] = url("api_confirmation", self.id)
         return data
+
+
+class Confirmation(models.Model):
+    """The diagnosis confirmed for a result once it is known (from the report or follow-up), by the
+    doctor who asked for it or from a confirmed-film import; staff adjudicate those that disagree
+    with the model. Confirmed NORMAL / PNEUMONIA cases are the site's local evidence."""
+
+    NORMAL, PNEUMONIA, UNSURE = "NORMAL", "PNEUMONIA", "UNSURE"
+    LABELS = [(NORMAL, "Normal"), (PNEUMONIA, "Pneumonia"), (UNSURE, "Unsure")]
+
+    diagnosis = models.OneToOneField(Diagnosis, on_delete=models.CASCADE, related_name="confirmation")
+    label = models.CharField(max_length=16, choices=LABELS)
+    by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="confirmations")
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+    note = models.CharField(max_length=500, blank=True)
+    # staff's ruling on a disagreement: it replaces `label` as the case's truth
+    adjudicated_label = models.CharField(max_length=16, choices=LABELS, blank=True)
+    adjudicated_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True,
+                                       related_name="adjudications")
+    adjudicated_at = models.DateTimeField(null=True, blank=True)
+    adjudication_note = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-updated"]
+        indexes = [models.Index(fields=["updated"], name="confirmation_updated")]
+
+    def __str__(self) -> str:
+        return f"{self.final_label} for {self.diagnosis_id} (by {self.by})"
+
+    @property
+    def final_label(self) -> str:
+        return self.adjudicated_label or self.label
+
+    @property
+    def disagrees(self) -> bool:
+        """A confirmed diagnosis (not unsure) other than the model's answer."""
+        return self.final_label != self.UNSURE and self.final_label != self.diagnosis.label
+
+    def to_api(self) -> dict:
+        return {"label": self.final_label, "confirmed_label": self.label, "by": self.by.get_username(),
+                "at": self.updated.isoformat(timespec="seconds"), "note": self.note,
+                "adjudicated": bool(self.adjudicated_label),
+                "adjudicated_by": self.adjudicated_by.get_username() if self.adjudicated_by else None,
+                "adjudicated_at": self.adjudicated_at.isoformat(timespec="seconds") if self.adjudicated_at else None}
 
 
 class Refusal(models.Model):

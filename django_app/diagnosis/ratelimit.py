@@ -1,7 +1,7 @@
 """Upload rate limits (issue 25 item 2): at most XRAY_UPLOADS_PER_MINUTE images a minute per
 user, and XRAY_TOKEN_UPLOADS_PER_MINUTE per API token (a script's token is limited on its own,
 under its owner's limit). Each image is bounded in cost by pipeline.inference.upload; this bounds how many
-one account can send.
+one account can send. Confirmations (page and API) are counted against the same numbers, apart.
 
 Fixed one-minute windows counted in Django's cache: shared by every worker when the cache is
 Redis (XRAY_CACHE_URL, as in the compose stack), per process with the local-memory default.
@@ -35,13 +35,23 @@ def _count(key: str, n: int) -> int:
 
 def check_uploads(request, user, images: int = 1) -> None:
     """Count `images` against the user's (and the request's API token's) minute; RateLimited when over."""
+    _check(request, user, images, "", "uploads", "images")
+
+
+def check_confirmations(request, user) -> None:
+    """Confirmations are cheap writes, but a runaway script must not flood the table: the same
+    limits as uploads, counted in their own windows."""
+    _check(request, user, 1, "confirm:", "confirmations", "confirmations")
+
+
+def _check(request, user, n: int, prefix: str, what: str, unit: str) -> None:
     retry = WINDOW - int(time.time() % WINDOW)
-    if _count(f"user:{user.pk}", images) > settings.XRAY_UPLOADS_PER_MINUTE:
-        raise RateLimited(f"too many uploads: at most {settings.XRAY_UPLOADS_PER_MINUTE} images a minute "
+    if _count(f"{prefix}user:{user.pk}", n) > settings.XRAY_UPLOADS_PER_MINUTE:
+        raise RateLimited(f"too many {what}: at most {settings.XRAY_UPLOADS_PER_MINUTE} {unit} a minute "
                           f"per user; try again in {retry} s", retry)
     header = request.META.get("HTTP_AUTHORIZATION", "")
     if header:
         token = hashlib.sha256(header.partition(" ")[2].strip().encode()).hexdigest()[:32]
-        if _count(f"token:{token}", images) > settings.XRAY_TOKEN_UPLOADS_PER_MINUTE:
-            raise RateLimited(f"too many uploads: at most {settings.XRAY_TOKEN_UPLOADS_PER_MINUTE} images a "
+        if _count(f"{prefix}token:{token}", n) > settings.XRAY_TOKEN_UPLOADS_PER_MINUTE:
+            raise RateLimited(f"too many {what}: at most {settings.XRAY_TOKEN_UPLOADS_PER_MINUTE} {unit} a "
                               f"minute per API token; try again in {retry} s", retry)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import confirmations, views
 
 urlpatterns = [
     path("", views.index, name="index"),
@@ -8,9 +8,14 @@ urlpatterns = [
     path("history/", views.history, name="history"),
     path("models/<str:version>/card", views.card, name="model_card"),
     path("results/<uuid:pk>/", views.result, name="result"),
+    path("results/<uuid:pk>/confirm", confirmations.confirm, name="confirm"),  # before <kind>
     path("results/<uuid:pk>/<str:kind>", views.image, name="image"),
     path("account/api-token/", views.api_token, name="api_token"),
     path("api/predict", views.api_predict, name="api_predict"),
+    path("api/results/<uuid:pk>/confirmation", confirmations.api_confirmation, name="api_confirmation"),
     path("healthz", views.healthz, name="healthz"),
     path("staff/drift/", views.drift, name="drift"),
+    path("staff/confirmations/", confirmations.queue, name="confirmations"),
+    path("staff/confirmations/<int:pk>/adjudicate", confirmations.adjudicate, name="adjudicate"),
+    path("staff/performance/", confirmations.performance, name="performance"),
 ]

@@ -23,7 +23,7 @@ from . import analysis, ratelimit
 from .auth import AuthFailed, authenticate_api
 from .champion import RegistryUnavailable, holder, model_card
 from .forms import UploadForm
-from .models import ApiToken, Diagnosis
+from .models import ApiToken, Confirmation, Diagnosis
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,8 @@ def _upload_errors(request, json: bool, failed, champion=None):
 @require_GET
 def result(request, pk):
     diagnosis = get_object_or_404(Diagnosis, pk=pk, owner=request.user)  # 404, not 403: no probing
-    return render(request, "diagnosis/result.html", {"d": diagnosis})
+    return render(request, "diagnosis/result.html", {"d": diagnosis, "labels": Confirmation.LABELS,
+                                                     "confirmation": getattr(diagnosis, "confirmation", None)})
 
 
 @require_GET
@@ -168,7 +169,7 @@ def card(request, version: str):
 
 @require_GET
 def history(request):
-    page = Paginator(Diagnosis.objects.filter(owner=request.user).order_by("-created"),
+    page = Paginator(Diagnosis.objects.filter(owner=request.user).select_related("confirmation").order_by("-created"),
                      settings.XRAY_HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
     return render(request, "diagnosis/history.html", {"page": page})
 
@@ -177,7 +178,7 @@ def history(request):
 def image(request, pk, kind):
     if kind not in IMAGE_KINDS:
         raise Http404
-    diagnosis = get_object_or_404(Diagnosis, pk=pk, owner=request.user)
+    diagnosis = _viewable(request.user, pk)
     try:
         path = analysis.derived_path(diagnosis, kind)
         handle = open(path, "rb")
@@ -188,6 +189,18 @@ def image(request, pk, kind):
     response["Cache-Control"] = "private, max-age=3600"
     response["Content-Security-Policy"] = "default-src 'none'"
     return response
+
+
+def _viewable(user, pk) -> Diagnosis:
+    """The user's own result; for staff also a result in the adjudication queue (open or ruled),
+    whose film they must read to rule on it. Any other result is a 404, as if it did not exist."""
+    from .local_cases import disagreements
+
+    diagnosis = Diagnosis.objects.filter(pk=pk).first()
+    if diagnosis is not None and (diagnosis.owner_id == user.pk or (
+            user.is_staff and disagreements(open_only=False).filter(diagnosis=diagnosis).exists())):
+        return diagnosis
+    raise Http404
 
 
 @require_http_methods(["GET", "POST"])

@@ -86,6 +86,8 @@ CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 DATA_DIR = Path(os.environ.get("XRAY_WEB_DATA_DIR", REPO_ROOT / ".local" / "web")).expanduser()
 MEDIA_ROOT = Path(os.environ.get("XRAY_MEDIA_ROOT", DATA_DIR / "media")).expanduser()
 STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", DATA_DIR / "staticfiles")).expanduser()
+# the salt of patient keys (diagnosis.local_cases), next to the stack's other generated secrets
+XRAY_SECRETS_DIR = Path(os.environ.get("XRAY_SECRETS_DIR", DATA_DIR.parent / "secrets")).expanduser()
 MEDIA_URL = None  # uploads are never served as static files: only through diagnosis.views.image
 
 INSTALLED_APPS = [

@@ -30,8 +30,10 @@ from pipeline.data import dicom
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                  "validation": "val", "test": "test", "testing": "test"}
+                  "validation": "val", "test": "test", "testing": "test",
+                  "local": "local"}  # the site's confirmed evaluation cases (`site export`): never trained on
 _PATIENT_PATTERNS = (
+    re.compile(r"^(site-[0-9a-f]{16})-", re.IGNORECASE),          # site-<salted patient hash>-<case> (`site export`)
     re.compile(r"^(person\d+)_(?:bacteria|virus)", re.IGNORECASE),  # person123_bacteria_456
     re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+", re.IGNORECASE),        # IM-0115-0001, NORMAL2-IM-...
 )
@@ -99,11 +101,12 @@ class Splits:
     test: list[Sample]
     external: list[Sample] = field(default_factory=list)   # a provided test/ folder, scored apart
     golden: list[Sample] = field(default_factory=list)     # the fixed golden set (pipeline.data.golden), scored apart
+    local: list[Sample] = field(default_factory=list)      # the site's confirmed cases (local/), scored apart
 
     def items(self):
         parts = (("train", self.train), ("val", self.val), ("test", self.test))
-        return (parts + ((("external", self.external),) if self.external else ())
-                + ((("golden", self.golden),) if self.golden else ()))
+        return (parts + tuple((name, part) for name, part in (("external", self.external), ("golden", self.golden),
+                                                              ("local", self.local)) if part))
 
     def counts(self) -> dict:
         return {name: {c: sum(s.label == i for s in part) for i, c in enumerate(config.CLASSES)}
@@ -262,6 +265,8 @@ def split(samples: list[Sample], params: Params) -> Splits:
     A provided val/ folder is used as is when it holds at least data.min_provided_split images;
     a smaller one (the 16-image Kaggle val/) goes back into the pool. A provided test/ folder of that
     size is the *external* set (e.g. a frozen set of another period that data engineers version):
+    A local/ folder holds the site's confirmed evaluation cases (`python -m pipeline site export`):
+    always kept apart, scored at each model's own site operating point (pipeline.evaluation.quality).
     reported apart, never mixed into the held-out patients, which are always carved from the pool
     by patient, so held-out figures stay comparable from one data version to the next. Pool patients are
     assigned by a seeded hash of their id: each side gets its fraction of every class's patients
@@ -273,19 +278,21 @@ def split(samples: list[Sample], params: Params) -> Splits:
     honoured = {name for name, part in provided.items() if len(part) >= d.min_provided_split}
     fixed_patients = {s.patient: name for name in honoured for s in provided[name]}
     fractions = {"test": d.test_fraction, "val": 0.0 if "val" in honoured else d.val_fraction}
-    out = {"train": [], "val": [], "test": [], "external": []}
-    pool = [s for s in samples if s.split_hint not in honoured]
+    out = {"train": [], "val": [], "test": [], "external": [], "local": []}
+    pool = [s for s in samples if s.split_hint not in honoured and s.split_hint != "local"]
     for s in pool:
         if s.patient not in fixed_patients:
             b = _bucket(s.patient, d.seed)
             fixed_patients[s.patient] = ("test" if b < fractions["test"] else
                                          "val" if b < fractions["test"] + fractions["val"] else "train")
     for s in samples:
-        if s.split_hint in honoured:
+        if s.split_hint == "local":
+            out["local"].append(s)
+        elif s.split_hint in honoured:
             out["external" if s.split_hint == "test" else s.split_hint].append(s)
         else:
             out[fixed_patients[s.patient]].append(s)
-    splits = Splits(out["train"], out["val"], out["test"], out["external"])
+    splits = Splits(out["train"], out["val"], out["test"], out["external"], local=out["local"])
     for name, part in splits.items():
         if not part:
             raise DatasetError(f"the {name} split is empty: the dataset is too small to split")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.model import calibration
-from pipeline.evaluation import evaluate, stress
+from pipeline.evaluation import evaluate, site, stress
 from pipeline.settings.params import Params
 from pipeline.data import dataset
 
@@ -91,7 +91,28 @@ def score(predictor, splits, params: Params, cache) -> dict:
         samples = getattr(splits, name, None) or []
         if samples:
             out[name], out["probs"][name] = _score_set(predictor, samples, params, cache)
+    if getattr(splits, "local", None):
+        out["local"], out["probs"]["local"] = _score_local(predictor, splits.local, params, cache)
     return out
+
+
+def _score_local(predictor, samples, params: Params, cache) -> tuple[dict, dict]:
+    """The site's confirmed cases, each model at ITS OWN site operating point: calibration and
+    threshold cross-fitted by patient on these cases (pipeline.evaluation.site), so a new version is
+    never judged at the old one's threshold, and no case judges a fit it took part in."""
+    y, p = evaluate.predict_samples(predictor, samples, params, cache)
+    q = np.clip(np.asarray(p, np.float64), 1e-12, 1 - 1e-12)
+    z = np.log(q / (1 - q))    # Platt is affine in the logit: refitting on these equals refitting on the raw ones
+    groups = [s.patient for s in samples]
+    figures = {"n": len(y), "positives": int(np.sum(y)), "negatives": int(len(y) - np.sum(y))}
+    if site.refusal(y, params.site):
+        figures["note"] = "too few cases for a site operating point: " + site.refusal(y, params.site)
+        return figures, {"keys": [s.digest for s in samples], "y": y, "p": z, "groups": groups}
+    prob, thr = site.cross_fitted(z, y, groups, params.site)
+    a = site.answers(y, prob, thr)
+    figures.update(auc=float(evaluate.roc_auc(y, z)), sensitivity=a.sensitivity, specificity=a.specificity, ece=a.ece,
+                   sensitivity_ci=list(a.sensitivity_ci), specificity_ci=list(a.specificity_ci))
+    return figures, {"keys": [s.digest for s in samples], "y": y, "p": z, "groups": groups}
 
 
 def flat_metrics(scored: dict) -> dict:
@@ -104,6 +125,8 @@ def flat_metrics(scored: dict) -> dict:
     m["stress_per_shift"] = st["per_shift"]
     if scored.get("external"):
         m.update({f"external_{k}": v for k, v in scored["external"].items() if k != "confusion_matrix"})
+    if scored.get("local"):    # local_auc, local_sensitivity, ... at the model's own site operating point
+        m.update({f"local_{k}": v for k, v in scored["local"].items() if not k.endswith("_ci") and k != "note"})
     if scored.get("golden"):   # golden_auc, golden_sensitivity, ..., golden_ece, golden_n and its counts
         g = scored["golden"]
         m.update({f"golden_{k}": v for k, v in g.items() if k != "confusion_matrix"})

@@ -88,8 +88,12 @@ def evaluate_candidates(challenger_version: int, params: Params, data_root) -> d
                       "stress": compare.paired_bootstrap(
                           a["stress"]["y"], a["stress"]["p"], b["stress"]["p"],
                           params.promotion.bootstrap_samples, params.data.seed, level).to_dict()}
-        for key in ("external", "golden"):
+        for key in ("external", "golden", "local"):
             if key in a:
                 comparison[key] = compare.delong(a[key]["y"], a[key]["p"], b[key]["p"], level).to_dict()
         out["comparison"] = comparison
+    if "local" in ch["probs"]:   # for the promoted version's own site operating point (site_version.adapt)
+        local = ch["probs"]["local"]
+        out["local_cases"] = {"ids": list(local["keys"]), "y": [int(v) for v in local["y"]],
+                              "groups": list(local["groups"]), "logits": [float(v) for v in local["p"]]}
     return jsonable(out)

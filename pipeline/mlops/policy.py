@@ -21,19 +21,21 @@ def _floor_failures(metrics: dict, floors: dict, prefix: str = "", label: str = 
     return failed
 
 
-def _all_floor_failures(metrics: dict, policy: dict) -> list[str]:
-    """Held-out floors, worst-shift floors, and external / golden floors when such a set was scored."""
+def _all_floor_failures(metrics: dict, policy: dict, site_floors: dict) -> list[str]:
+    """Held-out floors, worst-shift floors, and external / golden / local floors when such a set was scored."""
     failed = _floor_failures(metrics, policy.floors)
     failed += _floor_failures(metrics, policy.stress_floors, "stress_worst_", "worst-shift ")
     if "external_auc" in metrics:
         failed += _floor_failures(metrics, policy.external_floors, "external_", "external ")
     if "golden_n" in metrics:
         failed += _floor_failures(metrics, policy.golden_floors, "golden_", "golden-set ")
+    if "local_auc" in metrics:   # out of fold, at the model's own site operating point
+        failed += _floor_failures(metrics, site_floors, "local_", "local ")
     return failed
 
 
 COMPARISON_LABELS = {"test": "held-out", "stress": "under shift (mean AUC)", "external": "external",
-                     "golden": "golden set"}
+                     "golden": "golden set", "local": "on the site's confirmed cases"}
 
 
 def _golden_note(ch_m: dict, champ_m: dict | None, comparison: dict | None) -> str:
@@ -70,6 +72,11 @@ def decide(scores: dict, params: Params) -> dict:
        small fixed set gives wide intervals: it would block most promotions for lack of evidence);
        with promotion.golden_no_worse, a challenger significantly worse than the champion on it is
        rejected. Every reason ends with both models' golden-set figures.
+    6. the site's confirmed cases (local/, `python -m pipeline site export`), when the data version has
+       them: each model is scored at its own site operating point, cross-fitted by patient (never the
+       old version's threshold); the challenger must pass params `site.floors` there out of fold, and is
+       rejected when its AUC on them is significantly below the champion's, however good it is in
+       distribution (a small set: no non-inferiority test, as for the golden set).
     """
     policy = params.promotion
     margin = policy.non_inferiority_margin
@@ -89,7 +96,7 @@ def decide(scores: dict, params: Params) -> dict:
     def _decision(decision: dict) -> dict:   # every reason ends with the golden-set figures
         return jsonable({**decision, "reason": decision["reason"] + golden})
 
-    failed = _all_floor_failures(ch_m, policy)
+    failed = _all_floor_failures(ch_m, policy, params.site.floors)
     base["floors_failed"] = failed
     if failed:
         return _decision({**base, "promote": False,
@@ -104,7 +111,7 @@ def decide(scores: dict, params: Params) -> dict:
                           f"(python -m pipeline promote --version {ch['version']} --force)"})
     if champ["version"] == ch["version"]:
         return _decision({**base, "promote": False, "reason": f"v{ch['version']} is already the champion"})
-    champ_failed = _all_floor_failures(champ["metrics"], policy)
+    champ_failed = _all_floor_failures(champ["metrics"], policy, params.site.floors)
     base["champion_floors_failed"] = champ_failed
     if champ_failed:
         return _decision({**base, "promote": True, "reason":
@@ -135,6 +142,11 @@ def _paired_verdict(ch_version, champ_version, comparison: dict, policy) -> tupl
     gold = comparison.get("golden")
     if policy.golden_no_worse and gold and gold["high"] < 0:
         worse.append(COMPARISON_LABELS["golden"])
+    local = comparison.get("local")   # few cases: significantly worse rejects; no non-inferiority test
+    if local:
+        verdict += f"; {COMPARISON_LABELS['local']} {local['delta']:+.4f} [{local['low']:+.4f}, {local['high']:+.4f}]"
+        if local["high"] < 0:
+            worse.append(COMPARISON_LABELS["local"])
     if worse:
         return False, f"{verdict}: significantly worse {', '.join(worse)}"
     if unproven:

@@ -23,7 +23,7 @@ from pipeline.model import artifacts
 from pipeline.settings import config
 from pipeline.settings.params import Params
 from pipeline.mlops.loading import warm_start
-from pipeline.mlops.server import CHALLENGER, check_server, connect, finite, jsonable, model_name
+from pipeline.mlops.server import CHALLENGER, check_server, connect, finite, jsonable, model_name, now
 from pipeline.mlops.versions import METRIC_KEYS, log_version_scores
 from pipeline.data.preprocess import load_image, to_array
 from pipeline.data.preprocess import load_spread
@@ -130,9 +130,11 @@ def _export_onnx(checkpoint: Path, out_dir: Path, data_root: Path | None,
 
 def _register(client, name: str, checkpoint: Path, run_id: str, example: bytes | None,
               version_tags: dict[str, str], data_root: Path | None = None,
-              calibration: list[Path] | None = None) -> Any:
+              calibration: list[Path] | None = None, exported: Path | None = None,
+              alias: str | None = CHALLENGER) -> Any:
     """Log the pyfunc (with its validated ONNX export and int8 copy) under the active run, register
-    it as a new version, alias it challenger."""
+    it as a new version, alias it challenger. `exported`: a registered version's directory whose ONNX
+    files are taken as they are (a version with the same weights: pipeline.mlops.site_version)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -145,12 +147,16 @@ def _register(client, name: str, checkpoint: Path, run_id: str, example: bytes |
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     with tempfile.TemporaryDirectory(prefix="xray-onnx-") as tmp:
-        onnx_file, int8_file, onnx_tags = _export_onnx(checkpoint, Path(tmp), data_root, calibration)
+        if exported is not None:
+            onnx_file, int8_file, onnx_tags = artifacts.onnx_in(exported), artifacts.onnx_in(exported, int8=True), {}
+        else:
+            onnx_file, int8_file, onnx_tags = _export_onnx(checkpoint, Path(tmp), data_root, calibration)
         info = log_pyfunc(checkpoint, input_example=example, name=artifacts.MODEL_ARTIFACT, onnx=onnx_file,
                           onnx_int8=int8_file)
     tags = {"run_id": run_id, **onnx_tags, **version_tags}
     mv = mlflow.register_model(info.model_uri, name, tags=tags)
-    client.set_registered_model_alias(name, CHALLENGER, mv.version)
+    if alias:
+        client.set_registered_model_alias(name, alias, mv.version)
     return mv
 
 
@@ -339,3 +345,20 @@ def register_checkpoint(checkpoint, params: Params, run_name: str | None = None,
                        data_root=Path(data_root) if data_root else None, calibration=calibration)
     return {"run_id": run.info.run_id, "version": int(mv.version), "model_name": name,
             "model_uri": f"models:/{name}/{mv.version}"}
+
+
+def register_operating_point(checkpoint: Path, parent_dir: Path, params: Params, tags: dict[str, str],
+                             metrics: dict[str, float], description: str, name: str | None = None) -> int:
+    """A new version with a parent version's weights and ONNX files (the network is the same) and a
+    new checkpoint carrying another calibration and threshold. It does not take the alias challenger
+    (that is a trained candidate's). Returns its number."""
+    import mlflow
+
+    client = connect(check_server())
+    name = model_name(params, name)
+    mlflow.set_experiment(params.registry.experiment)
+    with mlflow.start_run(run_name=f"{tags.get('trigger', 'site-adapt')}-{now()}", tags=tags) as run:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if finite(v)})
+        mv = _register(client, name, Path(checkpoint), run.info.run_id, None, tags, exported=parent_dir, alias=None)
+    client.update_model_version(name, str(mv.version), description=description)
+    return int(mv.version)

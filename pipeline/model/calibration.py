@@ -35,9 +35,10 @@ class Calibration:
         return cls(**d) if d else cls()
 
 
-def fit(logits, y, weights=None, l2: float = 1e-4) -> Calibration:
+def fit(logits, y, weights=None, l2: float = 1e-4, min_slope: float | None = None) -> Calibration:
     """Platt scaling by weighted maximum likelihood (L-BFGS on 2 parameters, numerically stable
-    log-sigmoid). `l2` pulls (a, b) towards (1, 0) so that separable data keeps them finite."""
+    log-sigmoid). `l2` pulls (a, b) towards (1, 0) so that separable data keeps them finite.
+    min_slope: a lower bound on a (a site's refit must never turn the network's ranking around)."""
     from scipy.optimize import minimize
 
     z = np.asarray(logits, np.float64)
@@ -53,7 +54,8 @@ def fit(logits, y, weights=None, l2: float = 1e-4) -> Calibration:
         grad = np.array([np.sum(w * (p - t) * z) + 2 * l2 * (a - 1), np.sum(w * (p - t)) + 2 * l2 * b])
         return loss, grad
 
-    res = minimize(nll, x0=np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
+    bounds = [(min_slope, None), (None, None)] if min_slope is not None else None
+    res = minimize(nll, x0=np.array([1.0, 0.0]), jac=True, method="L-BFGS-B", bounds=bounds)
     return Calibration(float(res.x[0]), float(res.x[1]))
 
 

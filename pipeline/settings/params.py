@@ -119,6 +119,7 @@ class Drift:
     refusal_rate: float = within(0, 1)
     positive_rate_shift: float = within(0, 1)
     min_records: int = within(0)
+    psi_watch: float = within(0)
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,19 @@ class Promotion:
 
 
 @dataclass(frozen=True)
+class Site:
+    # the site's operating point from its confirmed cases (pipeline/evaluation/site.py)
+    target_sensitivity: float = within(0.5, 1)
+    confidence: float = within(0.5, 0.9999)
+    min_cases: int = within(2)
+    min_per_class: int = within(1)
+    folds: int = within(2, 20)
+    floors: dict[str, float]
+    margin: float = within(0, 1)
+    train_share: float = within(0, 1)
+
+
+@dataclass(frozen=True)
 class Dag:
     retrain_on_unchanged_data: bool
     train_timeout_minutes: float = within(1)
@@ -160,6 +174,7 @@ class Params:
     drift: Drift
     registry: Registry
     promotion: Promotion
+    site: Site
     dag: Dag
 
     def to_dict(self) -> dict[str, Any]:

@@ -77,8 +77,9 @@ def test_dag_operational_settings(parsed):
         assert tasks[not_retried]["retries"] == 0, not_retried
     assert tasks["train"]["timeout"] and tasks["train"]["timeout"] >= 600
     assert all(t["on_failure"] == ["XrayNotifier"] for t in tasks.values())
-    assert tasks["detect"]["downstream"] == ["decide", "evaluate", "notify", "train", "validate"]   # info, with the run's settings
+    assert tasks["detect"]["downstream"] == ["decide", "evaluate", "notify", "promote", "train", "validate"]   # info, with the run's settings
     assert tasks["decide"]["downstream"] == ["promote", "reject"]
+    assert tasks["evaluate"]["downstream"] == ["decide", "notify", "promote"]   # promote: the local cases' scores
     assert tasks["promote"]["downstream"] == tasks["reject"]["downstream"] == ["notify"]
     assert tasks["notify"]["trigger_rule"] == "none_failed_min_one_success"
 

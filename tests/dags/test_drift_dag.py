@@ -8,6 +8,7 @@ import subprocess
 import sys
 import uuid
 
+import pytest
 import torch
 from dagtest_utils import REPO, airflow_env, base_env, migrate, mlflow_client
 
@@ -92,3 +93,77 @@ def _run_drift(env: dict) -> dict:
     lines = [line for line in proc.stdout.strip().splitlines() if line.startswith("{")]
     assert proc.returncode == 0 and lines, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return {**json.loads(lines[-1]), "log": proc.stdout + proc.stderr}
+
+
+SEED_CASES = r"""
+import json, os, sys
+os.environ["DJANGO_SETTINGS_MODULE"] = "xray_site.settings"
+import django; django.setup()
+from django.core.management import call_command
+call_command("migrate", verbosity=0)
+from diagnosis import local_cases
+from diagnosis.models import Confirmation, Diagnosis
+owner = local_cases.import_account()
+for i, row in enumerate(json.loads(sys.argv[2])):
+    d = Diagnosis.objects.create(owner=owner, source="import", file_format="PNG", size_bytes=1, sha256=f"{i:064d}",
+                                 width=1, height=1, image="", label=row["answered"], probability=row["p"],
+                                 threshold=row["t"], model_name=row["name"], model_version=row["version"],
+                                 logit=row["logit"], patient_key=local_cases.patient_key(f"p{i}"))
+    Confirmation.objects.create(diagnosis=d, by=owner, label=row["truth"])
+print(Confirmation.objects.count())
+"""
+
+
+def test_site_adapt_task_serves_the_sites_operating_point(tiny_checkpoint, mlflow_server, webhook, tmp_path,
+                                                          monkeypatch):
+    """The daily task fits the site's operating point on the confirmed cases in the site's database,
+    registers it (same weights) and promotes it; the drift report counts the cases behind it."""
+    import numpy as np
+
+    from pipeline.mlops import aliases, tracking
+    from pipeline.model.calibration import Calibration
+    from pipeline.settings import config
+
+    name = f"sitetest-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    params = config.apply_overrides(config.load_params(), {"registry.model_name": name})
+    version = str(tracking.register_checkpoint(tiny_checkpoint, params, tags={"trigger": "site-test"})["version"])
+    aliases.promote(int(version), name=name, force=True)
+    ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    cal, t = Calibration.from_dict(ckpt["calibration"]), float(ckpt["threshold"])
+    cut = (np.log(t / (1 - t)) - cal.b) / cal.a
+    rng = np.random.default_rng(3)
+    y = rng.random(120) < 0.6
+    logits = cut + np.where(y, 4.0, 0.8) + rng.normal(0, 1, 120) / abs(cal.a)
+    rows = [{"name": name, "version": version, "logit": float(z), "p": float(cal.probability([z])[0]), "t": t,
+             "answered": "PNEUMONIA" if cal.probability([z])[0] >= t else "NORMAL",
+             "truth": "PNEUMONIA" if pos else "NORMAL"} for z, pos in zip(logits, y)]
+    site_db = f"sqlite:///{tmp_path / 'site.db'}"
+    site_env = base_env(DATABASE_URL=site_db, XRAY_WEB_DATA_DIR=str(tmp_path / "site"), DJANGO_ENV="development")
+    seeded = subprocess.run([sys.executable, "-c", SEED_CASES, str(REPO), json.dumps(rows)],
+                            env=site_env, capture_output=True, text=True, timeout=300)
+    assert seeded.returncode == 0 and seeded.stdout.split() == ["120"], seeded.stderr[-3000:]
+
+    env = airflow_env(tmp_path / "airflow", XRAY_MODEL_NAME=name, MLFLOW_TRACKING_URI=mlflow_server,
+                      XRAY_NOTIFY_WEBHOOK=webhook.url, DATABASE_URL=site_db,
+                      XRAY_WEB_DATA_DIR=str(tmp_path / "site"), DJANGO_ENV="development")
+    migrate(env)
+    summary = _run_drift(env)
+    assert summary["state"] == "success", summary["log"][-3000:]
+    adapted = summary["xcom"]["site_adapt"]
+    assert adapted["promoted"] and adapted["version"], adapted
+    client = mlflow_client(mlflow_server)
+    assert client.get_model_version_by_alias(name, "champion").version == str(adapted["version"])
+    mv = client.get_model_version(name, str(adapted["version"]))
+    assert mv.tags["site.parent_version"] == version and mv.tags["trigger"] == "site-adapt"
+    assert summary["xcom"]["drift_report"]["confirmed"] == 120
+    # realised performance: what the site answered (the served threshold calls most NORMAL films
+    # PNEUMONIA) against the confirmations, logged to MLflow, and a notification under the floors
+    real = summary["xcom"]["realised_performance"]
+    answered = np.array([r["answered"] == "PNEUMONIA" for r in rows])
+    specificity = float(np.mean(~answered[~y]))                  # by hand
+    history = client.get_metric_history(real["run_id"], f"v{version}.specificity")
+    assert len(history) == 1 and history[0].value == pytest.approx(specificity)
+    assert client.get_metric_history(real["run_id"], f"v{version}.n")[0].value == 120
+    assert specificity < 0.6 and any(b.startswith("specificity") for b in real["below_floors"])
+    assert {"site_adapt", "realised"} <= {m["event"] for m in webhook.received}
