@@ -2,7 +2,7 @@
 point on 50, 100 and 200 confirmed films bring the rest of the site's films to the goal?
 
     python benchmarks/bench_site.py [--data ../shared/datasets/chest_xray] [--model runs/x/model.pt]
-                                    [--epochs 6] [--image-size 224] [--repeats 20]
+                                    [--epochs 6] [--image-size 224] [--repeats 20] [--with-local 200]
 
 The site ("late period"): the dataset's later patients, held out by patient number: PNEUMONIA
 `person` >= 1500 and NORMAL `NORMAL2-IM` >= 1000 (812 films, 508 PNEUMONIA / 304 NORMAL, prevalence
@@ -15,6 +15,10 @@ ECE, sensitivity and specificity at the served threshold (the site's when the fi
 the champion's) and AUC on the site's other films. Printed: the champion as served, then per n the
 median and the 10th-90th percentiles, and the share of draws meeting the issue's goal (ECE <= 0.05,
 sensitivity >= 0.95, specificity >= 0.90, AUC not lower).
+
+--with-local N: does training on the site's confirmed films help? A second champion is trained on the
+early patients plus N site films (whole patients); both are adapted on 200 other site films and
+tested on the rest.
 """
 from __future__ import annotations
 
@@ -134,6 +138,54 @@ def summary(rows: list[dict], when: str, key: str) -> str:
     return f"{np.median(v):.3f} [{np.percentile(v, 10):.3f}, {np.percentile(v, 90):.3f}]"
 
 
+def films_of(films, z, y, groups):
+    """The answered site films (the gate's refusals left out), in the order of z."""
+    by = {}
+    for f in films:
+        by.setdefault(dataset.patient_id(f.name) or f.name, []).append(f)
+    out, seen = [], {}
+    for g in groups:
+        out.append(by[g][seen.get(g, 0)])
+        seen[g] = seen.get(g, 0) + 1
+    return out
+
+
+def with_local(args, films, checkpoint_a, settings, fit_n: int = 200) -> None:
+    """Does training on N confirmed site films help? Champion B = early patients + N site films;
+    A and B each adapted on another `fit_n` site films (other patients), both tested on the rest."""
+    groups = [dataset.patient_id(f.name) or f.name for f in films]
+    rng = np.random.default_rng(7)
+    train_mask = draw(groups, args.with_local, rng)
+    rest = np.flatnonzero(~train_mask)
+    fit_mask = np.zeros(len(films), bool)
+    fit_mask[rest[draw([groups[i] for i in rest], fit_n, rng)]] = True
+    tmp = Path(tempfile.mkdtemp(prefix="bench-site-local-"))
+    split_periods(args.data, tmp / "early_plus")
+    for f in np.array(films, dtype=object)[train_mask]:
+        (tmp / "early_plus" / "train" / f.parent.name / f.name).symlink_to(f.resolve())
+    checkpoint_b = train_champion(tmp / "early_plus", tmp / "run", args.epochs, args.image_size)
+    kept = ~train_mask
+    sel = [f for f, k in zip(films, kept) if k]
+    is_fit = fit_mask[kept]
+    print(f"\nwith local: champion B trained on the early patients + {int(train_mask.sum())} site films; "
+          f"both adapted on {int(is_fit.sum())} other site films, tested on the remaining {int((~is_fit).sum())}")
+    for label, ckpt in (("A (early only)", checkpoint_a), ("B (+ site films)", checkpoint_b)):
+        predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+        z, y, g, refused = score(predictor, sel)
+        if refused:   # keep the figures paired: both models on the same films
+            print(f"  {label}: {refused} films refused by its gate; figures on the answered ones")
+            continue
+        fitted = site.fit(z[is_fit], y[is_fit], [x for x, m in zip(g, is_fit) if m],
+                          (predictor.calibration, predictor.threshold), settings)
+        cal, thr = (fitted.calibration, fitted.threshold) if fitted.accepted else (predictor.calibration,
+                                                                                   predictor.threshold)
+        t = ~is_fit
+        served = figures(y[t], predictor.calibration.probability(z[t]), predictor.threshold)
+        adapted = figures(y[t], cal.probability(z[t]), thr)
+        print(f"  {label:18} as trained:   " + ", ".join(f"{k} {v:.3f}" for k, v in served.items()))
+        print(f"  {'':18} site-adapted: " + ", ".join(f"{k} {v:.3f}" for k, v in adapted.items()))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=config.default_data_root())
@@ -143,14 +195,17 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--sizes", default="50,100,200")
     ap.add_argument("--json", type=Path, help="write every draw's figures here")
+    ap.add_argument("--with-local", type=int, default=0, metavar="N",
+                    help="also train a second champion on the early patients plus N site films (whole "
+                         "patients), and compare both adapted on another 200 site films, tested on the rest")
     args = ap.parse_args()
     settings = config.load_params().site
-    with tempfile.TemporaryDirectory(prefix="bench-site-") as tmp:
-        films = split_periods(args.data, Path(tmp) / "early")
-        print(f"site: {len(films)} late-period films; champion trained on the early patients")
-        checkpoint = args.model or train_champion(Path(tmp) / "early", Path(tmp) / "run", args.epochs, args.image_size)
-        predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
-        z, y, groups, refused = score(predictor, films)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-site-"))
+    films = split_periods(args.data, tmp / "early")
+    print(f"site: {len(films)} late-period films; champion trained on the early patients")
+    checkpoint = args.model or train_champion(tmp / "early", tmp / "run", args.epochs, args.image_size)
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    z, y, groups, refused = score(predictor, films)
     served = figures(y, predictor.calibration.probability(z), predictor.threshold)
     print(f"{len(y)} films answered ({int(y.sum())} PNEUMONIA), {refused} refused by the gate")
     print("champion as served on the site:   " + ", ".join(f"{k} {v:.3f}" for k, v in served.items()))
@@ -165,6 +220,8 @@ def main() -> int:
             goal = f"{sum(r['goal'] for r in rows)}/{len(rows)}" if when == "after" else ""
             print(f"{n:>4} {f'{acc}/{len(rows)}' if when == 'after' else '':>12} {when:>7} "
                   + " ".join(f"{summary(rows, when, k):>22}" for k in served) + f" {goal:>9}")
+    if args.with_local:
+        with_local(args, films_of(films, z, y, groups), checkpoint, settings)
     if args.json:
         args.json.write_text(json.dumps({"served": served, "refused": refused, "draws": result}, indent=1, default=float))
     return 0
