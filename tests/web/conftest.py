@@ -170,12 +170,18 @@ def champion(session_holder, registry):
 
 @pytest.fixture
 def media_files():
-    """A function listing every file under MEDIA_ROOT (to prove nothing was stored)."""
+    """A function listing the files added under MEDIA_ROOT since the test began (to prove nothing
+    was stored; the database is rolled back after each test, files of earlier tests stay)."""
     from django.conf import settings
 
-    def files():
+    def everything():
         root = Path(settings.MEDIA_ROOT)
-        return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+        return {p for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+
+    before = everything()
+
+    def files():
+        return sorted(everything() - before)
 
     return files
 
