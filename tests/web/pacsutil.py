@@ -28,6 +28,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def installed() -> bool:
+    return Path(ORTHANC).exists() and Path(PLUGINS, "libOrthancDicomWeb.so").exists()
+
+
 class Orthanc:
     def __init__(self, root: Path):
         self.root, self.http, self.dicom = root, free_port(), free_port()
