@@ -222,6 +222,11 @@ def _objects(inst: PacsInstance, source) -> list:
     return [sr, report.heatmap_capture(source, pixels, inst.sc_uid)]
 
 
+def give_up(inst: PacsInstance, reason: str) -> str:
+    """After repeated internal failures: finished as refused (no SR: what failed may be the sending)."""
+    return _finish(inst, PacsInstance.REFUSED, reason)
+
+
 def _finish(inst: PacsInstance, state: str, reason: str = "") -> str:
     inst.state, inst.reason, inst.finished = state, reason[:500], timezone.now()
     inst.claimed_by = ""

@@ -15,6 +15,7 @@ from .client import PacsClient, PacsUnavailable
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 60.0
+MAX_ATTEMPTS = 5
 
 
 @dataclass
@@ -26,10 +27,11 @@ class Tally:
         self.states[state] = self.states.get(state, 0) + 1
 
 
-def drain(client: PacsClient, me: str, tally: Tally, limit: int | None = None) -> int:
-    """Process claimable instances until there is none left (or `limit`)."""
+def drain(client: PacsClient, me: str, tally: Tally, stop=lambda: False) -> int:
+    """Process claimable instances until there is none left (or until asked to stop: SIGTERM
+    finishes the instance in hand, so `make stop` never leaves a half-sent result)."""
     n = 0
-    while limit is None or n < limit:
+    while not stop():
         inst = intake.claim(me)
         if inst is None:
             return n
@@ -39,6 +41,10 @@ def drain(client: PacsClient, me: str, tally: Tally, limit: int | None = None) -
             intake.release(inst)  # the analysis, if done, is kept: only the sending is retried
             raise
         except Exception:
+            if inst.attempts >= MAX_ATTEMPTS:  # a poison instance must not stop the queue forever
+                log.exception("instance %s failed %d times: given up", inst.pacs_id, inst.attempts)
+                intake.give_up(inst, "could not be analysed (internal error, logged for the administrators)")
+                continue
             log.exception("instance %s failed; released for another try", inst.pacs_id)
             intake.release(inst)
             raise
@@ -57,7 +63,7 @@ def run(once: bool = False, client: PacsClient | None = None, stop=lambda: False
         close_old_connections()
         try:
             last = intake.take_feed(client, name)
-            done = drain(client, me, tally)
+            done = drain(client, me, tally, stop)
             intake.advance_cursor(name, last)
             backoff = 1.0
         except PacsUnavailable as exc:
@@ -74,6 +80,14 @@ def run(once: bool = False, client: PacsClient | None = None, stop=lambda: False
                 return tally
             log.warning("no champion model loaded: studies wait in the queue")
             time.sleep(max(5.0, settings.XRAY_PACS_POLL_SECONDS))
+            continue
+        except Exception:  # an unexpected fault: logged, backed off, the worker lives on
+            tally.faults += 1
+            if once:
+                raise
+            log.exception("worker pass failed: next try in %.0f s", backoff)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
             continue
         if once:
             return tally
