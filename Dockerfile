@@ -115,3 +115,15 @@ RUN DJANGO_SECRET_KEY=collectstatic-only-not-a-secret DJANGO_DEBUG=0 \
     python django_app/manage.py collectstatic --noinput
 EXPOSE 8000
 CMD ["scripts/web_server.sh"]
+
+############################ orthanc: the local PACS, from Debian's packages ############################
+# Orthanc runs as its own process; the platform talks to it over HTTP/DICOMweb and DICOM only
+# (no plug-in code of ours: Orthanc's Python plug-in is AGPL). docker/orthanc.json reads its
+# password from the environment (ORTHANC_PASSWORD).
+FROM debian:bookworm-slim AS orthanc
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        orthanc orthanc-dicomweb curl ca-certificates && rm -rf /var/lib/apt/lists/*
+COPY docker/orthanc.json /etc/orthanc/xray.json
+EXPOSE 8042 4242
+USER orthanc
+CMD ["Orthanc", "/etc/orthanc/xray.json"]

@@ -32,6 +32,7 @@ Environment (all optional):
   STACK_WEB_WORKERS (2)  STACK_OVERRIDES (JSON list of params overrides for a full run, [])
   STACK_AIRFLOW_SCHEDULE (0: 1 = the scheduler also creates the @daily runs)  XRAY_DAG_ID (xray_retrain)
   STACK_CHAMPION_WAIT_S (120): how long `up` waits for the site to load the champion model
+  PACS_HTTP_PORT (8042)  PACS_DICOM_PORT (4242)  PACS_PASSWORD (generated once, .local/secrets/pacs_password)
 """
 from __future__ import annotations
 
@@ -276,6 +277,10 @@ API_SERVER = Service("airflow-apiserver", AIRFLOW_PORT, f"{AIRFLOW_URL}/api/v2/m
 SCHEDULER = Service("airflow-scheduler")
 DAG_PROCESSOR = Service("airflow-dag-processor")
 WEB = Service("web", WEB_PORT, f"{WEB_URL}/healthz")
+PACS_HTTP_PORT, PACS_DICOM_PORT = int(env("PACS_HTTP_PORT", 8042)), int(env("PACS_DICOM_PORT", 4242))
+PACS_URL = f"http://{HOST}:{PACS_HTTP_PORT}"
+PACS = Service("orthanc", PACS_HTTP_PORT, f"{PACS_URL}/app/explorer.html")  # answers 401 when up (auth)
+PACS_WORKER = Service("pacs-worker")
 
 
 # ------------------------------------------------------------------------------------ environment
@@ -486,6 +491,30 @@ def step_web() -> None:
     wait_champion()
 
 
+def step_pacs() -> None:
+    """Orthanc (Debian's package, its own process and config under .local/orthanc) and the PACS
+    worker (manage.py pacs_worker), both supervised like the other services (docs/pacs.md)."""
+    if not shutil.which("Orthanc"):
+        warn("Orthanc is not installed (make setup installs Debian's orthanc): no local PACS")
+        return
+    password = env("PACS_PASSWORD") or secret("pacs_password")
+    root = STACK_DIR / "orthanc"
+    write_private(root / "orthanc.json", json.dumps({
+        "Name": "XRAYPACS", "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
+        "HttpPort": PACS_HTTP_PORT, "DicomPort": PACS_DICOM_PORT, "DicomAet": "XRAYPACS",
+        "RemoteAccessAllowed": HOST != "127.0.0.1", "AuthenticationEnabled": True,
+        "RegisteredUsers": {"pacs": password}, "Plugins": ["/usr/share/orthanc/plugins"],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, "StableAge": 3,
+        "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False}, indent=1))
+    PACS.start(["Orthanc", root / "orthanc.json"])
+    deadline = time.monotonic() + 30
+    while http_get(PACS.health_url)[0] not in (200, 401) and time.monotonic() < deadline:
+        time.sleep(1)
+    PACS_WORKER.start([PY, "django_app/manage.py", "pacs_worker"],
+                      {**web_env(), "XRAY_PACS_URL": PACS_URL, "XRAY_PACS_PASSWORD": password,
+                       "XRAY_PACS_DICOM_PORT": str(PACS_DICOM_PORT)})
+
+
 def print_summary() -> None:
     quick = " (QUICK mode: a demo model trained on a few hundred images for one epoch, NOT for clinical use)"
     print(f"""
@@ -494,6 +523,8 @@ def print_summary() -> None:
     Web site (doctors)       {WEB_URL}/      login: {os.environ["DOCTOR_USERNAME"]} / {os.environ["DOCTOR_PASSWORD"]}
     MLflow UI (reviewers)    {MLFLOW_URL}/
     Airflow UI (operators)   {AIRFLOW_URL}/      login: {ADMIN_USER} / {os.environ["AIRFLOW_ADMIN_PASSWORD"]}
+    PACS (Orthanc)           {PACS_URL}/  DICOMweb {PACS_URL}/dicom-web/  DICOM AE XRAYPACS port {PACS_DICOM_PORT}
+                             login: pacs / {env("PACS_PASSWORD") or secret("pacs_password")}   worklist {WEB_URL}/worklist/
 
     Health of the site:      {http_get(f"{WEB_URL}/healthz")[1] or "(no answer)"}
     Logs:                    {rel(LOGS)}/   (web.log, mlflow.log, airflow-*.log; task logs in {rel(AIRFLOW_HOME)}/logs)
@@ -521,13 +552,14 @@ def cmd_up() -> int:
     step_airflow()
     step_dag()
     step_web()
+    step_pacs()
     print_summary()
     log(f"ready in {time.monotonic() - started:.0f}s")
     return 0
 
 
 def cmd_down() -> int:
-    for service in (WEB, DAG_PROCESSOR, SCHEDULER, API_SERVER):
+    for service in (PACS_WORKER, PACS, WEB, DAG_PROCESSOR, SCHEDULER, API_SERVER):
         service.stop()
     if MLFLOW.pidfile.exists():
         out = subprocess.run([str(SCRIPTS / "mlflow_server.sh"), "--stop"], cwd=REPO, capture_output=True, text=True)
@@ -540,7 +572,7 @@ def cmd_down() -> int:
 
 def cmd_status() -> int:
     rc = 0
-    for service in (API_SERVER, SCHEDULER, DAG_PROCESSOR, WEB, MLFLOW):
+    for service in (API_SERVER, SCHEDULER, DAG_PROCESSOR, WEB, MLFLOW, PACS, PACS_WORKER):
         pid = service.pid()
         print(f"  {service.name}: {f'running (pid {pid})' if pid else 'stopped'}", flush=True)
         rc = rc if pid else 3

@@ -79,12 +79,13 @@ def stored_name(name: str | None, fmt: str) -> str:
 
 
 def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatmap: bool = True,
-             patient_key: str = "") -> Diagnosis:
+             patient_key: str = "", warning: str = "") -> Diagnosis:
     """Analyse one image with the given champion and record it. Raises UploadRejected; stores
     nothing unless the whole analysis succeeded. The answer comes from pipeline.inference.answer,
     the one inference path (the file decoded in a process with hard limits, the input gate, the
     forward pass on the champion's batching thread); what is stored is the decoded file's pixels
-    only (no EXIF, text chunks or DICOM header: they may name the patient)."""
+    only (no EXIF, text chunks or DICOM header: they may name the patient). `warning`: the caller's
+    own caution (the PACS worker's intended-use check), shown before the gate's."""
     check_size(len(data))
     try:
         result = answer(data, champion.predictor, limits=limits(), heatmap=heatmap, keep=True,
@@ -108,7 +109,8 @@ def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatm
         threshold=float(prediction.threshold), model_name=champion.name,
         model_version=str(champion.version), model_run_id=champion.run_id or "",
         inference_ms=result.infer_ms, heatmap_empty=cam is not None and not float(np.max(cam)) > 0,
-        gate_score=prediction.gate_score, warning=prediction.warning[:500], logit=prediction.logit,
+        gate_score=prediction.gate_score, warning="; ".join(filter(None, (warning, prediction.warning)))[:500],
+        logit=prediction.logit,
         patient_key=patient_key,
     )
     stored = []

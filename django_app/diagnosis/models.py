@@ -21,7 +21,7 @@ def upload_path(instance: "Diagnosis", filename: str) -> str:
 class Diagnosis(models.Model):
     NORMAL, PNEUMONIA = "NORMAL", "PNEUMONIA"
     LABELS = [(NORMAL, "Normal"), (PNEUMONIA, "Pneumonia")]
-    SOURCES = [("web", "Web page"), ("api", "API"), ("import", "Confirmed-film import")]
+    SOURCES = [("web", "Web page"), ("api", "API"), ("import", "Confirmed-film import"), ("pacs", "PACS")]
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)  # unguessable
     # PROTECT: a doctor's account going must not take the medical record with it (issue 25 item 8);
@@ -151,6 +151,56 @@ class Confirmation(models.Model):
                 "adjudicated": bool(self.adjudicated_label),
                 "adjudicated_by": self.adjudicated_by.get_username() if self.adjudicated_by else None,
                 "adjudicated_at": self.adjudicated_at.isoformat(timespec="seconds") if self.adjudicated_at else None}
+
+
+class PacsCursor(models.Model):
+    """How far the PACS feed has been taken in (Orthanc's change sequence): it moves past a change only
+    once every instance at or before it is finished, so a restart re-reads, never skips."""
+
+    name = models.CharField(max_length=200, unique=True)  # the PACS's URL: one cursor per PACS
+    last_seq = models.BigIntegerField(default=0)
+    updated = models.DateTimeField(auto_now=True)
+
+
+class PacsInstance(models.Model):
+    """One SOP instance seen on the PACS: the claim (unique per instance, so two workers or a
+    redelivery never analyse it twice) and what came of it. Never the patient's name."""
+
+    PENDING, CLAIMED, DONE, REFUSED, SKIPPED = "pending", "claimed", "done", "refused", "skipped"
+    STATES = [(s, s) for s in (PENDING, CLAIMED, DONE, REFUSED, SKIPPED)]
+    FINISHED = (DONE, REFUSED, SKIPPED)
+
+    pacs_id = models.CharField(max_length=64, unique=True)  # the PACS's id of the instance (Orthanc's)
+    seq = models.BigIntegerField(db_index=True)  # the feed's change that announced it
+    received = models.DateTimeField(auto_now_add=True)  # arrival order on the worklist
+    state = models.CharField(max_length=8, choices=STATES, default=PENDING)
+    claimed_by = models.CharField(max_length=100, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    study_uid = models.CharField(max_length=64, blank=True, db_index=True)
+    series_uid = models.CharField(max_length=64, blank=True)
+    sop_uid = models.CharField(max_length=64, blank=True, db_index=True)
+    accession_number = models.CharField(max_length=64, blank=True)
+    patient_age = models.CharField(max_length=8, blank=True)  # as the header says it: 045Y, 006M
+    patient_sex = models.CharField(max_length=16, blank=True)
+    patient_key = models.CharField(max_length=32, blank=True)  # salted hash of PatientID (local_cases)
+    modality = models.CharField(max_length=16, blank=True)
+    view_position = models.CharField(max_length=16, blank=True)
+    diagnosis = models.OneToOneField(Diagnosis, on_delete=models.PROTECT, null=True, blank=True,
+                                     related_name="pacs")
+    reason = models.CharField(max_length=500, blank=True)  # refusal, skip, or the last error
+    warning = models.CharField(max_length=500, blank=True)
+    # the UIDs of what goes back, fixed before sending: a resend after a fault stores the same objects
+    sr_uid = models.CharField(max_length=64, blank=True)
+    sc_uid = models.CharField(max_length=64, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["received"]
+        indexes = [models.Index(fields=["state", "seq"], name="pacs_state_seq")]
+
+    def __str__(self) -> str:
+        return f"{self.sop_uid or self.pacs_id} ({self.state})"
 
 
 class Refusal(models.Model):

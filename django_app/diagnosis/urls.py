@@ -1,11 +1,12 @@
 from django.urls import path
 
-from . import confirmations, views
+from . import confirmations, views, worklist
 
 urlpatterns = [
     path("", views.index, name="index"),
     path("upload/", views.upload, name="upload"),
     path("history/", views.history, name="history"),
+    path("worklist/", worklist.worklist, name="worklist"),
     path("models/<str:version>/card", views.card, name="model_card"),
     path("results/<uuid:pk>/", views.result, name="result"),
     path("results/<uuid:pk>/confirm", confirmations.confirm, name="confirm"),  # before <kind>

@@ -145,7 +145,7 @@ def _upload_errors(request, json: bool, failed, champion=None):
 
 @require_GET
 def result(request, pk):
-    diagnosis = get_object_or_404(Diagnosis, pk=pk, owner=request.user)  # 404, not 403: no probing
+    diagnosis = _viewable(request.user, pk, queue=False)  # 404, not 403: no probing
     return render(request, "diagnosis/result.html", {"d": diagnosis, "labels": Confirmation.LABELS,
                                                      "confirmation": getattr(diagnosis, "confirmation", None)})
 
@@ -191,14 +191,16 @@ def image(request, pk, kind):
     return response
 
 
-def _viewable(user, pk) -> Diagnosis:
-    """The user's own result; for staff also a result in the adjudication queue (open or ruled),
-    whose film they must read to rule on it. Any other result is a 404, as if it did not exist."""
+def _viewable(user, pk, queue: bool = True) -> Diagnosis:
+    """The user's own result; a PACS result for every signed-in doctor and staff member (the
+    hospital's studies, read from the worklist: docs/pacs.md); for staff also a result in the
+    adjudication queue (open or ruled, `queue`), whose film they must read to rule on it. Any other
+    result is a 404, as if it did not exist."""
     from .local_cases import disagreements
 
     diagnosis = Diagnosis.objects.filter(pk=pk).first()
-    if diagnosis is not None and (diagnosis.owner_id == user.pk or (
-            user.is_staff and disagreements(open_only=False).filter(diagnosis=diagnosis).exists())):
+    if diagnosis is not None and (diagnosis.owner_id == user.pk or diagnosis.source == "pacs" or (
+            queue and user.is_staff and disagreements(open_only=False).filter(diagnosis=diagnosis).exists())):
         return diagnosis
     raise Http404
 

@@ -242,6 +242,22 @@ XRAY_HISTORY_PAGE_SIZE = int(env_number("XRAY_HISTORY_PAGE_SIZE", 12, int))
 # API tokens stop working this many days after they are issued (rotate them on the API page)
 XRAY_API_TOKEN_DAYS = int(env_number("XRAY_API_TOKEN_DAYS", 90, int))
 
+# --- the PACS (docs/pacs.md): Orthanc from `make run` by default; a hospital names its own here -------
+XRAY_PACS_URL = os.environ.get("XRAY_PACS_URL", "http://127.0.0.1:8042").rstrip("/")
+XRAY_PACS_DICOMWEB = os.environ.get("XRAY_PACS_DICOMWEB", XRAY_PACS_URL + "/dicom-web").rstrip("/")
+XRAY_PACS_AET = os.environ.get("XRAY_PACS_AET", "XRAYPACS")
+XRAY_PACS_DICOM_PORT = int(env_number("XRAY_PACS_DICOM_PORT", 4242, int))
+XRAY_PACS_USER = os.environ.get("XRAY_PACS_USER", "pacs")
+# the password: $XRAY_PACS_PASSWORD, else the file the local stack generates (scripts/stack_pacs.py)
+XRAY_PACS_PASSWORD_FILE = Path(os.environ.get("XRAY_PACS_PASSWORD_FILE", XRAY_SECRETS_DIR / "pacs_password"))
+XRAY_PACS_PASSWORD = os.environ.get("XRAY_PACS_PASSWORD") or (
+    XRAY_PACS_PASSWORD_FILE.read_text().strip() if XRAY_PACS_PASSWORD_FILE.is_file() else "")
+XRAY_PACS_ACCOUNT = os.environ.get("XRAY_PACS_ACCOUNT", "pacs-worker")  # owns the PACS results
+XRAY_PACS_POLL_SECONDS = env_number("XRAY_PACS_POLL_SECONDS", 1.0)
+XRAY_PACS_CLAIM_SECONDS = env_number("XRAY_PACS_CLAIM_SECONDS", 300.0)  # a dead worker's claim expires
+XRAY_PACS_ADULTS = os.environ.get("XRAY_PACS_ADULTS", "warn").strip().lower()  # warn | refuse
+XRAY_PACS_ADULT_AGE = env_number("XRAY_PACS_ADULT_AGE", 18.0)  # years
+
 # --- security ----------------------------------------------------------------------------------
 SECURE_COOKIES = env_bool("DJANGO_SECURE_COOKIES", PRODUCTION)
 SESSION_COOKIE_SECURE = SECURE_COOKIES
