@@ -34,10 +34,18 @@ def old_code(tmp_path_factory) -> Path:
     return root
 
 
+def _known(values: dict, schema: dict) -> dict:
+    """`values` restricted to the keys `schema` has (free mappings such as floors kept whole)."""
+    return {k: _known(v, schema[k]) if isinstance(v, dict) and isinstance(schema[k], dict) and schema[k] else v
+            for k, v in values.items() if k in schema}
+
+
 def test_a_version_logged_by_the_old_layout_still_loads(old_code, mlflow_server, trained, reg_params, model_name,
                                                        xray_bytes, tmp_path):
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump(reg_params.to_dict()))
+    params_file = tmp_path / "params.yaml"   # these settings, in the old schema (later sections left out)
+    old_schema = yaml.safe_load(subprocess.run(["git", "-C", str(REPO), "show", f"{OLD_LAYOUT}:params.yaml"],
+                                               capture_output=True, text=True, check=True).stdout)
+    params_file.write_text(yaml.safe_dump(_known(reg_params.to_dict(), old_schema)))
     log_old = ("import json, sys; from pipeline import config, tracking; "
                "r = tracking.register_checkpoint(sys.argv[1], config.load_params(sys.argv[2]), run_name='old-layout', "
                "tags={'trigger': 'test'}); print(json.dumps({'version': int(r['version'])}))")
