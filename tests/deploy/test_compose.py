@@ -275,6 +275,11 @@ PROGRAMS = {"airflow": "apache-airflow", "celery": "celery", "gunicorn": "gunico
             "dvc": "dvc", "python": None, "python3": None}
 
 
+# stages built from Debian packages alone (no Python venv): the local PACS, Orthanc
+DEBIAN_STAGES = {"orthanc"}
+DEBIAN_PROGRAMS = {"Orthanc": "orthanc", "curl": "curl"}
+
+
 def installed_packages() -> set[str]:
     """Packages the Dockerfile's builder installs: requirements.txt minus what its grep drops."""
     run = next(line for line in dockerfile_stages()["builder"] if "req-rest.txt" in line and "grep -vE" in line)
@@ -300,6 +305,12 @@ def check_program(argv: list[str], target: str, where: str) -> None:
         assert os.access(path, os.X_OK), f"{where}: {prog} is not executable"
         assert path.read_text().startswith("#!"), f"{where}: {prog} has no shebang"
         assert not dockerignored(prog), f"{where}: {prog} is excluded from the image by .dockerignore"
+        return
+    if target in DEBIAN_STAGES:   # a stage of Debian packages only: the program's package is installed there
+        package = DEBIAN_PROGRAMS.get(prog)
+        assert package, f"{where}: unknown program {prog!r} (add it to DEBIAN_PROGRAMS with its package)"
+        installs = " ".join(line for line in dockerfile_stages()[target] if line.startswith("RUN"))
+        assert re.search(rf"\b{re.escape(package)}\b", installs), f"{where}: {prog} needs Debian's {package}"
         return
     assert prog in PROGRAMS, f"{where}: unknown program {prog!r} (add it to PROGRAMS with its package)"
     package = PROGRAMS[prog]
@@ -349,6 +360,8 @@ def test_image_services_use_matching_targets():
         assert re.search(rf"-{target}(-gpu)?:", svc["image"]), \
             f"{name}: image name {svc['image']} does not name its target {target}"
         chain = stage_chain(target)
+        if target in DEBIAN_STAGES:
+            continue   # Orthanc from Debian's packages: no Python, so not the shared runtime
         assert chain[-1] == "runtime", f"{name}: {target} must derive from the shared runtime stage"
 
 

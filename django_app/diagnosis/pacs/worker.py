@@ -4,8 +4,10 @@ claims keep them apart (diagnosis.pacs.intake)."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from django.conf import settings
 from django.db import close_old_connections
@@ -15,6 +17,15 @@ from .client import PacsClient, PacsUnavailable
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 60.0
+# touched on every pass and every instance: the container's health check reads its age (docker-compose.yaml)
+HEARTBEAT = Path(os.environ.get("XRAY_PACS_HEARTBEAT", "/tmp/pacs-worker.heartbeat"))
+
+
+def beat() -> None:
+    try:
+        HEARTBEAT.touch()
+    except OSError:  # a read-only or missing /tmp: no health signal, the work goes on
+        pass
 MAX_ATTEMPTS = 5
 
 
@@ -32,6 +43,7 @@ def drain(client: PacsClient, me: str, tally: Tally, stop=lambda: False) -> int:
     finishes the instance in hand, so `make stop` never leaves a half-sent result)."""
     n = 0
     while not stop():
+        beat()
         inst = intake.claim(me)
         if inst is None:
             return n
@@ -60,6 +72,7 @@ def run(once: bool = False, client: PacsClient | None = None, stop=lambda: False
     me, name, tally, backoff = intake.worker_id(), settings.XRAY_PACS_URL, Tally(), 1.0
     intake.release_dead_claims()
     while not stop():
+        beat()
         close_old_connections()
         try:
             last = intake.take_feed(client, name)
