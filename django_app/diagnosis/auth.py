@@ -2,6 +2,7 @@
 Token <key>` / `Bearer <key>` header (scripts, PACS integrations; no CSRF, no cookies)."""
 from __future__ import annotations
 
+from django.http import JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
 
@@ -12,6 +13,11 @@ class AuthFailed(Exception):
     def __init__(self, status: int, code: str, detail: str):
         super().__init__(detail)
         self.status, self.code, self.detail = status, code, detail
+
+    def response(self):
+        """The API's JSON answer to this failure (401s say how to authenticate)."""
+        headers = {"WWW-Authenticate": 'Token realm="api"'} if self.status == 401 else {}
+        return JsonResponse({"error": self.code, "detail": self.detail}, status=self.status, headers=headers)
 
 
 def token_from_header(request) -> str | None:

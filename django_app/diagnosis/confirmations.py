@@ -55,8 +55,7 @@ def api_confirmation(request, pk):
     try:
         user = authenticate_api(request)
     except AuthFailed as exc:
-        headers = {"WWW-Authenticate": 'Token realm="api"'} if exc.status == 401 else {}
-        return JsonResponse({"error": exc.code, "detail": exc.detail}, status=exc.status, headers=headers)
+        return exc.response()
     diagnosis = Diagnosis.objects.filter(pk=pk, owner=user).first()
     if diagnosis is None:
         return JsonResponse({"error": "not_found", "detail": "no such result"}, status=404)

@@ -241,8 +241,7 @@ def api_predict(request):
     try:
         user = authenticate_api(request)
     except AuthFailed as exc:
-        headers = {"WWW-Authenticate": 'Token realm="api"'} if exc.status == 401 else {}
-        return JsonResponse({"error": exc.code, "detail": exc.detail}, status=exc.status, headers=headers)
+        return exc.response()
     if _too_big(request, files=1):
         return _api_error("invalid_image", f"upload too large (the limit is {settings.XRAY_MAX_UPLOAD_MB:g} MB)")
     try:
