@@ -129,6 +129,15 @@ class Registry:
 
 
 @dataclass(frozen=True)
+class Shadow:
+    # a pending challenger's live answers in the background, before promotion (docs/review.md)
+    min_cases: int = within(0)
+    min_days: float = within(0)
+    max_days: float = within(0)
+    check_minutes: float = within(0.01)
+
+
+@dataclass(frozen=True)
 class Promotion:
     # floors: a free subset of FLOOR_METRICS (a policy may set some floors only)
     floors: dict[str, float]
@@ -140,6 +149,9 @@ class Promotion:
     confidence: float = within(0.5, 0.9999)
     bootstrap_samples: int = within(10)
     first_champion: Literal["promote_if_floors", "manual"]
+    approval: Literal["required", "auto"]
+    approval_timeout_hours: float = within(0)
+    shadow: Shadow
 
 
 @dataclass(frozen=True)
