@@ -9,15 +9,23 @@ from django.utils import timezone
 from .models import ApiToken, hash_token
 
 
-class AuthFailed(Exception):
-    def __init__(self, status: int, code: str, detail: str):
+class ApiError(Exception):
+    """Any refusal of the JSON API: its status, a stable machine-readable `error` code and a
+    sentence for people. Every API answers its errors through response() (one shape, documented
+    in the OpenAPI schema as `Error`)."""
+
+    def __init__(self, status: int, code: str, detail: str, headers: dict | None = None):
         super().__init__(detail)
-        self.status, self.code, self.detail = status, code, detail
+        self.status, self.code, self.detail, self.headers = status, code, detail, dict(headers or {})
 
     def response(self):
-        """The API's JSON answer to this failure (401s say how to authenticate)."""
-        headers = {"WWW-Authenticate": 'Token realm="api"'} if self.status == 401 else {}
-        return JsonResponse({"error": self.code, "detail": self.detail}, status=self.status, headers=headers)
+        return JsonResponse({"error": self.code, "detail": self.detail}, status=self.status, headers=self.headers)
+
+
+class AuthFailed(ApiError):
+    def __init__(self, status: int, code: str, detail: str):
+        # 401s say how to authenticate
+        super().__init__(status, code, detail, {"WWW-Authenticate": 'Token realm="api"'} if status == 401 else None)
 
 
 def token_from_header(request) -> str | None:

@@ -44,6 +44,12 @@ def check_confirmations(request, user) -> None:
     _check(request, user, 1, "confirm:", "confirmations", "confirmations")
 
 
+def check_requests(request, user) -> None:
+    """Reads of the API (results) in their own windows, at the same numbers: a polling script is
+    limited per token like an uploading one."""
+    _check(request, user, 1, "read:", "requests", "requests")
+
+
 def _check(request, user, n: int, prefix: str, what: str, unit: str) -> None:
     retry = WINDOW - int(time.time() % WINDOW)
     if _count(f"{prefix}user:{user.pk}", n) > settings.XRAY_UPLOADS_PER_MINUTE:

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import confirmations, views, worklist
+from . import api, confirmations, views, worklist
 
 urlpatterns = [
     path("", views.index, name="index"),
@@ -12,8 +12,10 @@ urlpatterns = [
     path("results/<uuid:pk>/confirm", confirmations.confirm, name="confirm"),  # before <kind>
     path("results/<uuid:pk>/<str:kind>", views.image, name="image"),
     path("account/api-token/", views.api_token, name="api_token"),
-    path("api/predict", views.api_predict, name="api_predict"),
-    path("api/results/<uuid:pk>/confirmation", confirmations.api_confirmation, name="api_confirmation"),
+    path("api/v1/", api.v1_urls()),
+    # the first, unversioned routes: aliases until api.LEGACY_SUNSET (Deprecation / Sunset headers)
+    path("api/predict", api.legacy_predict, name="api_predict"),
+    path("api/results/<uuid:pk>/confirmation", api.legacy(confirmations.api_confirmation), name="api_confirmation"),
     path("healthz", views.healthz, name="healthz"),
     path("staff/drift/", views.drift, name="drift"),
     path("staff/confirmations/", confirmations.queue, name="confirmations"),

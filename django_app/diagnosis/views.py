@@ -16,11 +16,9 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
 from . import analysis, ratelimit
-from .auth import AuthFailed, authenticate_api
 from .champion import RegistryUnavailable, holder, model_card
 from .forms import UploadForm
 from .models import ApiToken, Confirmation, Diagnosis
@@ -51,12 +49,12 @@ def _too_big(request, files: int | None = None) -> bool:
 def _no_champion(request, json: bool):
     status = holder().status()
     if json:
-        return JsonResponse({"error": "no_champion", "detail": _no_champion_text(status)}, status=503)
+        return JsonResponse({"error": "no_champion", "detail": no_champion_text(status)}, status=503)
     return render(request, "diagnosis/no_champion.html", {"status": status,
-                                                          "detail": _no_champion_text(status)}, status=503)
+                                                          "detail": no_champion_text(status)}, status=503)
 
 
-def _no_champion_text(status: dict) -> str:
+def no_champion_text(status: dict) -> str:
     reg = status["registry"]
     if reg["reachable"] is False:
         return ("The model registry cannot be reached and no model has been loaded yet, "
@@ -229,58 +227,6 @@ def api_token(request):
                                                              "token_days": settings.XRAY_API_TOKEN_DAYS})
     response["Cache-Control"] = "no-store"
     return response
-
-
-@login_not_required  # its own authentication (token or session): 401 JSON, never a redirect to a form
-@csrf_exempt  # token clients have no CSRF cookie; session clients are CSRF-checked in authenticate_api
-@never_cache
-def api_predict(request):
-    if request.method != "POST":
-        return JsonResponse({"error": "method_not_allowed", "detail": "use POST"}, status=405,
-                            headers={"Allow": "POST"})
-    try:
-        user = authenticate_api(request)
-    except AuthFailed as exc:
-        return exc.response()
-    if _too_big(request, files=1):
-        return _api_error("invalid_image", f"upload too large (the limit is {settings.XRAY_MAX_UPLOAD_MB:g} MB)")
-    try:
-        ratelimit.check_uploads(request, user)
-    except ratelimit.RateLimited as exc:
-        return _rate_limited(request, True, exc)
-    champion = holder().get()
-    if champion is None:
-        return _no_champion(request, json=True)
-    try:
-        name, data = _api_image(request)
-        diagnosis = analysis.diagnose(user, name, data, champion, source="api",
-                                      heatmap=request.GET.get("heatmap") in ("1", "true", "yes"))
-    except analysis.UploadRefused as exc:  # readable, but not a frontal chest X-ray
-        return _api_error("not_a_chest_xray", exc.reason, status=422)
-    except analysis.UploadRejected as exc:
-        return _api_error("invalid_image", exc.reason)
-    response = JsonResponse(diagnosis.to_api(request))
-    response["Server-Timing"] = ", ".join(f"{k};dur={v:.1f}" for k, v in diagnosis.timings.items())
-    return response
-
-
-def _api_image(request) -> tuple[str, bytes]:
-    """multipart/form-data with a file field `image` (or `file`), or the raw bytes as the body."""
-    content_type = request.content_type or ""
-    if content_type.startswith("multipart/"):
-        files = request.FILES.getlist("image") or request.FILES.getlist("file")
-        if not files:
-            raise analysis.UploadRejected("no image: send the file in a form field named 'image'")
-        if len(files) > 1:
-            raise analysis.UploadRejected("one image per API request")
-        return files[0].name, analysis.read_upload(files[0])
-    data = request.read(settings.XRAY_MAX_UPLOAD_BYTES + 1)
-    analysis.check_size(len(data))
-    return request.headers.get("x-filename", "upload"), data
-
-
-def _api_error(code: str, detail: str, status: int = 400):
-    return JsonResponse({"error": code, "detail": detail}, status=status)
 
 
 @login_not_required  # load balancers and monitors

@@ -19,14 +19,14 @@ from __future__ import annotations
 from django.conf import settings
 from django.http import JsonResponse
 
-API_PATH = "/api/predict"
+API_PATHS = ("/api/predict", "/api/v1/predict")   # the upload route of each API generation
 UPLOAD_PATH = "/upload/"
 
 
 def route_limit(path: str) -> int:
     """The largest body `path` accepts: one image on the API, a batch on the upload page, and a
     small form (sign-in, admin, the token page, sign-out) everywhere else."""
-    if path == API_PATH:
+    if path in API_PATHS:
         return settings.XRAY_MAX_API_BODY_BYTES
     if path == UPLOAD_PATH:
         return settings.XRAY_MAX_BODY_BYTES
@@ -71,7 +71,7 @@ class AnonymousBodyLimitMiddleware:
 
     def __call__(self, request):
         limit = settings.XRAY_MAX_FORM_BODY_BYTES
-        if (request.path != API_PATH and (declared_length(request) or 0) > limit
+        if (request.path not in API_PATHS and (declared_length(request) or 0) > limit
                 and not request.user.is_authenticated):
             return _too_large(limit, f"too large: request body over {_size(limit)} without signing in: sign in first")
         return self.get_response(request)

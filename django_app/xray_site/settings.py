@@ -98,6 +98,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "diagnosis",
+    "ninja",   # /api/v1/docs: its Swagger UI files, served by whitenoise (no CDN)
 ]
 
 MIDDLEWARE = [

@@ -45,7 +45,7 @@ def test_body_limits_per_route(tmp_path):
     locs = locations(conf)
     assert server_default == "64k"
     assert body_limit(locs["/accounts/"]) == "64k" and body_limit(locs["/admin/"]) == "64k"
-    assert body_limit(locs["= /api/predict"]) == "51m"
+    assert body_limit(locs["= /api/predict"]) == body_limit(locs["= /api/v1/predict"]) == "51m"
     assert body_limit(locs["= /upload/"]) == "510m"          # the batch page, its own location
     assert "client_max_body_size" not in locs["/"]           # everything else: the small default
     for block in locs.values():
