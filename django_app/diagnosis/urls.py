@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import confirmations, views, worklist
+from . import confirmations, model_history, views, worklist
 
 urlpatterns = [
     path("", views.index, name="index"),
@@ -16,6 +16,7 @@ urlpatterns = [
     path("api/results/<uuid:pk>/confirmation", confirmations.api_confirmation, name="api_confirmation"),
     path("healthz", views.healthz, name="healthz"),
     path("staff/drift/", views.drift, name="drift"),
+    path("staff/models/", model_history.model_history, name="model_history"),
     path("staff/confirmations/", confirmations.queue, name="confirmations"),
     path("staff/confirmations/<int:pk>/adjudicate", confirmations.adjudicate, name="adjudicate"),
     path("staff/performance/", confirmations.performance, name="performance"),
