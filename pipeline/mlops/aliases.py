@@ -272,8 +272,6 @@ def rollback(*, name: str | None = None, reason: str = "manual rollback", actor:
         if previous is None:
             raise PromotionError(f"'{name}' has no '{PREVIOUS}' alias: nothing to roll back to")
         client.set_registered_model_alias(name, CHAMPION, str(previous))
-        audit.record(client, name, kind="rollback", from_version=current, to_version=previous, reason=reason,
-                     actor=actor)
         before = client.get_model_version(name, str(previous)).tags.get("promoted_over", "none")
         if before.isdigit() and int(before) not in (previous, current):
             client.set_registered_model_alias(name, PREVIOUS, before)
@@ -282,6 +280,8 @@ def rollback(*, name: str | None = None, reason: str = "manual rollback", actor:
                 client.delete_registered_model_alias(name, PREVIOUS)
             except MlflowException:
                 pass
+        audit.record(client, name, kind="rollback", from_version=current, to_version=previous, reason=reason,
+                     actor=actor)
         if current is not None:
             tag_version(client, name, current, {"decision": "rolled_back", "decision_reason": reason,
                                                  "decided_at": now(), "rolled_back_to": str(previous)})
