@@ -76,3 +76,34 @@ def test_a_registry_that_does_not_answer_is_said_so(champion, registry):
     finally:
         mod.reset_holder(previous)
     assert page.status_code == 503 and "cannot be reached" in page.content.decode()
+
+
+def test_browser_from_a_result_to_the_decision_behind_its_version(live, browser, registry, fullres_images, tmp_path):
+    """A staff member in chromium: an answer, its link to the timeline, the decision's row in view."""
+    from playwright.sync_api import expect
+
+    from diagnosis import mfa
+    from livesite import manage, screenshot_dir
+
+    shots = screenshot_dir(tmp_path)
+    assert manage(live.env, "create_doctor", "audit_staff", "--password", "staff-password-2031-y",
+                  "--staff").returncode == 0
+    page = browser.new_context(viewport={"width": 1360, "height": 900}).new_page()
+    page.goto(live.url + "/accounts/login/?next=/upload/")
+    page.fill("#id_username", "audit_staff")
+    page.fill("#id_password", "staff-password-2031-y")
+    page.click("button[type=submit]")
+    page.fill("#id_code", mfa.totp(page.locator("#mfa-secret").inner_text().strip()))
+    page.click("#mfa-confirm")
+    page.set_input_files("#id_images", str(fullres_images[0]))
+    page.click("#analyse-btn")
+    page.wait_for_url(re.compile(r"/results/[0-9a-f-]{36}/$"), timeout=60_000)
+    page.click("#model-history-link")
+    expect(page).to_have_url(re.compile(rf"/staff/models/#v{registry['v1']}$"))
+    decision = page.locator(f"tr:has(#v{registry['v1']})")
+    expect(decision).to_be_in_viewport()
+    expect(decision).to_have_attribute("data-version", str(registry["v1"]))
+    page.screenshot(path=str(shots / "audit-01-model-history.png"), full_page=True)
+    page.fill("input[name=at]", "2001-01-01")
+    page.click("#served-at-form button")
+    expect(page.locator("#served-at-error")).to_contain_text("no champion move")
