@@ -341,7 +341,7 @@ def cmd_history(args, params: Params | None = None, data_root=None) -> int:
 
     name = getattr(args, "model", None) or server.model_name(params)
     try:
-        when = audit.parse_time(args.at) if args.at else None
+        audit.parse_time(args.at) if args.at else None
     except ValueError:
         print(f"error: --at {args.at!r} is not an ISO date or date-time (e.g. 2026-03-03, 2026-03-03T14:30, "
               f"2026-03-03T14:30+01:00)", file=sys.stderr)
@@ -349,16 +349,9 @@ def cmd_history(args, params: Params | None = None, data_root=None) -> int:
     uri = server.check_server()
     client = server.connect(uri)
     try:
-        if when is not None:
-            answer = audit.served_at(client, name, when)
-            if len(args.at.strip()) == 10:   # a whole day asked: the moves during it matter too
-                answer["same_day"] = [e for e in audit.timeline(client, name, server.CHAMPION)
-                                      if e["kind"] in audit.CHAMPION_MOVES
-                                      and when < audit.parse_time(e["at"]) < when + dt.timedelta(days=1)]
-            text = audit.format_served(answer) + "".join(
-                f"\n  then on that day: {e['at']} {e['kind']} -> v{e['to_version']} by {e['actor']}"
-                for e in answer.get("same_day", []))
-            _print(answer, args.json, text)
+        if args.at:
+            answer = audit.ask(client, name, args.at)
+            _print(answer, args.json, audit.format_served(answer))
             return 0
         entries = audit.timeline(client, name)
         if not entries:

@@ -25,7 +25,7 @@ def _ask(client, name: str, at: str) -> tuple[dict | None, str | None]:
     from pipeline.mlops import audit
 
     try:
-        return audit.served_at(client, name, audit.parse_time(at)), None
+        return audit.ask(client, name, at), None
     except ValueError:
         return None, f"“{at}” is not a date or a date and time (e.g. 2026-03-03 14:30)."
     except audit.NoAuditEntry as exc:

@@ -11,6 +11,9 @@ must be shorter than LOCK_WAIT_S. Under the lock, a decision is applied only if 
 it was computed against is still the champion (compare-and-set); otherwise it is "stale" and is
 tagged and reported, not applied. Aliases are written previous_champion first, champion second, and
 read back afterwards; readers never see `champion` on a half-registered version.
+
+Every move (and each rejection) is written to the audit trail (pipeline.mlops.audit) under the
+lock, right after the aliases moved; a retried promote writes the entry its first try left out.
 """
 from __future__ import annotations
 

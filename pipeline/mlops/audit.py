@@ -179,6 +179,26 @@ def served_at(client, name: str, when: dt.datetime | str) -> dict:
             "decision_reason": decision["reason"], "entry": move, "decision": decision}
 
 
+def ask(client, name: str, text: str) -> dict:
+    """served_at for an ISO date-time. For a bare date (a whole day asked: "which model answered on
+    3 March?"), the champion at 00:00 UTC (version None when there was none yet) and, in "same_day",
+    every champion move of that day. Raises ValueError for text that is no ISO date."""
+    when = parse_time(text)
+    whole_day = len(str(text).strip()) == 10
+    try:
+        answer = served_at(client, name, when)
+    except NoAuditEntry:
+        if not whole_day:
+            raise
+        answer = {"model": name, "at": when.isoformat(), "version": None}
+    if whole_day:
+        answer["same_day"] = [e for e in timeline(client, name, CHAMPION) if e["kind"] in CHAMPION_MOVES
+                              and when < parse_time(e["at"]) < when + dt.timedelta(days=1)]
+        if answer["version"] is None and not answer["same_day"]:
+            raise NoAuditEntry(f"no champion move of '{name}' recorded on or before {when.date()}")
+    return answer
+
+
 def find(entries: list[dict], **match) -> list[dict]:
     """The entries whose fields equal every `match` (e.g. kind="rejection", to_version=5)."""
     return [e for e in entries if all(e.get(k) == v for k, v in match.items())]
@@ -200,6 +220,10 @@ def format_timeline(entries: list[dict], total: int | None = None) -> str:
 
 
 def format_served(ans: dict) -> str:
+    day = [f"  then that day: {e['at']} {e['kind']} v{e['to_version']} by {e['actor']}: {e['reason']}"
+           for e in ans.get("same_day", [])]
+    if ans["version"] is None:
+        return "\n".join([f"{ans['model']} at {ans['at']}: no champion yet", *day])
     approval = ans["approval"]
     signed = (f"approved by {approval['by']} at {approval['at']}" + (f": {approval['comment']}" if approval.get(
         "comment") else "")) if approval else "no sign-off recorded (approval: auto)"
@@ -209,4 +233,4 @@ def format_served(ans: dict) -> str:
     if ans["decision"] is not ans["entry"]:
         lines.append(f"  put in service by {ans['decided_by']} at {ans['decision']['at']}: {ans['decision_reason']}")
     lines.append(f"  {signed}")
-    return "\n".join(lines)
+    return "\n".join(lines + day)

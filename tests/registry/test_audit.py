@@ -187,6 +187,14 @@ def test_history_table_and_clear_errors(mlflow_server, model_name, tiny, capsys,
     assert f"v{v1} -> v{v2}" in out[2] and "beats v1" in out[2]
     assert cli.main(["history", "--name", model_name, "--limit", "1"]) == 0
     assert "the last 1 of 2 entries" in capsys.readouterr().out
+    first, second = audit.timeline(MlflowClient(mlflow_server), model_name)
+    assert cli.main(["history", "--name", model_name, "--at", between(second, None)]) == 0
+    out = capsys.readouterr().out
+    assert f"v{v2} was the champion" in out and "beats v1" in out and "no sign-off recorded" in out
+    # a bare date: the champion at its start, and the moves of that day
+    assert cli.main(["history", "--name", model_name, "--at", first["at"][:10]]) == 0
+    day = capsys.readouterr().out
+    assert f"then that day: {first['at']} manual_promotion v{v1}" in day and f"promotion v{v2} by tester" in day
     assert cli.main(["history", "--name", model_name, "--at", "3 March"]) == 2
     assert "not an ISO date" in capsys.readouterr().err
     monkeypatch.setenv("MLFLOW_TRACKING_URI", free_port_uri())
