@@ -186,16 +186,16 @@ def ask(client, name: str, text: str) -> dict:
     when = parse_time(text)
     whole_day = len(str(text).strip()) == 10
     try:
-        answer = served_at(client, name, when)
-    except NoAuditEntry:
+        answer, none_yet = served_at(client, name, when), None
+    except NoAuditEntry as exc:
         if not whole_day:
             raise
-        answer = {"model": name, "at": when.isoformat(), "version": None}
+        answer, none_yet = {"model": name, "at": when.isoformat(), "version": None}, exc
     if whole_day:
         answer["same_day"] = [e for e in timeline(client, name, CHAMPION) if e["kind"] in CHAMPION_MOVES
                               and when < parse_time(e["at"]) < when + dt.timedelta(days=1)]
-        if answer["version"] is None and not answer["same_day"]:
-            raise NoAuditEntry(f"no champion move of '{name}' recorded on or before {when.date()}")
+        if none_yet is not None and not answer["same_day"]:
+            raise none_yet
     return answer
 
 
