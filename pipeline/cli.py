@@ -26,6 +26,7 @@ EPILOG = """examples:
   python -m pipeline evaluate --model runs/latest/model.pt
   python -m pipeline predict --model runs/latest/model.pt xray1.jpeg xray2.png
   python -m pipeline status
+  python -m pipeline history --at 2026-03-03T14:30      (which version served then, who approved it)
   python -m pipeline site import --data confirmed/     (folders NORMAL/ and PNEUMONIA/)
   python -m pipeline site adapt
 """
@@ -84,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
                            help="registered model version to promote (default: the current challenger)")
             p.add_argument("--reason", default="manual promotion", help="recorded on the version")
         add_arguments(name, p)
+
+    p = sub.add_parser("history", help="the audit trail of the model's aliases: who moved which version, when, why",
+                       description="Every alias move (promotion, manual promotion, rollback, site adaptation, "
+                                   "challenger) and rejection, oldest first; --at: which version served then and who "
+                                   "approved it (pipeline.mlops.audit).")
+    _common(p, data=False)
+    p.add_argument("--name", "--model", dest="model", default=None,
+                   help="registered model name (default: params / $XRAY_MODEL_NAME)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--at", metavar="DATE", help="ISO date or date-time, UTC when no zone (e.g. 2026-03-03T14:30)")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="the last N entries (default %(default)s; 0: all)")
 
     p = sub.add_parser("site", add_help=False, help="the site's confirmed cases: import labelled films "
                        "(site import --data DIR), fit and serve the site's operating point (site adapt)")
@@ -323,5 +335,36 @@ def cmd_status(args, params: Params | None = None, data_root=None) -> int:
     return 0
 
 
+def cmd_history(args, params: Params | None = None, data_root=None) -> int:
+    """Exit 0: answered; 1: no entry answers (none recorded, or none that early); 2: bad --at."""
+    from pipeline.mlops import audit
+
+    name = getattr(args, "model", None) or server.model_name(params)
+    try:
+        audit.parse_time(args.at) if args.at else None
+    except ValueError:
+        print(f"error: --at {args.at!r} is not an ISO date or date-time (e.g. 2026-03-03, 2026-03-03T14:30, "
+              f"2026-03-03T14:30+01:00)", file=sys.stderr)
+        return 2
+    uri = server.check_server()
+    client = server.connect(uri)
+    try:
+        if args.at:
+            answer = audit.ask(client, name, args.at)
+            _print(answer, args.json, audit.format_served(answer))
+            return 0
+        entries = audit.timeline(client, name)
+        if not entries:
+            raise audit.NoAuditEntry(f"no audit entry for '{name}' on {uri} (experiment "
+                                     f"{audit.experiment_name(name)}): no alias has moved since the trail exists")
+    except audit.NoAuditEntry as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    shown = entries[-args.limit:] if args.limit > 0 else entries
+    _print({"model": name, "tracking_uri": uri, "total": len(entries), "entries": shown}, args.json,
+           audit.format_timeline(shown, total=len(entries)))
+    return 0
+
+
 COMMANDS = {"validate": cmd_validate, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "promote": cmd_promote, "rollback": cmd_rollback, "status": cmd_status}
+            "promote": cmd_promote, "rollback": cmd_rollback, "status": cmd_status, "history": cmd_history}

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import api, confirmations, views, worklist
+from . import api, confirmations, model_history, views, worklist
 
 urlpatterns = [
     path("", views.index, name="index"),
@@ -18,6 +18,7 @@ urlpatterns = [
     path("api/results/<uuid:pk>/confirmation", api.legacy(confirmations.api_confirmation), name="api_confirmation"),
     path("healthz", views.healthz, name="healthz"),
     path("staff/drift/", views.drift, name="drift"),
+    path("staff/models/", model_history.model_history, name="model_history"),
     path("staff/confirmations/", confirmations.queue, name="confirmations"),
     path("staff/confirmations/<int:pk>/adjudicate", confirmations.adjudicate, name="adjudicate"),
     path("staff/performance/", confirmations.performance, name="performance"),

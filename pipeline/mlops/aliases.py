@@ -11,6 +11,9 @@ must be shorter than LOCK_WAIT_S. Under the lock, a decision is applied only if 
 it was computed against is still the champion (compare-and-set); otherwise it is "stale" and is
 tagged and reported, not applied. Aliases are written previous_champion first, champion second, and
 read back afterwards; readers never see `champion` on a half-registered version.
+
+Every move (and each rejection) is written to the audit trail (pipeline.mlops.audit) under the
+lock, right after the aliases moved; a retried promote writes the entry its first try left out.
 """
 from __future__ import annotations
 
@@ -22,8 +25,9 @@ import time
 import uuid
 from contextlib import contextmanager
 
-from pipeline.mlops.server import (CHAMPION, PREVIOUS, PromotionError, alias_version, check_server, connect, fmt,
-                                   model_name, now, tag_version)
+from pipeline.mlops import audit
+from pipeline.mlops.server import (CHALLENGER, CHAMPION, PREVIOUS, PromotionError, alias_version, check_server, connect,
+                                   fmt, model_name, now, tag_version)
 from pipeline.mlops.versions import METRIC_KEYS, log_version_scores
 
 log = logging.getLogger(__name__)
@@ -175,12 +179,15 @@ def promote(version: int, decision: dict | None = None, *, name: str | None = No
     name = model_name(name=name)
     version = int(version)
     decision = dict(decision or {"reason": "manual promotion", "champion_version": None})
+    kind = decision.get("kind") or ("manual_promotion" if force else "promotion")
     client.get_model_version(name, str(version))  # fails clearly if the version does not exist
     with promotion_lock(client, name):
         current = alias_version(client, name, CHAMPION)
         if current == version:
             # Checked before the stale test, so promote is idempotent: an Airflow retry after the
-            # first try moved the alias finds its own work done (not a "stale" decision).
+            # first try moved the alias finds its own work done (not a "stale" decision), and
+            # records the move if that try crashed before writing the audit entry.
+            _record_missing_promotion(client, name, version, decision, kind)
             if not str(client.get_model_version(name, str(version)).tags.get("decision", "")).startswith("promoted"):
                 tag_version(client, name, version, _decision_tags(decision, "promoted" if not force
                                                                  else "promoted_manually"))
@@ -198,6 +205,7 @@ def promote(version: int, decision: dict | None = None, *, name: str | None = No
         if current is not None:
             client.set_registered_model_alias(name, PREVIOUS, str(current))
         client.set_registered_model_alias(name, CHAMPION, str(version))
+        _record(client, name, decision, kind=kind, from_version=current, to_version=version)
         tags = _decision_tags(decision, "promoted" if not force else "promoted_manually")
         tags["promoted_over"] = str(current) if current is not None else "none"
         tag_version(client, name, version, tags)
@@ -212,6 +220,32 @@ def promote(version: int, decision: dict | None = None, *, name: str | None = No
             "previous_champion": current, "reason": decision.get("reason", "")}
 
 
+def _record(client, name: str, decision: dict, extra: dict | None = None, **move) -> dict:
+    """The audit entry of a decision applied to the champion alias (who, why, the sign-off)."""
+    extra = {"dag_run_id": decision.get("dag_run_id"), **(extra or {})}
+    return audit.record(client, name, reason=str(decision.get("reason", "")), actor=decision.get("actor"),
+                        approval=decision.get("approval"), extra=extra, **move)
+
+
+def _record_missing_promotion(client, name: str, version: int, decision: dict, kind: str) -> None:
+    """Record the move to champion `version` unless the trail's last champion move already is it
+    (a retried promote whose first try crashed between the move and its entry). The version it
+    replaced is then read from previous_champion, which the first try set."""
+    last = audit.last_champion_move(client, name)
+    if last is None or last["to_version"] != version:
+        _record(client, name, decision, {"recorded_late": "true"}, kind=kind,
+                from_version=alias_version(client, name, PREVIOUS), to_version=version)
+
+
+def make_challenger(client, name: str, version: int, reason: str) -> None:
+    """Alias `version` challenger (a newly trained candidate), recorded in the audit trail."""
+    with promotion_lock(client, name):
+        before = alias_version(client, name, CHALLENGER)
+        client.set_registered_model_alias(name, CHALLENGER, str(version))
+        audit.record(client, name, kind="challenger", alias=CHALLENGER, from_version=before, to_version=version,
+                     reason=reason)
+
+
 def reject(version: int, decision: dict, *, name: str | None = None) -> dict:
     """Record a non-promotion on the version (it keeps the `challenger` alias)."""
     client = connect(check_server())
@@ -219,11 +253,16 @@ def reject(version: int, decision: dict, *, name: str | None = None) -> dict:
     tag_version(client, name, int(version), _decision_tags(decision, "rejected"))
     _log_decision_scores(client, name, int(version), decision)
     _card_decision(client, name, int(version), "rejected", str(decision.get("reason", "")))
-    return {"promoted": False, "version": int(version), "champion": alias_version(client, name, CHAMPION),
+    champion = alias_version(client, name, CHAMPION)
+    # not a move, but reviewers read refusals in the same trail; an Airflow retry records it once
+    if not audit.find(audit.timeline(client, name, CHAMPION), kind="rejection", to_version=int(version),
+                      reason=str(decision.get("reason", ""))[:5000]):
+        _record(client, name, decision, kind="rejection", from_version=champion, to_version=int(version))
+    return {"promoted": False, "version": int(version), "champion": champion,
             "reason": decision.get("reason", "")}
 
 
-def rollback(*, name: str | None = None, reason: str = "manual rollback") -> dict:
+def rollback(*, name: str | None = None, reason: str = "manual rollback", actor: str | None = None) -> dict:
     """Champion <- previous_champion. previous_champion <- the version that one had replaced, so
     repeated rollbacks walk back through the promotion history."""
     from mlflow.exceptions import MlflowException
@@ -244,6 +283,8 @@ def rollback(*, name: str | None = None, reason: str = "manual rollback") -> dic
                 client.delete_registered_model_alias(name, PREVIOUS)
             except MlflowException:
                 pass
+        audit.record(client, name, kind="rollback", from_version=current, to_version=previous, reason=reason,
+                     actor=actor)
         if current is not None:
             tag_version(client, name, current, {"decision": "rolled_back", "decision_reason": reason,
                                                  "decided_at": now(), "rolled_back_to": str(previous)})

@@ -94,7 +94,7 @@ def adapt(cases: Sequence[LocalCase], params: Params, *, name: str | None = None
         return out
     version = _register(client, name, champion, model_dir, ckpt, fitted, params, len(cases))
     decision = {"reason": f"site operating point for v{champion}: {fitted.reason}", "champion_version": champion,
-                "decided_at": now(), "site": fitted.to_dict()}
+                "decided_at": now(), "site": fitted.to_dict(), "kind": "site_adaptation"}
     promoted = aliases.promote(version, decision, name=name)
     return {**out, "version": version, "promoted": promoted["promoted"], "reason": promoted["reason"]}
 

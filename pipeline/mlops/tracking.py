@@ -23,7 +23,7 @@ from pipeline.model import artifacts
 from pipeline.settings import config
 from pipeline.settings.params import Params
 from pipeline.mlops.loading import warm_start
-from pipeline.mlops.server import CHALLENGER, check_server, connect, finite, jsonable, model_name, now
+from pipeline.mlops.server import check_server, connect, finite, jsonable, model_name, now
 from pipeline.mlops.versions import METRIC_KEYS, log_version_scores
 from pipeline.data.preprocess import load_image, to_array
 from pipeline.data.preprocess import load_spread
@@ -31,7 +31,7 @@ from pipeline.inference import onnx_export
 from pipeline.inference.predict import Predictor
 from pipeline.mlops.pyfunc import log_pyfunc
 from pipeline.training.train import train
-from pipeline.mlops import model_card
+from pipeline.mlops import aliases, model_card
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +131,11 @@ def _export_onnx(checkpoint: Path, out_dir: Path, data_root: Path | None,
 def _register(client, name: str, checkpoint: Path, run_id: str, example: bytes | None,
               version_tags: dict[str, str], data_root: Path | None = None,
               calibration: list[Path] | None = None, exported: Path | None = None,
-              alias: str | None = CHALLENGER) -> Any:
+              alias: bool = True) -> Any:
     """Log the pyfunc (with its validated ONNX export and int8 copy) under the active run, register
-    it as a new version, alias it challenger. `exported`: a registered version's directory whose ONNX
-    files are taken as they are (a version with the same weights: pipeline.mlops.site_version)."""
+    it as a new version, alias it challenger (alias=False: not), a move the audit trail records.
+    `exported`: a registered version's directory whose ONNX files are taken as they are (a version
+    with the same weights: pipeline.mlops.site_version)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -156,7 +157,8 @@ def _register(client, name: str, checkpoint: Path, run_id: str, example: bytes |
     tags = {"run_id": run_id, **onnx_tags, **version_tags}
     mv = mlflow.register_model(info.model_uri, name, tags=tags)
     if alias:
-        client.set_registered_model_alias(name, alias, mv.version)
+        aliases.make_challenger(client, name, int(mv.version), f"registered by run {run_id} "
+                                                               f"(trigger {version_tags.get('trigger', 'manual')})")
     return mv
 
 
@@ -359,6 +361,6 @@ def register_operating_point(checkpoint: Path, parent_dir: Path, params: Params,
     mlflow.set_experiment(params.registry.experiment)
     with mlflow.start_run(run_name=f"{tags.get('trigger', 'site-adapt')}-{now()}", tags=tags) as run:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if finite(v)})
-        mv = _register(client, name, Path(checkpoint), run.info.run_id, None, tags, exported=parent_dir, alias=None)
+        mv = _register(client, name, Path(checkpoint), run.info.run_id, None, tags, exported=parent_dir, alias=False)
     client.update_model_version(name, str(mv.version), description=description)
     return int(mv.version)

@@ -12,6 +12,7 @@ import pytest
 from dagtest_utils import (TINY_OVERRIDES, airflow_env, alias, migrate, mlflow_client, policy_params, run_dag,
                            states, versions)
 
+from pipeline.mlops import audit
 from pipeline.settings import config
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
@@ -47,6 +48,10 @@ def test_retraining_lifecycle(world, webhook, mlflow_server, tmp_path):
     tags1 = versions(client, name)[v1]
     assert tags1["decision"] == "promoted" and tags1["data.version"] == hash1
     assert "no champion yet" in tags1["decision_reason"]
+    trail = audit.timeline(client, name)   # issue 27: both moves on record, with who, when and why
+    assert [(e["kind"], e["to_version"]) for e in trail] == [("challenger", v1), ("promotion", v1)]
+    assert trail[1]["actor"].startswith("airflow:xray_retrain/") and trail[1]["dag_run_id"] in trail[1]["actor"]
+    assert "no champion yet" in trail[1]["reason"] and trail[1]["at"]
     run = client.get_run(run1["xcom"]["train"]["run_id"])
     assert run.data.tags["data.version"] == hash1 and run.data.tags["trigger"] == "airflow:new-data"
     assert run.data.params["preprocess.image_size"] == "64"   # the run's overrides reached training

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from pipeline.data import dataset
 from pipeline.inference.predict import Predictor
-from pipeline.mlops import aliases, candidates, loading, policy, site_version
+from pipeline.mlops import aliases, audit, candidates, loading, policy, site_version
 
 
 def site_data(base, tmp_path, films, trained_checkpoint, agree: bool):
@@ -88,6 +88,9 @@ def test_promoted_challenger_is_served_at_its_own_site_operating_point(
     client = MlflowClient(mlflow_server)
     mv = client.get_model_version(model_name, str(site["version"]))
     assert mv.tags["site.parent_version"] == str(challenger) and mv.tags["site.weights_version"] == str(challenger)
+    last = audit.timeline(client, model_name)[-1]   # the move to the site's answer, on record
+    assert (last["kind"], last["from_version"], last["to_version"]) == ("site_adaptation", challenger, site["version"])
+    assert last["reason"].startswith(f"site operating point for v{challenger}")
     served, _ = loading.load_champion(model_name)
     trained_threshold = Predictor.from_checkpoint(trained["checkpoint"], device="cpu").threshold
     assert served.threshold != pytest.approx(trained_threshold)      # its own, not the trained one

@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.settings import config
-from pipeline.mlops import server, tracking, versions
+from pipeline.mlops import audit, server, tracking, versions
 
 
 def _artifacts(client, run_id, path=None):
@@ -92,6 +92,8 @@ def test_run_is_logged_with_everything(mlflow_server, trained, reg_params, small
     mv = client.get_model_version(name, str(trained["version"]))
     assert mv.run_id == run.info.run_id and mv.status == "READY"
     assert client.get_model_version_by_alias(name, "challenger").version == str(trained["version"])
+    moved = [e for e in audit.timeline(client, name) if e["kind"] == "challenger"][-1]   # the move, on record
+    assert moved["to_version"] == trained["version"] and run.info.run_id in moved["reason"] and moved["actor"]
     assert mv.tags["data.version"] == "0123456789abcdef0123"
     scores = versions.version_scores(client, name, trained["version"])   # on the logged model, as metrics
     assert scores["test.auc"] == pytest.approx(trained["metrics"]["auc"]) and "test.sensitivity" in scores
