@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import os
 import urllib.error
 import urllib.request
 
@@ -44,6 +45,13 @@ class PromotionError(RuntimeError):
 
 def tracking_uri() -> str:
     return config.tracking_uri()
+
+
+def ui_url() -> str:
+    """Base URL of the MLflow UI in links people follow: $XRAY_MLFLOW_UI (the address browsers reach,
+    e.g. behind a proxy), else the tracking URI. The same rule as pipeline.mlops.notify.mlflow_ui,
+    which the DAG parser loads with the standard library only."""
+    return (os.environ.get("XRAY_MLFLOW_UI") or tracking_uri()).rstrip("/")
 
 
 def check_server(uri: str | None = None, timeout: float = 5.0) -> str:
