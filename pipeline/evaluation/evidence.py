@@ -100,9 +100,9 @@ def galleries(out: Path, set_name: str, samples, probs: dict, predictor, version
             if len(shown) else np.zeros((0, 1, 1), np.uint8)
         tiles = [figures.Tile(a, h, f"{case_id(samples[i])}\nP={p[i]:.3f}" + (f" (t={thr[i]:.3f})" if per_case else ""),
                               figures.WRONG) for i, a, h in zip(shown, arrays, heat_maps(predictor, arrays))]
-        title = (f"{SETS[set_name]}: {KINDS[kind]}, challenger v{version}\n"
-                 f"{len(idx)} of {len(p)} cases" + (f", the {len(shown)} worst shown" if len(shown) < len(idx) else
-                                                    ", all shown, worst first") + f"; {rule}")
+        title = (f"{SETS[set_name]}: {KINDS[kind]}, challenger v{version}\n{len(idx)} among {len(p)} cases"
+                 + (f", the {len(shown)} worst shown" if len(shown) < len(idx) else ", all shown, worst first")
+                 + f"\n{rule}")
         file = f"gallery_{set_name}_{kind}.png"
         figures.gallery(tiles, title, out / file, empty=f"No {KINDS[kind]} among the {len(p)} cases ({rule}).")
         entries.append({"set": SETS[set_name], "kind": kind, "file": file, "errors": int(len(idx)),

@@ -60,9 +60,8 @@ def gallery(tiles: list[Tile], title: str, path: Path, empty: str) -> Path:
     """A contact sheet of `tiles`, COLUMNS per row, titled; `empty` is said instead when there are none."""
     if not tiles:
         return message(empty, path, title)
-    cols = min(COLUMNS, len(tiles))
-    rows = math.ceil(len(tiles) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * TILE_IN, rows * (TILE_IN + 0.35) + 0.7), squeeze=False)
+    rows = math.ceil(len(tiles) / COLUMNS)   # always COLUMNS wide: the title fits, tiles keep one size
+    fig, axes = plt.subplots(rows, COLUMNS, figsize=(COLUMNS * TILE_IN, rows * (TILE_IN + 0.35) + 0.9), squeeze=False)
     for ax in axes.flat[len(tiles):]:
         ax.axis("off")
     for ax, tile in zip(axes.flat, tiles):

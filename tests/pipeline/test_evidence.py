@@ -13,6 +13,7 @@ from sklearn.metrics import auc, roc_curve
 from pipeline.data import training_data
 from pipeline.evaluation import evidence, quality
 from pipeline.inference.predict import Predictor
+from pipeline.mlops import model_card
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +97,18 @@ def test_stress_sheet_shows_the_same_films_under_every_shift(scored, tiny_params
     assert stress["shifts"] == len(result["probs"]["stress"]["p"]) and stress["films"] == 2 * evidence.SHIFT_FILMS
     with Image.open(tmp_path / stress["file"]) as img:
         assert img.height > img.width      # one row per shift family
+
+
+def test_the_cards_evidence_section_is_replaced_and_stays_before_the_decision():
+    index = {"version": 5, "champion": 4, "galleries": [
+        {"set": "held-out", "kind": "false_negatives", "file": "g_fn.png", "errors": 3, "n": 50},
+        {"set": "held-out", "kind": "false_positives", "file": "g_fp.png", "errors": 0, "n": 50}],
+        "curves": [{"set": "held-out", "file": "c.png", "auc": {"challenger v5": 0.91, "champion v4": 0.9}}],
+        "stress": {"file": "s.png", "films": 4, "shifts": 28}}
+    first = model_card.with_evidence("## card\n\ntext", model_card.evidence_section(index, "http://ui/#/x"))
+    decided = f"{first}\n\n**Promotion decision.** rejected: worse"
+    again = model_card.with_evidence(decided, model_card.evidence_section({**index, "champion": 3}, "http://ui/#/y"))
+    assert again.count(model_card.EVIDENCE_HEADING) == 1 and "http://ui/#/x" not in again
+    assert again.index(model_card.EVIDENCE_HEADING) < again.index("**Promotion decision.**")
+    assert again.startswith("## card\n\ntext") and again.endswith("rejected: worse")
+    assert "[3 false negatives](http://ui/#/y/g_fn.png)" in again and "[0 false positives]" in again
