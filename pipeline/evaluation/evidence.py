@@ -70,17 +70,19 @@ def case_id(sample) -> str:
     return Path(sample.path).stem if patient_id(Path(sample.path).name) else f"sha256:{sample.digest[:12]}"
 
 
-def operating_point(set_name: str, probs: dict, predictor, params: Params) -> tuple[np.ndarray, np.ndarray, str]:
-    """(P shown, threshold per case, in words) of one scored set, as its figures were computed."""
+def operating_point(set_name: str, probs: dict, predictor, params: Params) -> tuple[np.ndarray, np.ndarray, str, bool]:
+    """(P shown, threshold per case, in words, whether thresholds differ by case) of one scored set,
+    as its figures were computed."""
     p = np.asarray(probs["p"], np.float64)
     stored = np.full(p.shape, predictor.threshold)
     if set_name != "local":
-        return p, stored, f"stored threshold {predictor.threshold:.3f}"
+        return p, stored, f"stored threshold {predictor.threshold:.3f}", False
     # local: probs["p"] holds logits of the calibrated P (quality._score_local)
     if site.refusal(probs["y"], params.site):
-        return Calibration().probability(p), stored, f"stored threshold {predictor.threshold:.3f} (too few cases for a site fit)"
+        return (Calibration().probability(p), stored,
+                f"stored threshold {predictor.threshold:.3f} (too few cases for a site fit)", False)
     prob, thr = site.cross_fitted(p, probs["y"], probs["groups"], params.site)
-    return prob, thr, "site operating point, cross-fitted by patient (out-of-fold P and threshold)"
+    return prob, thr, "site operating point, cross-fitted by patient (out-of-fold P and threshold)", True
 
 
 def heat_maps(predictor, arrays: np.ndarray) -> list[np.ndarray]:
@@ -91,8 +93,7 @@ def heat_maps(predictor, arrays: np.ndarray) -> list[np.ndarray]:
 def galleries(out: Path, set_name: str, samples, probs: dict, predictor, version: int, params: Params,
               cache) -> list[dict]:
     """The two galleries of one set (files in `out`); their index entries."""
-    p, thr, rule = operating_point(set_name, probs, predictor, params)
-    per_case = set_name == "local" and "cross-fitted" in rule
+    p, thr, rule, per_case = operating_point(set_name, probs, predictor, params)
     entries = []
     for kind, idx in errors(probs["y"], p, thr).items():
         shown = idx[:MAX_TILES]

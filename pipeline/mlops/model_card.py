@@ -91,7 +91,8 @@ def evidence_section(index: dict, link: str) -> str:
         lines.append(f"- [ROC and precision-recall, {c['set']}]({link}/{c['file']}): AUC {aucs}")
     if index.get("stress"):
         s = index["stress"]
-        lines.append(f"- [{s['films']} held-out films under each of the {s['shifts']} stress shifts]({link}/{s['file']})")
+        lines.append(f"- [{s['films']} held-out films under each of the {s['shifts']} stress shifts]"
+                     f"({link}/{s['file']})")
     return "\n".join(lines)
 
 

@@ -68,15 +68,17 @@ def test_curves_are_sklearn_roc_on_the_same_scores(scored, tiny_params, tmp_path
     points = json.loads((tmp_path / "curves.json").read_text())["held-out"]
     for label, p in (("challenger v7", result["probs"]["test"]["p"]), ("champion v3", other["test"]["p"])):
         fpr, tpr, _ = roc_curve(result["probs"]["test"]["y"], p)
-        assert points[label]["fpr"] == pytest.approx(fpr.tolist()) and points[label]["tpr"] == pytest.approx(tpr.tolist())
+        assert points[label]["fpr"] == pytest.approx(fpr.tolist())
+        assert points[label]["tpr"] == pytest.approx(tpr.tolist())
         entry = next(c for c in index["curves"] if c["set"] == "held-out")
         assert entry["auc"][label] == pytest.approx(auc(fpr, tpr), abs=1e-4)
     assert entry["auc"]["challenger v7"] == pytest.approx(result["test"]["auc"], abs=1e-4)
     assert entry["auc"]["challenger v7"] != entry["auc"]["champion v3"]
 
 
-def test_a_set_without_errors_gives_a_sheet_that_says_so(scored, tiny_params, tmp_path):
+def test_a_set_without_errors_gives_a_sheet_that_says_so(scored, tiny_params, tmp_path, monkeypatch):
     predictor, splits, cache, result = scored
+    monkeypatch.setattr(evidence, "MAX_TILES", 2)   # and a capped sheet shows the worst, says how many in all
     saved = predictor.threshold
     try:
         predictor.threshold = 0.0          # everything PNEUMONIA: no false negative at all
@@ -85,7 +87,10 @@ def test_a_set_without_errors_gives_a_sheet_that_says_so(scored, tiny_params, tm
         predictor.threshold = saved
     held = {g["kind"]: g for g in index["galleries"] if g["set"] == "held-out"}
     assert held["false_negatives"]["errors"] == held["false_negatives"]["shown"] == 0
-    assert held["false_positives"]["errors"] == int((result["probs"]["test"]["y"] == 0).sum())
+    y, p = result["probs"]["test"]["y"], result["probs"]["test"]["p"]
+    assert held["false_positives"]["errors"] == int((y == 0).sum()) > 2 == held["false_positives"]["shown"]
+    worst = expected_errors(list(y), list(p), 0.0)["false_positives"][:2]
+    assert held["false_positives"]["ids"] == [evidence.case_id(splits.test[i]) for i in worst]
     with Image.open(tmp_path / held["false_negatives"]["file"]) as img:
         assert img.format == "PNG" and img.height < img.width   # the one-line statement, not a grid
 
