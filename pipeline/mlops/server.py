@@ -48,10 +48,11 @@ def tracking_uri() -> str:
 
 
 def ui_url() -> str:
-    """Base URL of the MLflow UI in links people follow: $XRAY_MLFLOW_UI (the address browsers reach,
-    e.g. behind a proxy), else the tracking URI. The same rule as pipeline.mlops.notify.mlflow_ui,
-    which the DAG parser loads with the standard library only."""
-    return (os.environ.get("XRAY_MLFLOW_UI") or tracking_uri()).rstrip("/")
+    """Base of the links people follow into the MLflow UI: $XRAY_MLFLOW_UI (the address a browser
+    reaches), else "": links relative to the page, right on the UI's own pages (the registry's version
+    page shows the model card) at whatever address the browser used. The tracking URI is no default:
+    in the compose stack it is http://mlflow:5000, which no browser reaches."""
+    return os.environ.get("XRAY_MLFLOW_UI", "").rstrip("/")
 
 
 def check_server(uri: str | None = None, timeout: float = 5.0) -> str:
