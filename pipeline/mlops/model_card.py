@@ -82,6 +82,7 @@ def evidence_section(index: dict, link: str) -> str:
     sets: dict[str, list[str]] = {}
     for g in index.get("galleries", []):
         words = g["kind"].replace("_", " ")
+        words = words[:-1] if g["errors"] == 1 else words    # "1 false negative"
         sets.setdefault(g["set"], []).append(f"[{g['errors']} {words}]({link}/{g['file']})")
     for name, parts in sets.items():
         n = next(g["n"] for g in index["galleries"] if g["set"] == name)
