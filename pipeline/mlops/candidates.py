@@ -11,6 +11,7 @@ import numpy as np
 
 from pipeline.data import training_data
 from pipeline.evaluation import compare, evaluate, fastpath, quality
+from pipeline.mlops.evidence import log_evidence
 from pipeline.mlops.loading import download_version, load_version
 from pipeline.mlops.server import (CHAMPION, FAST_PATH_TAG, alias_version, check_server, connect, jsonable,
                                    model_name, tag_version)
@@ -60,18 +61,19 @@ def evaluate_candidates(challenger_version: int, params: Params, data_root) -> d
     patients under every stress shift, any external set and the golden set (pipeline.data.golden, when
     configured: verified against its pin first), each at its own stored threshold; and compare them
     paired on those same images (DeLong for held-out, external and golden, a patient bootstrap for
-    the mean AUC under shift). Returns plain JSON (the DAG passes it through XCom)."""
+    the mean AUC under shift); log the reviewer's figures on the challenger (pipeline.mlops.evidence).
+    Returns plain JSON (the DAG passes it through XCom)."""
     client = connect(check_server())
     name = model_name(params)
     splits, report, cache = training_data.load(Path(data_root), params)   # golden set verified against its pin
     champion = alias_version(client, name, CHAMPION)
     level = params.promotion.confidence
 
-    def score(version: int) -> dict:
+    def score(version: int) -> tuple:
         predictor, _ = load_version(version, name)
-        return quality.score(predictor, splits, params, cache)
+        return predictor, quality.score(predictor, splits, params, cache)
 
-    ch = score(int(challenger_version))
+    ch_predictor, ch = score(int(challenger_version))
     fast = check_fast_path(int(challenger_version), splits, params, cache, name)
     out = {"model_name": name, "data_root": str(data_root), "n_test": len(splits.test),
            "n_stress": ch["stress"]["n"], "n_external": len(getattr(splits, "external", []) or []),
@@ -81,7 +83,7 @@ def evaluate_candidates(challenger_version: int, params: Params, data_root) -> d
            "champion": None, "comparison": None,
            "fast_path": {k: fast[k] for k in ("ok", "reason", "precision")}}
     if champion is not None:
-        cp = ch if champion == int(challenger_version) else score(champion)
+        cp_predictor, cp = (ch_predictor, ch) if champion == int(challenger_version) else score(champion)
         out["champion"] = {"version": champion, "metrics": quality.flat_metrics(cp)}
         a, b = ch["probs"], cp["probs"]
         comparison = {"test": compare.delong(a["test"]["y"], a["test"]["p"], b["test"]["p"], level).to_dict(),
@@ -92,6 +94,9 @@ def evaluate_candidates(challenger_version: int, params: Params, data_root) -> d
             if key in a:
                 comparison[key] = compare.delong(a[key]["y"], a[key]["p"], b[key]["p"], level).to_dict()
         out["comparison"] = comparison
+    # figures for the reviewer, from the predictions above (Grad-CAM only for the films shown)
+    out["evidence"] = log_evidence(client, name, int(challenger_version), ch_predictor, splits, params, cache, ch,
+                                   (champion, cp_predictor, cp) if champion is not None else None)
     if "local" in ch["probs"]:   # for the promoted version's own site operating point (site_version.adapt)
         local = ch["probs"]["local"]
         out["local_cases"] = {"ids": list(local["keys"]), "y": [int(v) for v in local["y"]],

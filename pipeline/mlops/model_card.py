@@ -67,3 +67,42 @@ def render(version: int | str, metrics: dict, params: Params, data_version: str,
         lines += ["", f"**Promotion decision.** {'promoted' if decision.get('promote') else 'not promoted'}: "
                       f"{decision.get('reason', '')}"]
     return "\n".join(lines)
+
+
+EVIDENCE_HEADING = "**Evidence for review.**"
+
+
+def evidence_section(index: dict, link: str) -> str:
+    """The card's pointer to the figures of pipeline.evaluation.evidence (index: its index.json;
+    link: the run's evidence/ folder in the MLflow UI), with the counts a reviewer checks first."""
+    against = f"against champion v{index['champion']}" if index.get("champion") not in (None, index["version"]) \
+        else "alone (no other champion)"
+    lines = [f"{EVIDENCE_HEADING} Figures of version {index['version']} {against}, on the same cases, in the "
+             f"training run's artifacts [evidence/]({link}) ([index.json]({link}/index.json)):"]
+    sets: dict[str, list[str]] = {}
+    for g in index.get("galleries", []):
+        words = g["kind"].replace("_", " ")
+        words = words[:-1] if g["errors"] == 1 else words    # "1 false negative"
+        sets.setdefault(g["set"], []).append(f"[{g['errors']} {words}]({link}/{g['file']})")
+    for name, parts in sets.items():
+        n = next(g["n"] for g in index["galleries"] if g["set"] == name)
+        lines.append(f"- Grad-CAM of the errors, {name} ({n} cases): {', '.join(parts)}")
+    for c in index.get("curves", []):
+        aucs = ", ".join(f"{label} {auc:.3f}" for label, auc in c["auc"].items())
+        lines.append(f"- [ROC and precision-recall, {c['set']}]({link}/{c['file']}): AUC {aucs}")
+    if index.get("stress"):
+        s = index["stress"]
+        lines.append(f"- [{s['films']} held-out films under each of the {s['shifts']} stress shifts]"
+                     f"({link}/{s['file']})")
+    return "\n".join(lines)
+
+
+def with_evidence(card: str, section: str) -> str:
+    """`card` with its evidence section replaced by `section` (or added before any later part, such as
+    the promotion decision, which stays last)."""
+    head, found, rest = card.partition(EVIDENCE_HEADING)
+    tail = ""
+    if found:
+        _, sep, after = rest.partition("\n\n**")   # the next paragraph that opens with a bold heading
+        tail = f"\n\n**{after}" if sep else ""
+    return f"{head.rstrip()}\n\n{section}{tail}".lstrip()

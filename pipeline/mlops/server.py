@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import os
 import urllib.error
 import urllib.request
 
@@ -44,6 +45,14 @@ class PromotionError(RuntimeError):
 
 def tracking_uri() -> str:
     return config.tracking_uri()
+
+
+def ui_url() -> str:
+    """Base of the links people follow into the MLflow UI: $XRAY_MLFLOW_UI (the address a browser
+    reaches), else "": links relative to the page, right on the UI's own pages (the registry's version
+    page shows the model card) at whatever address the browser used. The tracking URI is no default:
+    in the compose stack it is http://mlflow:5000, which no browser reaches."""
+    return os.environ.get("XRAY_MLFLOW_UI", "").rstrip("/")
 
 
 def check_server(uri: str | None = None, timeout: float = 5.0) -> str:
