@@ -34,8 +34,8 @@ def _rows(paired: dict) -> list[dict]:
     """One table row per figure: challenger, champion and the paired difference."""
     if not paired["n"]:
         return []
-    return [{"name": key, "challenger": paired["a"][key], "champion": paired["b"][key],
-             "difference": paired["difference"][key]} for key in figures.FIGURES]
+    return [{"name": key, "cells": [paired["a"][key], paired["b"][key], paired["difference"][key]]}
+            for key in figures.FIGURES]
 
 
 @staff_member_required
