@@ -287,7 +287,8 @@ def test_live_site_shadows_in_the_background(registry, challengers, tmp_path, xr
     of each process stores the challenger's answers afterwards."""
     point(registry, challengers["good"])
     port = free_port()
-    env = site_env(registry, tmp_path / "data", port, XRAY_SHADOW="on", WEB_WORKERS="1")
+    # niceness 0: on a machine loaded by other work a niceness-19 thread may wait minutes for a core
+    env = site_env(registry, tmp_path / "data", port, XRAY_SHADOW="on", WEB_WORKERS="1", XRAY_SHADOW_NICE="0")
     site = Site(env, port, tmp_path / "web.log").wait_ready()
     try:
         out = manage(env, "create_doctor", "api_client", "--password", "api-client-pass-77", "--token")

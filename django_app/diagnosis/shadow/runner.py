@@ -5,8 +5,11 @@
   Confirmed-film imports (`site import`) are not live traffic and are not shadowed.
 - One worker thread per process takes the queue. Before each job it waits (up to
   XRAY_SHADOW_MAX_WAIT s) until no doctor's answer is being computed in this process
-  (analysis.in_flight), and it runs at a low CPU priority (XRAY_SHADOW_NICE, inherited by the
-  threads torch and the engines start from it), so a doctor's answer comes first.
+  (analysis.in_flight). The challenger's network runs on its own inference thread at a low CPU
+  priority (XRAY_SHADOW_NICE, inherited by the threads torch starts there; so is the thread that
+  loads it, where the engines start theirs), so a doctor's answer comes first. The worker itself
+  keeps the normal priority: the decoder processes it may start are shared with doctors' requests
+  and inherit the priority of the thread that starts them.
 - The challenger answers through the one inference path (pipeline.inference.answer.answer) with its
   own calibration, threshold and input gate; a refusal by its gate is stored as such. Anything else
   that goes wrong (no loadable challenger, an error) is counted as failed: the doctor's answer was
@@ -18,7 +21,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -35,6 +37,7 @@ from pipeline.inference.answer import answer
 from pipeline.mlops.server import CHALLENGER, CHAMPION
 
 from .. import analysis
+from ..batching import lower_priority
 from ..champion import ChampionHolder, MlflowRegistry, RegistryUnavailable
 from ..models import Diagnosis, ShadowAnswer, ShadowTally
 
@@ -57,17 +60,6 @@ def pending(client, name: str) -> int | None:
     return version if not tag or tag.startswith(PENDING) else None
 
 
-def lower_priority(nice: int) -> None:
-    """Lower this thread's CPU priority (Linux: niceness is per thread and inherited by the threads it
-    starts). Best effort: where it cannot be set the shadow still waits for doctors' answers."""
-    if nice <= 0:
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-    except (AttributeError, OSError) as exc:
-        log.warning("shadow: could not lower the thread's priority (%s)", exc)
-
-
 class PendingRegistry(MlflowRegistry):
     """The registry as the shadow sees it: the challenger's version only while it is pending."""
 
@@ -87,7 +79,9 @@ class PendingRegistry(MlflowRegistry):
 
     def load(self):
         lower_priority(self.nice)  # the holder's own loading thread: the engines' threads start here
-        return super().load()
+        challenger = super().load()
+        challenger.runner.nice = self.nice  # its inference thread starts on first use
+        return challenger
 
 
 @dataclass
@@ -100,11 +94,10 @@ class Job:
 class Shadow:
     """One per process: the challenger's holder, the queue and its worker thread."""
 
-    def __init__(self, holder: ChampionHolder, size: int = 16, nice: int = 19, max_wait: float = 2.0,
-                 start: bool = True):
+    def __init__(self, holder: ChampionHolder, size: int = 16, max_wait: float = 2.0, start: bool = True):
         self.holder = holder
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, int(size)))
-        self.nice, self.max_wait, self.start = nice, float(max_wait), start
+        self.max_wait, self.start = float(max_wait), start
         self._dropped: Counter = Counter()  # (name, version) -> drops not yet written
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -137,7 +130,6 @@ class Shadow:
                     self._thread.start()
 
     def _loop(self) -> None:
-        lower_priority(self.nice)
         while True:
             try:
                 job = self.queue.get(timeout=FLUSH_SECONDS)
@@ -171,6 +163,9 @@ class Shadow:
     def process(self, job: Job) -> ShadowAnswer | None:
         self.processed += 1
         challenger = self.holder.get(wait=True)  # blocks this thread only, bounded by the load timeout
+        if challenger is None:  # a first load already under way (started by a request): wait for it
+            self.holder.wait_idle(self.holder.load_timeout)
+            challenger = self.holder.peek()
         name = self.holder.registry.name
         if challenger is None:
             if self.holder.alias_version is not None:  # pending, but it cannot be loaded or used
@@ -204,7 +199,8 @@ def store(diagnosis: Diagnosis, challenger, job: Job) -> ShadowAnswer:
     started = time.perf_counter()
     row = ShadowAnswer(diagnosis=diagnosis, model_name=challenger.name, model_version=str(challenger.version))
     try:
-        result = answer(job.data, challenger.predictor, limits=analysis.limits(), heatmap=job.heatmap)
+        result = answer(job.data, challenger.predictor, limits=analysis.limits(), heatmap=job.heatmap,
+                        network=challenger.runner)
     except preprocess.InvalidImage as exc:  # its gate (or its decoding at its size) refused the film
         row.refusal, row.threshold = exc.reason[:500], challenger.threshold
     else:
@@ -241,7 +237,7 @@ def build() -> Shadow:
                                nice=settings.XRAY_SHADOW_NICE)
     holder = ChampionHolder(registry, settings.XRAY_CHAMPION_CHECK_SECONDS, settings.XRAY_CHAMPION_RETRY_SECONDS,
                             settings.XRAY_CHAMPION_LOAD_TIMEOUT)
-    return Shadow(holder, settings.XRAY_SHADOW_QUEUE, settings.XRAY_SHADOW_NICE, settings.XRAY_SHADOW_MAX_WAIT)
+    return Shadow(holder, settings.XRAY_SHADOW_QUEUE, settings.XRAY_SHADOW_MAX_WAIT)
 
 
 def current() -> Shadow | None:
