@@ -82,8 +82,9 @@ def shadow_counts(s: dict) -> dict:
     return dict(zip(("answered", "dropped", "failed"), map(int, out[-3:])))
 
 
-def settle(s: dict, sent: int, timeout: float = 600) -> dict:
-    """Until the shadow has dealt with every request sent so far (answered, dropped or failed)."""
+def settle(s: dict, sent: int, timeout: float = 180) -> dict:
+    """Until the shadow has dealt with every request sent so far (answered, dropped or failed), or
+    `timeout` s (a niceness-19 shadow on a machine busy with other work may wait long for a core)."""
     deadline = time.time() + timeout
     while True:
         c = shadow_counts(s)
