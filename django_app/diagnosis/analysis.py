@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
+from django.dispatch import Signal
 from PIL import Image
 
 from pipeline.data import preprocess
@@ -31,6 +33,36 @@ log = logging.getLogger(__name__)
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "DICOM": "png"}  # DICOM is kept as the rendering the model saw
 DISPLAY_MAX_SIDE = 1600
 THUMB_MAX_SIDE = 320
+
+
+# Sent once a live request's result is stored, with its bytes (diagnosis.shadow queues them for a
+# pending challenger, never blocking); receivers' errors are logged, never the doctor's problem.
+answered = Signal()
+
+
+class InFlight:
+    """How many doctors' answers this process is computing now: the shadow waits for none."""
+
+    def __init__(self):
+        self.count = 0
+        self.idle = threading.Condition()
+
+    def __enter__(self):
+        with self.idle:
+            self.count += 1
+
+    def __exit__(self, *exc):
+        with self.idle:
+            self.count -= 1
+            if not self.count:
+                self.idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self.idle:
+            return self.idle.wait_for(lambda: not self.count, timeout)
+
+
+in_flight = InFlight()
 
 
 class UploadRejected(ValueError):
@@ -88,8 +120,9 @@ def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatm
     own caution (the PACS worker's intended-use check), shown before the gate's."""
     check_size(len(data))
     try:
-        result = answer(data, champion.predictor, limits=limits(), heatmap=heatmap, keep=True,
-                        network=champion.runner)
+        with in_flight:
+            result = answer(data, champion.predictor, limits=limits(), heatmap=heatmap, keep=True,
+                            network=champion.runner)
     except gate.NotAChestXray as exc:
         Refusal.objects.create(owner=owner, source=source, file_format=_sniff_format(data), size_bytes=len(data),
                                reason=exc.reason[:500], gate_score=exc.score, model_name=champion.name,
@@ -129,6 +162,9 @@ def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatm
     # for the Server-Timing header: where a request's time went (ms)
     diagnosis.timings = {"decode": result.decode_ms, "infer": result.infer_ms,
                          "store": (time.perf_counter() - started) * 1000}
+    for receiver, outcome in answered.send_robust(Diagnosis, diagnosis=diagnosis, data=data, heatmap=heatmap):
+        if isinstance(outcome, Exception):
+            log.error("after-answer hook %s failed: %s", getattr(receiver, "__qualname__", receiver), outcome)
     return diagnosis
 
 

@@ -8,3 +8,7 @@ class DiagnosisConfig(AppConfig):
 
     def ready(self) -> None:
         from . import signals  # noqa: F401 - connects the file clean-up on delete
+        from .analysis import answered
+        from .shadow import runner
+
+        answered.connect(runner.on_answered, dispatch_uid="shadow")  # live answers to the pending challenger

@@ -13,6 +13,7 @@ carries, not what it computes.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from concurrent.futures import Future
@@ -21,6 +22,17 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 _STOP = object()
+
+
+def lower_priority(nice: int) -> None:
+    """Lower this thread's CPU priority (Linux: niceness is per thread and inherited by the threads
+    and processes it starts). Best effort: where it cannot be set, it is logged and work goes on."""
+    if nice <= 0:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError) as exc:
+        log.warning("could not lower the priority of thread %s: %s", threading.current_thread().name, exc)
 
 
 class ModelRunner:
@@ -40,6 +52,7 @@ class ModelRunner:
         self._model_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._name = name
+        self.nice = 0  # > 0: the thread's CPU priority is lowered (the shadow's challenger, diagnosis.shadow)
         self.batches = 0
         self.images = 0
 
@@ -80,6 +93,7 @@ class ModelRunner:
                     self._thread.start()
 
     def _loop(self) -> None:
+        lower_priority(self.nice)
         if self.threads > 0:  # OpenMP settings are per thread: set them where the work runs
             import torch
 

@@ -274,3 +274,57 @@ class StaffTotp(models.Model):
 
     def __str__(self) -> str:
         return f"authenticator of {self.user} ({'confirmed' if self.confirmed else 'not confirmed'})"
+
+
+def shadow_path(instance: "ShadowAnswer", filename: str) -> str:
+    # next to the shadowed result's files: deleting the result removes its folder (diagnosis.signals)
+    d = instance.diagnosis
+    return f"xrays/{d.owner_id}/{d.id}/shadow-v{instance.model_version}-{filename}"
+
+
+class ShadowAnswer(models.Model):
+    """What a pending challenger answered for a live request (diagnosis.shadow): kept for staff to
+    compare with the champion's answer, never shown to doctors nor returned by the API."""
+
+    diagnosis = models.ForeignKey(Diagnosis, on_delete=models.CASCADE, related_name="shadow_answers")
+    model_name = models.CharField(max_length=200)
+    model_version = models.CharField(max_length=32)
+    created = models.DateTimeField(auto_now_add=True)
+    label = models.CharField(max_length=16, choices=Diagnosis.LABELS, blank=True)  # "": the gate refused
+    probability = models.FloatField(null=True, blank=True)
+    logit = models.FloatField(null=True, blank=True)
+    threshold = models.FloatField(null=True, blank=True)
+    heatmap = models.FileField(upload_to=shadow_path, max_length=255, blank=True)
+    refusal = models.CharField(max_length=500, blank=True)  # the challenger's input gate refused it
+    ms = models.FloatField(default=0.0)  # the challenger's decoding + inference time
+
+    class Meta:
+        ordering = ["-created"]
+        constraints = [models.UniqueConstraint(fields=["diagnosis", "model_name", "model_version"],
+                                               name="one_shadow_answer_per_version")]
+        indexes = [models.Index(fields=["model_name", "model_version", "created"], name="shadow_version")]
+
+    def __str__(self) -> str:
+        return f"v{self.model_version} {self.label or 'refused'} for {self.diagnosis_id}"
+
+    @property
+    def percent(self) -> float | None:
+        return None if self.probability is None else round(self.probability * 100, 1)
+
+
+class ShadowTally(models.Model):
+    """Requests a shadowed version did not answer: dropped (queue full) or failed (it could not be
+    loaded or raised); answered ones are its ShadowAnswer rows."""
+
+    model_name = models.CharField(max_length=200)
+    model_version = models.CharField(max_length=32)
+    dropped = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    first_seen = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["model_name", "model_version"], name="one_tally_per_version")]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} v{self.model_version}: {self.dropped} dropped, {self.failed} failed"

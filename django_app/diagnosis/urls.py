@@ -1,6 +1,7 @@
 from django.urls import path
 
 from . import api, confirmations, model_history, views, worklist
+from .shadow import views as shadow
 
 urlpatterns = [
     path("", views.index, name="index"),
@@ -22,4 +23,6 @@ urlpatterns = [
     path("staff/confirmations/", confirmations.queue, name="confirmations"),
     path("staff/confirmations/<int:pk>/adjudicate", confirmations.adjudicate, name="adjudicate"),
     path("staff/performance/", confirmations.performance, name="performance"),
+    path("staff/shadow/", shadow.page, name="shadow"),
+    path("staff/shadow/<int:pk>/<str:kind>", shadow.image, name="shadow_image"),
 ]

@@ -240,6 +240,12 @@ XRAY_MAX_BATCH = int(env_number("XRAY_MAX_BATCH", 8, int))  # concurrent request
 # for versions whose agreement check passed; off = every answer from the float32 torch reference.
 XRAY_FAST_PATH = env_bool("XRAY_FAST_PATH", True)
 XRAY_HISTORY_PAGE_SIZE = int(env_number("XRAY_HISTORY_PAGE_SIZE", 12, int))
+# Shadow mode (diagnosis.shadow, docs/site.md): a pending challenger answers every live request in
+# the background; its answers are stored for staff, never shown to doctors. off = no shadow.
+XRAY_SHADOW = env_bool("XRAY_SHADOW", True)
+XRAY_SHADOW_QUEUE = max(1, int(env_number("XRAY_SHADOW_QUEUE", 16, int)))  # full: the request is not shadowed
+XRAY_SHADOW_NICE = int(env_number("XRAY_SHADOW_NICE", 19, int))  # the shadow's threads yield the CPU
+XRAY_SHADOW_MAX_WAIT = env_number("XRAY_SHADOW_MAX_WAIT", 2.0)  # seconds it waits for doctors' answers
 # API tokens stop working this many days after they are issued (rotate them on the API page)
 XRAY_API_TOKEN_DAYS = int(env_number("XRAY_API_TOKEN_DAYS", 90, int))
 

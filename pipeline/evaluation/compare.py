@@ -111,3 +111,54 @@ def paired_bootstrap(y, sets_a: dict, sets_b: dict, resamples: int = 300, seed: 
     mean_a, mean_b = float(_auc_matrix(y, a).mean()), float(_auc_matrix(y, b).mean())
     lo, hi = np.nanpercentile(deltas, [50 * (1 - level), 100 - 50 * (1 - level)])
     return PairedDelta(mean_a, mean_b, mean_a - mean_b, float(lo), float(hi), int(len(y)), resamples, level)
+
+
+def _interval(value: float, low: float, high: float) -> dict:
+    clean = lambda v: None if v is None or not math.isfinite(v) else float(v)  # noqa: E731
+    return {"value": clean(value), "low": clean(low), "high": clean(high)}
+
+
+def _boot_figures(y: np.ndarray, prob: np.ndarray, called: np.ndarray, bins: int = 10) -> dict[str, np.ndarray]:
+    """Sensitivity, specificity and ECE (calibration.ece's equal-width bins) of each row of [R, n]."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pos, neg = y.sum(-1), (1 - y).sum(-1)
+        sens = np.where(pos > 0, (called & (y == 1)).sum(-1) / pos, np.nan)
+        spec = np.where(neg > 0, (~called & (y == 0)).sum(-1) / neg, np.nan)
+    which = np.clip(np.digitize(prob, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
+    gap = sum(np.abs(np.where(which == b, y - prob, 0.0).sum(-1)) for b in range(bins))
+    return {"sensitivity": sens, "specificity": spec, "ece": gap / y.shape[-1]}
+
+
+def paired_answers(y, prob_a, threshold_a, prob_b, threshold_b, resamples: int = 2000, seed: int = 0,
+                   level: float = 0.95) -> dict:
+    """Two models' answers on the same confirmed cases, each with its own probabilities and threshold:
+    per model, sensitivity and specificity with exact (Clopper-Pearson, site.answers) intervals and ECE
+    with a bootstrap percentile interval; and the paired difference a - b of each, from resampling
+    *cases* (both models' answers on a case stay together, so their correlation is kept)."""
+    from pipeline.evaluation.site import answers
+
+    y = np.asarray(y).astype(int)
+    probs = [np.asarray(prob_a, np.float64), np.asarray(prob_b, np.float64)]
+    thresholds = [np.asarray(threshold_a, np.float64), np.asarray(threshold_b, np.float64)]
+    called = [p >= t for p, t in zip(probs, thresholds)]
+    if not len(y):
+        return {"n": 0, "positives": 0, "negatives": 0, "a": None, "b": None, "difference": None,
+                "resamples": resamples, "level": level}
+    idx = np.random.default_rng(seed).integers(0, len(y), size=(resamples, len(y)))
+    boot = [_boot_figures(y[idx], p[idx], c[idx]) for p, c in zip(probs, called)]
+    q = [50 * (1 - level), 100 - 50 * (1 - level)]
+
+    def pct(values: np.ndarray) -> tuple[float, float]:
+        return tuple(np.nanpercentile(values, q)) if np.isfinite(values).any() else (float("nan"),) * 2
+
+    out = {"n": int(len(y)), "positives": int(y.sum()), "negatives": int((1 - y).sum()),
+           "resamples": resamples, "level": level}
+    points = [answers(y, p, t) for p, t in zip(probs, thresholds)]
+    nan = (float("nan"),) * 3
+    for key, a, b in zip(("a", "b"), points, boot):
+        out[key] = {"sensitivity": _interval(*((a.sensitivity, *a.sensitivity_ci) if a.positives else nan)),
+                    "specificity": _interval(*((a.specificity, *a.specificity_ci) if a.negatives else nan)),
+                    "ece": _interval(a.ece, *pct(b["ece"]))}
+    out["difference"] = {k: _interval(getattr(points[0], k) - getattr(points[1], k), *pct(boot[0][k] - boot[1][k]))
+                         for k in ("sensitivity", "specificity", "ece")}
+    return out

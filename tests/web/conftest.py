@@ -26,6 +26,9 @@ os.environ["XRAY_MAX_UPLOAD_MB"] = "4"  # small, so that "too large" is cheap to
 os.environ.pop("DATABASE_URL", None)
 os.environ.pop("XRAY_MODEL_NAME", None)  # tests name their model explicitly
 os.environ.setdefault("XRAY_MODEL_CACHE_DIR", str(WEB_TMP / "model-cache"))  # not the repo's .cache
+# The registry fixture leaves v2 a pending challenger: tests that want the shadow switch it on themselves
+# (tests/web/test_shadow.py), so the others stay single-model and deterministic.
+os.environ["XRAY_SHADOW"] = "off"
 
 from livesite import CHROMIUM, CHROMIUM_ARGS, Site, manage, site_env  # noqa: E402
 from webutil import (MODEL_NAME, ensure_champion, free_port, make_holder, make_user,  # noqa: E402
