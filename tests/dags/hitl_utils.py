@@ -56,7 +56,7 @@ class ApiServer:
         reply.raise_for_status()
         return {"Authorization": f"Bearer {reply.json()['access_token']}"}
 
-    def pending(self, user: str, dag_id: str, timeout: float = 600) -> dict:
+    def pending(self, user: str, dag_id: str, timeout: float = 1500) -> dict:
         """The first unanswered human-in-the-loop request of dag_id, as the Required Actions page lists it."""
         deadline = time.time() + timeout
         while time.time() < deadline:

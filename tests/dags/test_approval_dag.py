@@ -24,7 +24,7 @@ from dagtest_utils import (REPO, TINY_OVERRIDES, DataWorld, Webhook, airflow_env
                            policy_params, run_dag, states, versions)
 from hitl_utils import ApiServer, sweep_timeouts
 
-pytestmark = [pytest.mark.timeout(1800), pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(2400), pytest.mark.slow]
 
 STANDIN = Path(__file__).resolve().parent / "standin"
 ZERO_FLOORS = ["promotion.floors.auc=0.0", "promotion.floors.sensitivity=0.0",
@@ -98,12 +98,12 @@ class Background:
 
     def _run(self, env):
         try:
-            self.result = run_dag(env, CONF, timeout=1200)
+            self.result = run_dag(env, CONF, timeout=1500)
         except Exception as exc:  # noqa: BLE001 - re-raised in the test thread by join()
             self.error = exc
 
     def join(self) -> dict:
-        self.thread.join(1300)
+        self.thread.join(1600)
         if self.error:
             raise self.error
         return self.result
@@ -114,7 +114,7 @@ def _tags(stack, name: str) -> dict:
     return {"version": version, **tags}
 
 
-def _wait_tag(stack, name: str, key: str, value: str, timeout: float = 600) -> None:
+def _wait_tag(stack, name: str, key: str, value: str, timeout: float = 1500) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         found = versions(stack["client"], name)
@@ -129,7 +129,7 @@ def test_auto_promotes_without_waiting(stack):
     calls = Path(f"{stack['shadow']}.calls")
     calls.unlink(missing_ok=True)
     env, name = _env(stack, "auto", "promotion.approval=auto")
-    run = run_dag(env, CONF, timeout=1200)
+    run = run_dag(env, CONF, timeout=1500)
     assert run["state"] == "success", run["log"][-3000:]
     assert states(run).items() >= {"decide": "success", "shadow": "success", "approval": "skipped",
                                     "verdict": "success", "promote": "success", "reject": "skipped"}.items()
@@ -229,7 +229,7 @@ def test_shadow_max_days_rejects(stack):
     stack["shadow"].write_text(json.dumps({"answered": 2, "days": 0.0001}))
     env, name = _env(stack, "expire", "promotion.approval=required", "promotion.shadow.min_cases=40",
                      "promotion.shadow.check_minutes=0.02", "promotion.shadow.max_days=0.0001")  # 8.6 s
-    result = run_dag(env, CONF, timeout=1200)
+    result = run_dag(env, CONF, timeout=1500)
     assert result["state"] == "success", result["log"][-3000:]
     assert states(result).items() >= {"shadow": "skipped", "approval": "skipped", "verdict": "success",
                                        "promote": "skipped", "reject": "success"}.items()
