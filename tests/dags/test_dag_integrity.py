@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from dagtest_utils import REPO, airflow_env
+from dagtest_utils import REPO, airflow_env, migrate, run_dag, states
 
 PARSE = textwrap.dedent("""
     import json, sys, time
@@ -183,3 +183,15 @@ def test_notifier_sends_email(tmp_path):
     assert mail["Subject"] == out["subject"] and "REJECTED" in mail["Subject"]
     [html] = [part.get_payload(decode=True).decode() for part in mail.walk() if part.get_content_type() == "text/html"]
     assert "auc 0.81 &lt; floor 0.9" in html and "&quot;version&quot;: 7" in html   # the payload, escaped
+
+
+def test_a_failed_task_notifies_through_apprise(tmp_path, webhook):
+    """A real dag.test run whose first task fails (a forbidden override): the failure callback
+    (XrayNotifier) reaches the chat service through the xray_apprise connection, as a failure."""
+    env = airflow_env(tmp_path / "airflow", AIRFLOW_CONN_XRAY_APPRISE=webhook.connection)
+    migrate(env)
+    run = run_dag(env, {"force": True, "overrides": ["promotion.floors.auc=0"]})
+    assert run["state"] == "failed" and states(run)["detect"] == "failed"
+    [failure] = webhook.titled("FAILURE")
+    assert "task detect" in failure["title"] and failure["type"] == "failure"
+    assert "not overridable in a DAG run" in failure["message"]
