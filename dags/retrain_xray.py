@@ -10,7 +10,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
+from airflow.providers.standard.operators.hitl import HITLOperator
+from airflow.sdk import (Asset, AssetOrTimeSchedule, BaseSensorOperator, CronTriggerTimetable, Param, PokeReturnValue,
+                         dag, get_current_context, task)
+from airflow.sdk.exceptions import AirflowSkipException
 
 DAG_ID = "xray_retrain"
 REPO = Path(__file__).resolve().parent.parent          # the project (params.yaml)
@@ -51,9 +54,12 @@ better** on the same held-out data. Doctors are served `models:/<name>@champion`
 | `validate` | decodes every image; the report (rejected files + reasons) is in this task's log; fails when more than `data.max_rejected_fraction` is rejected | no retry: fix the data |
 | `train` | trains a challenger, logs it to MLflow, registers a model version | no retry; `execution_timeout` |
 | `evaluate` | scores challenger **and** champion now, on the same held-out split and the fixed golden set (`evaluate.golden_dir`, refused when its content differs from the pinned fingerprint) | retried |
-| `decide` | applies the policy: branch to `promote` or `reject` | |
-| `promote` / `reject` | moves `champion` (old one becomes `previous_champion`) / sets `challenger`, with the reason as tags | retried |
-| `notify` | posts the decision with metrics and MLflow links (log; webhook / e-mail when configured) | |
+| `decide` | applies the promotion policy; a challenger it would promote that must wait is tagged `decision=pending_shadow` / `pending_approval` | retried |
+| `shadow` | sensor (rescheduled every `promotion.shadow.check_minutes`): waits until the pending challenger has answered `min_cases` live requests in shadow over `min_days` (the site's `diagnosis.shadow.evidence`); passes at once when both are 0 or the policy rejected; **skipped after `max_days`, which rejects** | retried |
+| `approval` | with `promotion.approval: required`, **waits for a person**: Airflow's human-in-the-loop task (UI: Browse > Required Actions) shows the decision, its evidence and the model card; Approve / Reject with a comment. No answer within `approval_timeout_hours` rejects. Skipped with `auto` | retried |
+| `verdict` | the final decision (policy, shadow, reviewer; who approved and when go to the decision): branch to `promote` or `reject` | retried |
+| `promote` / `reject` | moves `champion` (old one becomes `previous_champion`) / keeps `challenger`, with the reason (and `approval.by/at/comment`) as tags; promote is idempotent | retried |
+| `notify` | sends the decision with metrics and MLflow links: task log, and the Airflow Connections `xray_smtp` (e-mail) / `xray_apprise` (chat, webhooks) when they exist | |
 
 Every task failure notifies too. **Manual run** (Trigger DAG w/ config):
 `{"force": true, "overrides": ["train.epochs=3", "train.lr=0.001"]}` -- overrides are
@@ -195,16 +201,115 @@ def evaluate(info: dict, trained: dict) -> dict:
 
         raise AirflowFailException(str(exc)) from exc
 
-@task.branch
-def decide(info: dict, scores: dict) -> str:
-    """The promotion policy (params.yaml `promotion:`) decides; the decision goes to XCom."""
-    from pipeline.mlops import policy
+@task(**RETRY)
+def decide(info: dict, trained: dict, scores: dict) -> dict:
+    """The promotion policy (params.yaml `promotion:`) decides; a challenger it would promote that must
+    first prove itself in shadow or be signed off is tagged `pending_*` (the site shadows it)."""
+    from pipeline.mlops import aliases, policy, review
+
+    params = parse(info["params"])
+    decision = policy.decide(scores, params)
+    get_current_context()["ti"].xcom_push(key="decision", value=decision)
+    print(f"decision: {'PROMOTE' if decision['promote'] else 'REJECT'} -- {decision['reason']}")
+    waits = [state for state, needed in (("pending_shadow", review.shadow_required(params.promotion.shadow)),
+                                         ("pending_approval", params.promotion.approval == "required")) if needed]
+    if decision["promote"] and waits:
+        aliases.mark_pending(trained["version"], waits[0], f"the policy would promote: {decision['reason']}",
+                             name=trained["model_name"])
+    return decision
+
+
+def _pulled(context, task_id: str, key: str = "return_value"):
+    return context["ti"].xcom_pull(task_ids=task_id, key=key)
+
+
+class ShadowSensor(BaseSensorOperator):
+    """Waits until the pending challenger has answered enough live requests in shadow, and long
+    enough (params.yaml promotion.shadow); at once when none is required or the policy rejected.
+    Rescheduled every check_minutes (no worker held); past max_days it is skipped (soft_fail) and
+    `verdict` rejects. The thresholds come from this run's params (detect), read when it runs."""
+
+    def execute(self, context):
+        shadow = parse(_pulled(context, "detect")["params"]).promotion.shadow
+        self.poke_interval = shadow.check_minutes * 60
+        self.timeout = shadow.max_days * 86400
+        return super().execute(context)
+
+    def poke(self, context):
+        from pipeline.mlops import review
+
+        shadow = parse(_pulled(context, "detect")["params"]).promotion.shadow
+        decision, trained = _pulled(context, "decide"), _pulled(context, "train")
+        if not decision["promote"] or not review.shadow_required(shadow):
+            return PokeReturnValue(is_done=True, xcom_value={"required": False})
+        from xray_site.from_tasks import shadow_evidence
+
+        evidence = shadow_evidence(trained["model_name"], trained["version"])
+        missing = review.shadow_shortfall(evidence, shadow)
+        print(f"shadow evidence of v{trained['version']}: {evidence}; "
+              f"{'enough' if not missing else 'waiting: ' + '; '.join(missing)}")
+        return PokeReturnValue(is_done=not missing, xcom_value=evidence)
+
+
+class SignOff(HITLOperator):
+    """Airflow's human-in-the-loop approval (Required Actions in the UI): with promotion.approval
+    `required`, a reviewer reads the decision and its evidence and approves or rejects with a comment.
+    Skipped when the policy rejected or approval is `auto`. No answer within approval_timeout_hours:
+    Airflow answers the default, Reject, with no user, which `verdict` records as a timeout."""
+
+    def __init__(self, **kwargs):
+        from pipeline.mlops.review import APPROVE, REJECT
+
+        comment = Param("", type="string", title="Comment", description="why you approve or reject (recorded on the version)")
+        super().__init__(**{**kwargs, "subject": "Promote the challenger?", "options": [APPROVE, REJECT],
+                            "defaults": [REJECT], "params": {"comment": comment}})
+
+    def execute(self, context):
+        from pipeline.mlops import aliases, notify, review, server
+
+        params = parse(_pulled(context, "detect")["params"])
+        decision, trained = _pulled(context, "decide"), _pulled(context, "train")
+        if not decision["promote"] or params.promotion.approval != "required":
+            raise AirflowSkipException(f"no sign-off asked (promotion.approval={params.promotion.approval}, "
+                                       f"policy {'promotes' if decision['promote'] else 'rejects'})")
+        name, version = trained["model_name"], int(trained["version"])
+        hours = params.promotion.approval_timeout_hours
+        self.response_timeout = timedelta(hours=hours) if hours > 0 else None   # 0: wait without limit
+        self.subject = f"Promote {name} v{version} to champion?"
+        card = server.connect().get_model_version(name, str(version)).description or ""
+        self.body = review.review_body(name, version, decision, _pulled(context, "evaluate"), _pulled(context, "shadow"),
+                                       card, params, model_link=notify.model_link(name, version),
+                                       site_url=os.environ.get("XRAY_SITE_URL", ""))
+        aliases.mark_pending(version, "pending_approval", f"waiting for a reviewer: {decision['reason']}", name=name)
+        try:   # the Required Actions page of this task ([api] base_url, AIRFLOW__API__BASE_URL)
+            link = self.generate_link_to_ui_from_context(context=context)
+        except ValueError:
+            link = "Airflow UI, Browse > Required Actions"
+        notify.send(f"[xray-retrain] approval needed: {name} v{version}",
+                    f"The policy would promote v{version}: {decision['reason']}\n"
+                    f"Approve or reject within {hours:g} h: {link}", {"event": "approval", "version": version})
+        return super().execute(context)
+
+
+@task.branch(trigger_rule="none_failed", **RETRY)
+def verdict(info: dict, trained: dict) -> str:
+    """Promote or reject: the policy's decision, after the shadow wait and the reviewer's answer."""
+    from pipeline.mlops import review
 
     context = get_current_context()
-    decision = policy.decide(scores, parse(info["params"]))
-    context["ti"].xcom_push(key="decision", value=decision)
-    print(f"decision: {'PROMOTE' if decision['promote'] else 'REJECT'} -- {decision['reason']}")
-    return "promote" if decision["promote"] else "reject"
+    params = parse(info["params"])
+    decision, shadow_out = _pulled(context, "decide", "decision"), _pulled(context, "shadow")
+    shadow_now = None
+    if decision["promote"] and shadow_out is None and review.shadow_required(params.promotion.shadow):
+        from xray_site.from_tasks import shadow_evidence   # timed out: the figures at the end, for the reason
+
+        shadow_now = shadow_evidence(trained["model_name"], trained["version"])
+    final = review.final_decision(decision, params, actor=f"airflow:{DAG_ID}/{context['dag_run'].run_id}",
+                                  shadow_out=shadow_out, shadow_now=shadow_now,
+                                  response=_pulled(context, "approval"))
+    context["ti"].xcom_push(key="decision", value=final)
+    print(f"verdict: {'PROMOTE' if final['promote'] else 'REJECT'} -- {final['reason']}")
+    return "promote" if final["promote"] else "reject"
 
 @task(**RETRY)
 def promote(info: dict, trained: dict, scores: dict) -> dict:
@@ -212,7 +317,7 @@ def promote(info: dict, trained: dict, scores: dict) -> dict:
     new champion at its own site operating point (a new version's threshold is never the old one's)."""
     from pipeline.mlops import aliases, site_version
 
-    decision = get_current_context()["ti"].xcom_pull(task_ids="decide", key="decision")
+    decision = get_current_context()["ti"].xcom_pull(task_ids="verdict", key="decision")
     result = aliases.promote(trained["version"], decision, name=trained["model_name"])
     done = result.get("promoted") or result.get("already")   # already: a retry of a try that promoted
     if not done:   # e.g. someone promoted another version meanwhile: stale decision
@@ -227,7 +332,7 @@ def promote(info: dict, trained: dict, scores: dict) -> dict:
 def reject(trained: dict) -> dict:
     from pipeline.mlops import aliases
 
-    decision = get_current_context()["ti"].xcom_pull(task_ids="decide", key="decision")
+    decision = get_current_context()["ti"].xcom_pull(task_ids="verdict", key="decision")
     return {"outcome": "rejected", **aliases.reject(trained["version"], decision, name=trained["model_name"])}
 
 @task(trigger_rule="none_failed_min_one_success", **NO_RETRY)
@@ -236,7 +341,7 @@ def notify(info: dict, trained: dict, scores: dict) -> dict:
     from pipeline.mlops import loading, notify
 
     context = get_current_context()
-    decision = context["ti"].xcom_pull(task_ids="decide", key="decision") or {}
+    decision = context["ti"].xcom_pull(task_ids="verdict", key="decision") or {}
     name = trained.get("model_name")
     summary = {
         "event": "decision", "dag_run_id": context["dag_run"].run_id, "decision": decision,
@@ -274,10 +379,12 @@ def xray_retrain():
     report = validate(info)
     trained = train(info, report)
     scores = evaluate(info, trained)
-    branch = decide(info, scores)
+    waited = decide(info, trained, scores) >> ShadowSensor(task_id="shadow", mode="reschedule", soft_fail=True,
+                                                           **RETRY)
+    branch = verdict(info, trained)
+    waited >> SignOff(task_id="approval", **RETRY) >> branch
     outcomes = [promote(info, trained, scores), reject(trained)]
     branch >> outcomes
     outcomes >> notify(info, trained, scores)
-
 
 xray_retrain()

@@ -31,17 +31,7 @@ DAG_ID = "xray_drift"
 REPO = Path(__file__).resolve().parent.parent
 
 from pipeline.mlops.notify import XrayNotifier  # noqa: E402
-
-
-def site_django(read_only: bool = True) -> None:
-    """The site's own models (django_app/diagnosis) in this task. XRAY_SITE_DATABASE_URL (compose: a
-    read-only role on the web database) wins over DATABASE_URL for the tasks that only read."""
-    if read_only and os.environ.get("XRAY_SITE_DATABASE_URL"):
-        os.environ["DATABASE_URL"] = os.environ["XRAY_SITE_DATABASE_URL"]
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xray_site.settings")
-    import django
-
-    django.setup()
+from xray_site.from_tasks import site_django  # noqa: E402  (nothing of Django imported yet)
 
 
 def site_records(since, until) -> list[dict]:

@@ -33,7 +33,8 @@ POLL_S = float(os.environ.get("STACK_POLL_S", "5"))
 # how each task state is shown in the progress line
 MARK = {"success": "ok", "failed": "FAILED", "upstream_failed": "upstream-failed", "skipped": "skipped",
         "running": "running", "queued": "queued", "scheduled": "scheduled", "up_for_retry": "retrying",
-        "deferred": "deferred", "restarting": "restarting", None: "-"}
+        "deferred": "deferred", "restarting": "restarting", "up_for_reschedule": "waiting (shadow)",
+        "awaiting_input": "AWAITING A REVIEWER (Airflow UI: Browse > Required Actions)", None: "-"}
 
 
 class Api:
@@ -101,8 +102,8 @@ def newest_run(api: Api) -> dict | None:
 def task_states(api: Api, run_id: str) -> list[tuple[str, str | None]]:
     rid = urllib.parse.quote(run_id, safe="")
     tis = api.call("GET", f"/dags/{DAG_ID}/dagRuns/{rid}/taskInstances?limit=100").get("task_instances", [])
-    order = {t: i for i, t in enumerate(["detect", "validate", "train", "evaluate", "decide", "promote",
-                                         "reject", "notify"])}
+    order = {t: i for i, t in enumerate(["detect", "validate", "train", "evaluate", "decide", "shadow",
+                                         "approval", "verdict", "promote", "reject", "notify"])}
     tis.sort(key=lambda ti: (order.get(ti["task_id"], 99), ti["task_id"]))
     return [(ti["task_id"], ti.get("state")) for ti in tis]
 

@@ -148,7 +148,20 @@ def _decision_tags(decision: dict, verdict: str) -> dict[str, str]:
         if c:
             tags[f"compare.{key}.auc_delta"] = fmt(c["delta"])
             tags[f"compare.{key}.interval"] = f"[{fmt(c['low'])}, {fmt(c['high'])}]"
+    approval = decision.get("approval")   # a reviewer's sign-off (pipeline.mlops.review.approval_record)
+    if approval:
+        tags.update({f"approval.{key}": str(approval.get(key) or "")[:5000] for key in ("by", "at", "comment")})
     return tags
+
+
+def mark_pending(version: int, state: str, reason: str, *, name: str | None = None) -> None:
+    """Tag a challenger the policy would promote as waiting (`pending_shadow`, `pending_approval`):
+    the site shadows the pending challenger; promote / reject replace the tag with the verdict."""
+    if not state.startswith("pending_"):
+        raise ValueError(f"not a pending state: {state!r}")
+    client = connect(check_server())
+    tag_version(client, model_name(name=name), int(version),
+                {"decision": state, "decision_reason": reason[:5000], "decided_at": now()})
 
 
 def _log_decision_scores(client, name: str, version: int, decision: dict) -> None:

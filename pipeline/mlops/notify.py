@@ -1,34 +1,36 @@
-"""Notifications of the retraining DAG: always to the task log; to a webhook and/or by e-mail when configured.
+"""Notifications of the DAGs: always to the task log; by e-mail and to chat / webhooks through Airflow's
+notifier providers when their Airflow Connection exists.
 
 Used two ways:
-  * the DAG's `notify` task calls `send()` with the decision summary (promoted / rejected, metrics,
-    MLflow links);
+  * the DAG tasks call `send()` (the retraining decision, an approval waiting, drift alerts);
   * `XrayNotifier` (an Airflow notifier) is every task's `on_failure_callback`, so a failed run tells
     someone which task failed and why.
 
-Environment:
-  XRAY_NOTIFY_WEBHOOK      URL that receives a JSON POST {"text": ..., "event": ..., ...} (Slack/Teams/
-                           Mattermost incoming webhooks read "text")
-  XRAY_NOTIFY_EMAIL        comma-separated recipients; enables e-mail
-  XRAY_SMTP_HOST / XRAY_SMTP_PORT (default localhost / 25), XRAY_SMTP_USER / XRAY_SMTP_PASSWORD
-  (optional login), XRAY_SMTP_STARTTLS=1, XRAY_NOTIFY_FROM (default xray-retrain@localhost)
-  XRAY_MLFLOW_UI           base URL of the MLflow UI for links (default $MLFLOW_TRACKING_URI)
+Channels: one Airflow Connection each (credentials live in Airflow, never in this code or env names):
+  xray_smtp     conn type `smtp`: host, port, login / password; extra `from_email`, `to` (recipients,
+                comma-separated), `disable_tls` / `disable_ssl` (JSON booleans), `timeout`, `retry_limit`.
+                Sent with apache-airflow-providers-smtp's SmtpNotifier.
+  xray_apprise  conn type `apprise`: extra `config` = {"path": "<apprise URL>"} or a list of them, e.g.
+                `slack://T/B/X`, `msteams://...`, `mmost://host/token`, `json://host/path`.
+                Sent with apache-airflow-providers-apprise's AppriseNotifier.
+A missing connection is a channel not configured (the log only). Set them in the UI (Admin >
+Connections), with `airflow connections add`, or as AIRFLOW_CONN_XRAY_SMTP / AIRFLOW_CONN_XRAY_APPRISE.
+XRAY_MLFLOW_UI: base URL of the MLflow UI for links (default $MLFLOW_TRACKING_URI).
 
-Only the standard library is imported: this module is loaded when the DAG file is parsed.
-Delivery problems are logged, never raised: a broken webhook must not fail a promotion that happened.
+Delivery problems are logged, never raised: a broken mail server must not fail a promotion that happened.
 """
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
-import smtplib
-import urllib.request
-from email.message import EmailMessage
 
 from airflow.sdk import BaseNotifier
 
 log = logging.getLogger("xray.notify")
+
+SMTP_CONN, APPRISE_CONN = "xray_smtp", "xray_apprise"
 
 
 def mlflow_ui() -> str:
@@ -50,39 +52,70 @@ def model_link(name: str | None, version: str | int | None) -> str | None:
     return f"{mlflow_ui()}/#/models/{name}/versions/{version}"
 
 
+def _connection(conn_id: str):
+    """The Airflow Connection `conn_id`, or None when it is not defined (channel off)."""
+    from airflow.sdk.bases.hook import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        return BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return None
+
+
+def _email(conn, subject: str, text: str, payload: dict) -> None:
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    to = str(conn.extra_dejson.get("to") or "")
+    if not to.strip():
+        raise ValueError(f"connection {SMTP_CONN} has no recipients (extra `to`)")
+    details = json.dumps(payload, indent=2, default=str)
+    body = f"<pre>{html.escape(text)}</pre>\n<pre>{html.escape(details)}</pre>"
+    SmtpNotifier(to=to, subject=subject, html_content=body, smtp_conn_id=SMTP_CONN).notify({})
+
+
+class _AppriseErrors(logging.Handler):
+    """Apprise reports a failed delivery in its log, not to its caller: collect it."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def _apprise(subject: str, text: str, failure: bool) -> None:
+    from airflow.providers.apprise.notifications.apprise import AppriseNotifier
+    from apprise import NotifyType
+
+    errors, logger = _AppriseErrors(), logging.getLogger("apprise")
+    logger.addHandler(errors)
+    try:
+        AppriseNotifier(body=text, title=subject, apprise_conn_id=APPRISE_CONN,
+                        notify_type=NotifyType.FAILURE if failure else NotifyType.INFO).notify({})
+    finally:
+        logger.removeHandler(errors)
+    if errors.messages:
+        raise ConnectionError("; ".join(errors.messages))
+
+
 def send(subject: str, text: str, payload: dict | None = None) -> dict:
     """Deliver one notification on every configured channel; returns {channel: "ok" | error}."""
     payload = dict(payload or {})
     log.info("NOTIFY %s\n%s", subject, text)
     delivered = {"log": "ok"}
-    url = os.environ.get("XRAY_NOTIFY_WEBHOOK")
-    if url:
-        body = json.dumps({"text": f"{subject}\n{text}", "subject": subject, **payload}, default=str).encode()
-        request = urllib.request.Request(url, data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
+    channels = {"email": (SMTP_CONN, lambda conn: _email(conn, subject, text, payload)),
+                "apprise": (APPRISE_CONN, lambda conn: _apprise(subject, text, payload.get("event") == "failure"))}
+    for channel, (conn_id, deliver) in channels.items():
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                delivered["webhook"] = "ok" if response.status < 300 else f"HTTP {response.status}"
+            conn = _connection(conn_id)
+            if conn is None:
+                continue
+            deliver(conn)
+            delivered[channel] = "ok"
         except Exception as exc:  # noqa: BLE001 - delivery is best effort, the reason is logged
-            delivered["webhook"] = f"{type(exc).__name__}: {exc}"
-    recipients = [r.strip() for r in os.environ.get("XRAY_NOTIFY_EMAIL", "").split(",") if r.strip()]
-    if recipients:
-        message = EmailMessage()
-        message["Subject"] = subject
-        message["From"] = os.environ.get("XRAY_NOTIFY_FROM", "xray-retrain@localhost")
-        message["To"] = ", ".join(recipients)
-        message.set_content(text + "\n\n" + json.dumps(payload, indent=2, default=str))
-        try:
-            host = os.environ.get("XRAY_SMTP_HOST", "localhost")
-            with smtplib.SMTP(host, int(os.environ.get("XRAY_SMTP_PORT", "25")), timeout=15) as smtp:
-                if os.environ.get("XRAY_SMTP_STARTTLS") == "1":
-                    smtp.starttls()
-                if os.environ.get("XRAY_SMTP_USER"):
-                    smtp.login(os.environ["XRAY_SMTP_USER"], os.environ.get("XRAY_SMTP_PASSWORD", ""))
-                smtp.send_message(message)
-            delivered["email"] = "ok"
-        except Exception as exc:  # noqa: BLE001
-            delivered["email"] = f"{type(exc).__name__}: {exc}"
+            delivered[channel] = f"{type(exc).__name__}: {exc}"
     for channel, status in delivered.items():
         if status != "ok":
             log.error("notification via %s failed: %s", channel, status)

@@ -103,6 +103,9 @@ class DataWorld:
 
 
 class Webhook:
+    """A chat service's incoming webhook: receives what apprise's `json://` sends ({"title", "message",
+    "type"}) through the `xray_apprise` connection (`connection`: the AIRFLOW_CONN_XRAY_APPRISE value)."""
+
     def __init__(self):
         self.received: list[dict] = []
         received = self.received
@@ -119,12 +122,15 @@ class Webhook:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.port = self.server.server_address[1]
+        self.connection = json.dumps({"conn_type": "apprise",
+                                      "extra": {"config": {"path": f"json://127.0.0.1:{self.port}/hook"}}})
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
-    def events(self, event: str) -> list[dict]:
-        return [m for m in self.received if m.get("event") == event]
+    def titled(self, text: str) -> list[dict]:
+        """The messages whose title contains `text` (e.g. "FAILURE", "challenger v")."""
+        return [m for m in self.received if text in m.get("title", "")]
 
 
 

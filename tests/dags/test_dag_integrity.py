@@ -1,5 +1,6 @@
 """The DAG folder parses in a real DagBag, quickly, without importing anything heavy, and the DAG
-has the operational properties the issue asks for. The notifier delivers to a real webhook / SMTP."""
+has the operational properties the issue asks for. The notifier delivers through the
+Airflow notifier providers (apprise, SMTP) to a real webhook / SMTP server."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import textwrap
 
 import pytest
 
-from dagtest_utils import REPO, airflow_env
+from dagtest_utils import REPO, airflow_env, migrate, run_dag, states
 
 PARSE = textwrap.dedent("""
     import json, sys, time
@@ -70,15 +71,20 @@ def test_dag_operational_settings(parsed):
     assert "detect" in dag["doc_md"] and "force" in dag["doc_md"]
     assert dag["params"] == {"force": False, "overrides": []}
     tasks = dag["tasks"]
-    assert set(tasks) == {"detect", "validate", "train", "evaluate", "decide", "promote", "reject", "notify"}
-    for retried in ("detect", "evaluate", "promote", "reject"):      # remote / registry calls
-        assert tasks[retried]["retries"] >= 1 and tasks[retried]["backoff"], retried
+    assert set(tasks) == {"detect", "validate", "train", "evaluate", "decide", "shadow", "approval", "verdict",
+                          "promote", "reject", "notify"}
+    for retried in ("detect", "evaluate", "decide", "shadow", "approval", "verdict", "promote", "reject"):
+        assert tasks[retried]["retries"] >= 1 and tasks[retried]["backoff"], retried   # remote / registry calls
     for not_retried in ("validate", "train"):                        # a retry cannot fix bad data
         assert tasks[not_retried]["retries"] == 0, not_retried
     assert tasks["train"]["timeout"] and tasks["train"]["timeout"] >= 600
     assert all(t["on_failure"] == ["XrayNotifier"] for t in tasks.values())
-    assert tasks["detect"]["downstream"] == ["decide", "evaluate", "notify", "promote", "train", "validate"]   # info, with the run's settings
-    assert tasks["decide"]["downstream"] == ["promote", "reject"]
+    assert tasks["detect"]["downstream"] == ["decide", "evaluate", "notify", "promote", "train", "validate",
+                                             "verdict"]   # info, with the run's settings
+    # decide -> shadow wait -> sign-off -> verdict, which alone branches to promote or reject
+    assert [tasks[t]["downstream"] for t in ("decide", "shadow", "approval")] == [["shadow"], ["approval"], ["verdict"]]
+    assert tasks["verdict"]["downstream"] == ["promote", "reject"]
+    assert tasks["verdict"]["trigger_rule"] == "none_failed"   # runs after a skipped (timed-out) shadow wait
     assert tasks["evaluate"]["downstream"] == ["decide", "notify", "promote"]   # promote: the local cases' scores
     assert tasks["promote"]["downstream"] == tasks["reject"]["downstream"] == ["notify"]
     assert tasks["notify"]["trigger_rule"] == "none_failed_min_one_success"
@@ -105,50 +111,87 @@ def _notify(tmp_path, **env) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_notifier_posts_to_webhook(tmp_path, webhook):
-    out = _notify(tmp_path, XRAY_NOTIFY_WEBHOOK=webhook.url)
-    assert out["delivered"] == {"log": "ok", "webhook": "ok"}
+def test_notifier_posts_through_apprise(tmp_path, webhook):
+    out = _notify(tmp_path, AIRFLOW_CONN_XRAY_APPRISE=webhook.connection)
+    assert out["delivered"] == {"log": "ok", "apprise": "ok"}
     assert "REJECTED" in out["subject"] and "v7" in out["subject"]
     assert "http://mlflow.example:5000/#/experiments/5/runs/r1" in out["text"]
     [message] = webhook.received
-    assert message["event"] == "decision" and message["version"] == 7
-    assert "auc 0.81 < floor 0.9" in message["text"]
+    assert message["title"] == out["subject"]
+    assert "auc 0.81 < floor 0.9" in message["message"] and "/#/experiments/5/runs/r1" in message["message"]
 
 
-def test_notifier_delivery_failure_is_reported_not_raised(tmp_path):
+def test_without_connections_only_the_log(tmp_path):
+    """No xray_smtp / xray_apprise connection: the channel is off, nothing is raised or reported."""
+    out = _notify(tmp_path)
+    assert out["delivered"] == {"log": "ok"}
+
+
+def _closed_port() -> int:
     import socket
 
     with socket.socket() as s:             # a port nobody listens on
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = _notify(tmp_path, XRAY_NOTIFY_WEBHOOK=f"http://127.0.0.1:{port}/hook",
-                  XRAY_NOTIFY_EMAIL="ops@example.org", XRAY_SMTP_HOST="127.0.0.1", XRAY_SMTP_PORT=str(port))
+        return s.getsockname()[1]
+
+
+def _smtp_connection(port: int) -> str:
+    return json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": port,
+                       "extra": {"from_email": "xray-retrain@hospital.example", "to": "ops@example.org, ml@example.org",
+                                 "disable_ssl": True, "disable_tls": True, "retry_limit": 0, "timeout": 10}})
+
+
+def test_notifier_delivery_failure_is_reported_not_raised(tmp_path):
+    port = _closed_port()
+    apprise = json.dumps({"conn_type": "apprise", "extra": {"config": {"path": f"json://127.0.0.1:{port}/hook"}}})
+    out = _notify(tmp_path, AIRFLOW_CONN_XRAY_APPRISE=apprise, AIRFLOW_CONN_XRAY_SMTP=_smtp_connection(port))
     assert out["delivered"]["log"] == "ok"
-    assert "Connection refused" in out["delivered"]["webhook"] or "URLError" in out["delivered"]["webhook"]
-    assert out["delivered"]["email"].startswith("ConnectionRefusedError")
+    assert out["delivered"]["apprise"].startswith("ConnectionError") and "127.0.0.1" in out["delivered"]["apprise"]
+    assert "ConnectionRefusedError" in out["delivered"]["email"] or "Connection refused" in out["delivered"]["email"]
 
 
 def test_notifier_sends_email(tmp_path):
-    smtpd = pytest.importorskip("smtpd", reason="the stdlib test SMTP server (Python <= 3.11)")
-    import asyncore
+    """A real SMTP server (the standard library's, Python 3.11) receives the mail that the SMTP
+    provider's SmtpNotifier sends with the connection from AIRFLOW_CONN_XRAY_SMTP."""
+    import email
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        smtpd = pytest.importorskip("smtpd", reason="the stdlib test SMTP server (Python <= 3.11)")
+        import asyncore
     import threading
 
     received = []
 
     class Server(smtpd.SMTPServer):
         def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
-            received.append((mailfrom, rcpttos, data.decode() if isinstance(data, bytes) else data))
+            received.append((mailfrom, rcpttos, data))
 
     server = Server(("127.0.0.1", 0), None)
     port = server.socket.getsockname()[1]
     thread = threading.Thread(target=asyncore.loop, kwargs={"timeout": 0.1}, daemon=True)
     thread.start()
     try:
-        out = _notify(tmp_path, XRAY_NOTIFY_EMAIL="ops@example.org, ml@example.org", XRAY_SMTP_HOST="127.0.0.1",
-                      XRAY_SMTP_PORT=str(port))
+        out = _notify(tmp_path, AIRFLOW_CONN_XRAY_SMTP=_smtp_connection(port))
     finally:
         server.close()
-    assert out["delivered"]["email"] == "ok"
-    [(sender, recipients, body)] = received
-    assert recipients == ["ops@example.org", "ml@example.org"]
-    assert "REJECTED" in body and "auc 0.81 < floor 0.9" in body
+    assert out["delivered"] == {"log": "ok", "email": "ok"}
+    [(sender, recipients, data)] = received
+    assert sender == "xray-retrain@hospital.example" and recipients == ["ops@example.org", "ml@example.org"]
+    mail = email.message_from_bytes(data if isinstance(data, bytes) else data.encode())
+    assert mail["Subject"] == out["subject"] and "REJECTED" in mail["Subject"]
+    [html] = [part.get_payload(decode=True).decode() for part in mail.walk() if part.get_content_type() == "text/html"]
+    assert "auc 0.81 &lt; floor 0.9" in html and "&quot;version&quot;: 7" in html   # the payload, escaped
+
+
+def test_a_failed_task_notifies_through_apprise(tmp_path, webhook):
+    """A real dag.test run whose first task fails (a forbidden override): the failure callback
+    (XrayNotifier) reaches the chat service through the xray_apprise connection, as a failure."""
+    env = airflow_env(tmp_path / "airflow", AIRFLOW_CONN_XRAY_APPRISE=webhook.connection)
+    migrate(env)
+    run = run_dag(env, {"force": True, "overrides": ["promotion.floors.auc=0"]})
+    assert run["state"] == "failed" and states(run)["detect"] == "failed"
+    [failure] = webhook.titled("FAILURE")
+    assert "task detect" in failure["title"] and failure["type"] == "failure"
+    assert "not overridable in a DAG run" in failure["message"]

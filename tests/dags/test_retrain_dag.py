@@ -26,7 +26,7 @@ def test_retraining_lifecycle(world, webhook, mlflow_server, tmp_path):
     forced run -> fail (and notify) on a dataset with too many rejected files."""
     name = f"dagtest-{uuid.uuid4().hex[:8]}"
     env = airflow_env(tmp_path / "airflow", XRAY_REPO=str(world.workspace), XRAY_MODEL_NAME=name,
-                      MLFLOW_TRACKING_URI=mlflow_server, XRAY_NOTIFY_WEBHOOK=webhook.url,
+                      MLFLOW_TRACKING_URI=mlflow_server, AIRFLOW_CONN_XRAY_APPRISE=webhook.connection,
                       XRAY_PARAMS=policy_params(tmp_path / "params.yaml"))
     migrate(env)
     client = mlflow_client(mlflow_server)
@@ -55,9 +55,9 @@ def test_retraining_lifecycle(world, webhook, mlflow_server, tmp_path):
     run = client.get_run(run1["xcom"]["train"]["run_id"])
     assert run.data.tags["data.version"] == hash1 and run.data.tags["trigger"] == "airflow:new-data"
     assert run.data.params["preprocess.image_size"] == "64"   # the run's overrides reached training
-    decisions = webhook.events("decision")
-    assert len(decisions) == 1 and decisions[0]["decision"]["promote"] is True
-    assert f"/models/{name}/versions/{v1}" in decisions[0]["model_link"]
+    decisions = webhook.titled("challenger v")     # through apprise (connection xray_apprise)
+    assert len(decisions) == 1 and f"challenger v{v1} PROMOTED" in decisions[0]["title"]
+    assert f"/models/{name}/versions/{v1}" in decisions[0]["message"]
 
     # -- run 2: same data version as the champion -> short-circuit, nothing trained
     run2 = run_dag(env, conf)
@@ -71,8 +71,8 @@ def test_retraining_lifecycle(world, webhook, mlflow_server, tmp_path):
     typo = run_dag(env, {"force": True, "overrides": ["train.epochz=3"]})
     assert typo["state"] == "failed" and states(typo)["detect"] == "failed"
     assert typo["tasks"]["detect"]["tries"] == 1 and states(typo)["train"] in ("upstream_failed", None)
-    assert webhook.events("failure")[-1]["task_id"] == "detect"
-    assert "train.epochz" in webhook.events("failure")[-1]["error"]
+    assert "task detect" in webhook.titled("FAILURE")[-1]["title"]
+    assert "train.epochz" in webhook.titled("FAILURE")[-1]["message"]
 
     # -- more images arrive: a new data version; run 3 retrains and decides
     assert world.add_images(30, seed=1) > 0
@@ -107,7 +107,7 @@ def test_retraining_lifecycle(world, webhook, mlflow_server, tmp_path):
     assert alias(client, name, "champion") == champion
     assert alias(client, name, "challenger") == v3
     assert client.get_run(bad["xcom"]["train"]["run_id"]).data.tags["trigger"] == "airflow:forced"
-    assert webhook.events("decision")[-1]["decision"]["promote"] is False
+    assert "REJECTED" in webhook.titled("challenger v")[-1]["title"]
 
     # -- a corrupt file in a new data version + a zero rejection budget: validate fails the run,
     #    nothing is trained, the failure is notified
@@ -119,8 +119,8 @@ def test_retraining_lifecycle(world, webhook, mlflow_server, tmp_path):
     assert failed["state"] == "failed"
     assert states(failed)["validate"] == "failed" and states(failed)["train"] in ("upstream_failed", None)
     assert set(versions(client, name)) == {v1, v2, v3} and alias(client, name, "champion") == champion
-    failures = webhook.events("failure")
-    assert failures and failures[-1]["task_id"] == "validate" and "rejected" in failures[-1]["error"]
+    failures = webhook.titled("FAILURE")
+    assert failures and "task validate" in failures[-1]["title"] and "rejected" in failures[-1]["message"]
 
 
 def test_dag_on_postgresql(world, webhook, mlflow_server, tmp_path, postgres_url):
@@ -131,7 +131,7 @@ def test_dag_on_postgresql(world, webhook, mlflow_server, tmp_path, postgres_url
 
     name = f"dagtest-pg-{uuid.uuid4().hex[:8]}"
     env = airflow_env(tmp_path / "airflow-pg", sql_conn=postgres_url, XRAY_REPO=str(world.workspace),
-                      MLFLOW_TRACKING_URI=mlflow_server, XRAY_NOTIFY_WEBHOOK=webhook.url,
+                      MLFLOW_TRACKING_URI=mlflow_server, AIRFLOW_CONN_XRAY_APPRISE=webhook.connection,
                       XRAY_PARAMS=policy_params(tmp_path / "params.yaml", f"registry.model_name={name}"))
     env.pop("XRAY_MODEL_NAME", None)
     migrate(env)
