@@ -311,6 +311,10 @@ class ShadowAnswer(models.Model):
     def percent(self) -> float | None:
         return None if self.probability is None else round(self.probability * 100, 1)
 
+    @property
+    def threshold_percent(self) -> float | None:
+        return None if self.threshold is None else round(self.threshold * 100, 1)
+
 
 class ShadowTally(models.Model):
     """Requests a shadowed version did not answer: dropped (queue full) or failed (it could not be

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+from datetime import datetime
 
 from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
@@ -50,9 +51,9 @@ def page(request):
     context = {"name": name, "pending": pending, "choices": choices, "version": version,
                "enabled": settings.XRAY_SHADOW, "queue_size": settings.XRAY_SHADOW_QUEUE}
     if version is not None:
-        paired = figures.confirmed(name, version)
-        context.update(counts=figures.counts(name, version), paired=paired, rows=_rows(paired),
-                       gallery=figures.disagreements(name, version))
+        paired, counts = figures.confirmed(name, version), figures.counts(name, version)
+        context.update(counts=counts, paired=paired, rows=_rows(paired), gallery=figures.disagreements(name, version),
+                       since=datetime.fromisoformat(counts["since"]) if counts["since"] else None)
     return render(request, "diagnosis/shadow.html", context)
 
 
