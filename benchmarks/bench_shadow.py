@@ -29,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_web import PY, REPO, free_port, measure, start, stop, untrained_checkpoint, wait  # noqa: E402

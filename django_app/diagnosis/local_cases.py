@@ -117,14 +117,27 @@ class Case:
     answered: str              # the label the site answered
 
 
-def cases(model_name: str | None = None, share: str | None = "local") -> list[Case]:
+# The columns the DAG's site tasks read (site_adapt, realised_performance, the shadow wait), and no
+# more: in the compose stack they read as a role granted exactly these (docker/web/grant_reader.py).
+CASE_COLUMNS = ("label", "adjudicated_label", "diagnosis", "diagnosis__id", "diagnosis__created", "diagnosis__label",
+                "diagnosis__logit", "diagnosis__probability", "diagnosis__threshold", "diagnosis__model_name",
+                "diagnosis__model_version", "diagnosis__patient_key")
+
+
+def _confirmed(images: bool = False):
+    columns = CASE_COLUMNS + (("diagnosis__image",) if images else ())
+    return Confirmation.objects.select_related("diagnosis").only(*columns).order_by("diagnosis__created")
+
+
+def cases(model_name: str | None = None, share: str | None = "local", images: bool = False) -> list[Case]:
     """Confirmed NORMAL / PNEUMONIA cases (adjudication wins; unsure is left out), oldest first.
     share="local": only the patients that fit and judge operating points (params site.train_share
-    sends the others to training, `export`); None: all."""
+    sends the others to training, `export`); None: all. images=True: with the stored image's path
+    (to rescore or export; the site's own processes only)."""
     from pipeline.evaluation.site import share_of
 
     train_share = settings.XRAY_PIPELINE_PARAMS.site.train_share
-    qs = Confirmation.objects.select_related("diagnosis").order_by("diagnosis__created")
+    qs = _confirmed(images)
     if model_name:
         qs = qs.filter(diagnosis__model_name=model_name)
     out = []
@@ -133,7 +146,7 @@ def cases(model_name: str | None = None, share: str | None = "local") -> list[Ca
         if truth == Confirmation.UNSURE or (share and share_of(d.patient_key or str(d.id), train_share) != share):
             continue
         out.append(Case(str(d.id), int(truth == Diagnosis.PNEUMONIA), d.logit, d.model_version,
-                        d.patient_key or str(d.id), d.image.path if d.image else "", d.created, d.label))
+                        d.patient_key or str(d.id), d.image.path if images and d.image else "", d.created, d.label))
     return out
 
 
@@ -147,7 +160,7 @@ def realised() -> list[dict]:
     from pipeline.evaluation.site import answers
 
     groups: dict[tuple, list] = defaultdict(list)
-    for c in Confirmation.objects.select_related("diagnosis").order_by("diagnosis__created"):
+    for c in _confirmed():
         truth, d = c.final_label, c.diagnosis
         if truth == Confirmation.UNSURE:
             continue
@@ -253,7 +266,7 @@ def export(root: Path, train_share: float | None = None) -> dict:
     root = Path(root)
     train_share = settings.XRAY_PIPELINE_PARAMS.site.train_share if train_share is None else train_share
     wanted: dict[Path, Path] = {}
-    for case in cases(share=None):
+    for case in cases(share=None, images=True):
         if not case.image or not Path(case.image).is_file():
             continue
         share = share_of(case.group, train_share)

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Grant the drift DAG's read-only role (WEB_DB_READER_USER, created by
-docker/postgres/init-databases.sh) SELECT on exactly the columns it reads (issue 25 item 7).
+"""Grant the DAGs' read-only role (WEB_DB_READER_USER, created by
+docker/postgres/init-databases.sh) SELECT on exactly the columns they read (issue 25 item 7): the
+drift report (diagnosis.monitoring.records), the confirmed cases of the site tasks
+(diagnosis.local_cases.CASE_COLUMNS) and the shadow's evidence (diagnosis.shadow.evidence).
 
 Run by docker/web/init.sh after `migrate`, as the tables' owner (the site's DATABASE_URL), so the
 grants follow the schema. Column grants, not whole tables: the role never sees the doctors'
@@ -16,9 +18,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "django_app"))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xray_site.settings")
 
-# what diagnosis.monitoring.records selects (plus the key)
-COLUMNS = {"Diagnosis": ("id", "created", "gate_score", "label"),
-           "Refusal": ("id", "created", "gate_score", "reason")}
+# what diagnosis.monitoring.records, local_cases.cases / realised and shadow.evidence select (plus the keys)
+COLUMNS = {"Diagnosis": ("id", "created", "gate_score", "label", "logit", "probability", "threshold", "model_name",
+                         "model_version", "patient_key"),
+           "Refusal": ("id", "created", "gate_score", "reason"),
+           "Confirmation": ("id", "diagnosis_id", "label", "adjudicated_label"),
+           "ShadowAnswer": ("id", "diagnosis_id", "model_name", "model_version", "created", "label", "probability",
+                            "threshold"),
+           "ShadowTally": ("id", "model_name", "model_version", "dropped", "failed", "first_seen", "updated")}
 
 
 def main() -> int:

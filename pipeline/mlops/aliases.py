@@ -154,10 +154,24 @@ def _decision_tags(decision: dict, verdict: str) -> dict[str, str]:
     return tags
 
 
+PENDING = "pending_"   # decision tags of a challenger still waiting: pending_shadow, pending_approval
+
+
+def pending_challenger(client, name: str) -> int | None:
+    """The pending challenger's version: the CHALLENGER alias, its decision tag absent (just
+    registered) or pending_*, and not the champion's version; None when there is none. The site's
+    shadow mode answers with this version."""
+    version = alias_version(client, name, CHALLENGER)
+    if version is None or version == alias_version(client, name, CHAMPION):
+        return None
+    tag = str(client.get_model_version(name, str(version)).tags.get("decision", ""))
+    return version if not tag or tag.startswith(PENDING) else None
+
+
 def mark_pending(version: int, state: str, reason: str, *, name: str | None = None) -> None:
     """Tag a challenger the policy would promote as waiting (`pending_shadow`, `pending_approval`):
     the site shadows the pending challenger; promote / reject replace the tag with the verdict."""
-    if not state.startswith("pending_"):
+    if not state.startswith(PENDING):
         raise ValueError(f"not a pending state: {state!r}")
     client = connect(check_server())
     tag_version(client, model_name(name=name), int(version),

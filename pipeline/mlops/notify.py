@@ -28,14 +28,17 @@ import os
 
 from airflow.sdk import BaseNotifier
 
+from pipeline.mlops.server import ui_url
+
 log = logging.getLogger("xray.notify")
 
 SMTP_CONN, APPRISE_CONN = "xray_smtp", "xray_apprise"
 
 
 def mlflow_ui() -> str:
-    return (os.environ.get("XRAY_MLFLOW_UI") or os.environ.get("MLFLOW_TRACKING_URI")
-            or "http://127.0.0.1:5000").rstrip("/")
+    """server.ui_url(), but absolute: a mail or chat message has no page to be relative to, so
+    without $XRAY_MLFLOW_UI its links fall back to the tracking URI."""
+    return (ui_url() or os.environ.get("MLFLOW_TRACKING_URI") or "http://127.0.0.1:5000").rstrip("/")
 
 
 def run_link(run_id: str | None, experiment_id: str | None = None) -> str | None:

@@ -267,9 +267,27 @@ def test_drift_reader_role_selects_the_drift_columns_and_writes_nothing(postgres
     proc = subprocess.run([sys.executable, "-c", query], cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**site, "DATABASE_URL": reader_url, "DJANGO_SETTINGS_MODULE": "xray_site.settings"})
     assert proc.returncode == 0 and proc.stdout.split()[-1] == "1", proc.stdout + proc.stderr
+    # the site tasks' reads (confirmed cases, realised performance, the shadow wait's evidence) as the reader
+    ok = psql_tcp(c, "web", creds["web"], "web",
+                  "WITH d AS (INSERT INTO diagnosis_diagnosis (id, owner_id, created, source, original_name, "
+                  "file_format, size_bytes, sha256, width, height, image, heatmap, heatmap_empty, label, probability, "
+                  "threshold, model_name, model_version, model_run_id, warning, logit, patient_key) SELECT "
+                  "gen_random_uuid(), id, now(), 'web', 'upload.png', 'PNG', 1, 'x', 1, 1, 'xrays/1/a/image.png', '', "
+                  "false, 'PNEUMONIA', 0.9, 0.5, 'm', '1', '', '', 2.0, '' FROM auth_user WHERE username = 'doc' "
+                  "RETURNING id, owner_id) INSERT INTO diagnosis_confirmation (diagnosis_id, label, by_id, created, "
+                  "updated, note, adjudicated_label, adjudication_note) SELECT id, 'PNEUMONIA', owner_id, now(), now(), "
+                  "'', '', '' FROM d RETURNING 1")
+    assert ok.returncode == 0, ok.stderr
+    site_reads = ("import django; django.setup(); from diagnosis import local_cases, shadow; "
+                  "print(len(local_cases.cases(share=None)), len(local_cases.realised()), "
+                  "shadow.evidence('m', 2)['answered'])")
+    proc = subprocess.run([sys.executable, "-c", site_reads], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**site, "DATABASE_URL": reader_url, "DJANGO_SETTINGS_MODULE": "xray_site.settings"})
+    assert proc.returncode == 0 and proc.stdout.split()[-3:] == ["1", "1", "0"], proc.stdout + proc.stderr
     for sql in ("UPDATE diagnosis_refusal SET reason = 'x'",
                 "DELETE FROM diagnosis_refusal", "SELECT password FROM auth_user", "SELECT * FROM django_session",
-                "SELECT image FROM diagnosis_diagnosis", "CREATE TABLE t (x int)"):
+                "SELECT image FROM diagnosis_diagnosis", "SELECT note FROM diagnosis_confirmation",
+                "SELECT heatmap FROM diagnosis_shadowanswer", "CREATE TABLE t (x int)"):
         denied = psql_tcp(c, "web_reader", creds["web_reader"], "web", sql)
         assert denied.returncode != 0 and ("permission denied" in denied.stderr
                                            or "read-only transaction" in denied.stderr), (sql, denied.stderr)

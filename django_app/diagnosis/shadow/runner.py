@@ -34,7 +34,7 @@ from django.db.models import F
 
 from pipeline.data import preprocess
 from pipeline.inference.answer import answer
-from pipeline.mlops.server import CHALLENGER, CHAMPION
+from pipeline.mlops.server import CHALLENGER
 
 from .. import analysis
 from ..batching import lower_priority
@@ -43,21 +43,15 @@ from ..models import Diagnosis, ShadowAnswer, ShadowTally
 
 log = logging.getLogger(__name__)
 
-PENDING = "pending"     # decision tags of a challenger still waiting (pending_shadow, pending_approval)
 FLUSH_SECONDS = 5.0     # dropped counts reach the database at least this often
 LIVE_SOURCES = ("web", "api", "pacs")
 
 
 def pending(client, name: str) -> int | None:
-    """The pending challenger's version: the CHALLENGER alias, its decision tag absent or "pending*",
-    and not the champion's version; None when there is none."""
-    from pipeline.mlops import server
+    """The pending challenger's version (pipeline.mlops.aliases.pending_challenger), or None."""
+    from pipeline.mlops import aliases
 
-    version = server.alias_version(client, name, CHALLENGER)
-    if version is None or version == server.alias_version(client, name, CHAMPION):
-        return None
-    tag = str(client.get_model_version(name, str(version)).tags.get("decision", ""))
-    return version if not tag or tag.startswith(PENDING) else None
+    return aliases.pending_challenger(client, name)
 
 
 class PendingRegistry(MlflowRegistry):

@@ -93,7 +93,7 @@ class Command(BaseCommand):
         from pipeline.mlops import server, site_version
 
         params = settings.XRAY_PIPELINE_PARAMS
-        cases = local_cases.cases()
+        cases = local_cases.cases(images=True)   # cases answered by other weights are rescored from their films
         try:
             out = site_version.adapt(cases, params, name=settings.XRAY_MODEL_NAME, rescore=self._rescore,
                                      dry_run=dry_run)
