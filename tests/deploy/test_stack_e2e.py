@@ -97,7 +97,9 @@ def stack(tmp_path_factory, shared_datasets):
     root = tmp_path_factory.mktemp("stack") / "repo"
     root.mkdir()
     copy_working_tree(root)
-    ports = {"MLFLOW_PORT": free_port(), "AIRFLOW_PORT": free_port(), "WEB_PORT": free_port()}
+    # every port its own (the local PACS's too): a `make run` on the same machine keeps its defaults
+    ports = {"MLFLOW_PORT": free_port(), "AIRFLOW_PORT": free_port(), "WEB_PORT": free_port(),
+             "PACS_HTTP_PORT": free_port(), "PACS_DICOM_PORT": free_port()}
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MLFLOW_", "AIRFLOW", "DJANGO_", "XRAY_DVC", "XRAY_REPO", "WEB_"))}
     env.update({k: str(v) for k, v in ports.items()})
