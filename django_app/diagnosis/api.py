@@ -19,7 +19,7 @@ from django.http import Http404, JsonResponse
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
-from ninja import NinjaAPI, Query, Schema
+from ninja import NinjaAPI, Query, Schema, Status
 from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.security import APIKeyHeader
@@ -272,7 +272,7 @@ def health(request):
     champion = status["champion"]
     body = {"status": "ok" if status["champion_loaded"] else "degraded",
             "champion_loaded": status["champion_loaded"], "champion_version": champion["version"] if champion else None}
-    return (200 if status["champion_loaded"] else 503), body
+    return Status(200 if status["champion_loaded"] else 503, body)
 
 
 def v1_urls():
