@@ -31,7 +31,7 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_web import PY, REPO, free_port, measure, start, stop, untrained_checkpoint, wait  # noqa: E402
+from bench_web import PY, REPO, free_port, measure, mlflow_server, start, stop, untrained_checkpoint, wait  # noqa: E402
 
 MODEL_NAME = "bench-shadow-xray"
 
@@ -115,14 +115,7 @@ def main() -> int:
     try:
         from pipeline.settings import config
 
-        port = free_port()
-        uri = f"http://127.0.0.1:{port}"
-        log = tmp / "mlflow-server.log"
-        procs.append(start([PY, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
-                            "--artifacts-destination", str(tmp / "artifacts"), "--serve-artifacts",
-                            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], env, log))
-        wait(uri + "/health", procs[-1], log)
-        os.environ["MLFLOW_TRACKING_URI"] = uri
+        uri = mlflow_server(tmp, env, procs)
         params = config.load_params()
         ckpt = args.checkpoint or untrained_checkpoint(tmp / "model.pt", params.preprocess.image_size)
         v1, v2 = register(uri, ckpt)

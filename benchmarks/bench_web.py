@@ -87,6 +87,19 @@ def stop(proc: subprocess.Popen) -> None:
             pass
 
 
+def mlflow_server(tmp: Path, env: dict, procs: list) -> str:
+    """A fresh MLflow server (SQLite + local artifacts) under `tmp`, added to `procs`; its URI, also
+    exported as MLFLOW_TRACKING_URI."""
+    port = free_port()
+    uri, log = f"http://127.0.0.1:{port}", tmp / "mlflow-server.log"
+    procs.append(start([PY, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
+                        "--artifacts-destination", str(tmp / "artifacts"), "--serve-artifacts",
+                        "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], env, log))
+    wait(uri + "/health", procs[-1], log)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    return uri
+
+
 def untrained_checkpoint(dest: Path, image_size: int) -> Path:
     import datetime as dt
 
@@ -172,14 +185,7 @@ def main() -> int:
         if args.tracking_uri:
             uri, name = args.tracking_uri, args.model_name or config.model_name(params)
         else:
-            port = free_port()
-            uri, name = f"http://127.0.0.1:{port}", args.model_name or MODEL_NAME
-            log = tmp / "mlflow-server.log"
-            procs.append(start([PY, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
-                                "--artifacts-destination", str(tmp / "artifacts"), "--serve-artifacts",
-                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], env, log))
-            wait(uri + "/health", procs[-1], log)
-            os.environ["MLFLOW_TRACKING_URI"] = uri
+            uri, name = mlflow_server(tmp, env, procs), args.model_name or MODEL_NAME
             ckpt = args.checkpoint or untrained_checkpoint(tmp / "model.pt", params.preprocess.image_size)
             reg_params = config.apply_overrides(params, {"registry.model_name": name,
                                                          "registry.experiment": "bench-web"})
