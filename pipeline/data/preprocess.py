@@ -283,6 +283,32 @@ def intensity(x, mode: str):
     raise ValueError(f"preprocess.intensity={mode!r}: expected one of {', '.join(INTENSITY_MODES)}")
 
 
+def equalize_arrays(arrays: np.ndarray) -> np.ndarray:
+    """`equalize` in numpy, for the serving tier (no torch there): uint8 [N, S, S] -> float32
+    [N, S, S] on 0..255. The same float32 operations in the same order: equal to `equalize` to the
+    last bit on 8-bit input (tests/pipeline/test_preprocess.py)."""
+    n = len(arrays)
+    q = np.asarray(arrays, np.uint8).reshape(n, -1)
+    hist = np.zeros((n, 256), np.float32)
+    for i in range(n):
+        hist[i] = np.bincount(q[i], minlength=256)
+    cdf = np.cumsum(hist, axis=1, dtype=np.float32)
+    first = np.where(hist > 0, cdf, np.float32(np.inf)).min(1, keepdims=True)
+    lut = np.clip((cdf - first) / np.maximum(np.float32(q.shape[1]) - first, np.float32(1)) * np.float32(255.0), 0, 255)
+    return np.take_along_axis(lut, q.astype(np.intp), 1).reshape(np.shape(arrays)).astype(np.float32)
+
+
+def model_input_arrays(arrays: np.ndarray, mode: str = "none") -> np.ndarray:
+    """`model_input` in numpy for the serving tier: uint8 [N, S, S] -> float32 [N, 1, S, S]."""
+    if mode == "equalize":
+        x = equalize_arrays(arrays)
+    elif mode in ("none", "", None):
+        x = np.asarray(arrays, np.float32)
+    else:
+        raise ValueError(f"preprocess.intensity={mode!r}: expected one of {', '.join(INTENSITY_MODES)}")
+    return ((x / np.float32(255.0) - np.float32(MEAN)) / np.float32(STD))[:, None].astype(np.float32)
+
+
 def normalize(batch):
     """0..255 tensor [..., H, W] -> float32 mean/std-scaled values."""
     return (batch.float() / 255.0 - MEAN) / STD

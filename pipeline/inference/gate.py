@@ -37,7 +37,7 @@ from PIL import Image
 
 from pipeline.data.dicom import DicomHeader
 from pipeline.data.preprocess import InvalidImage
-from pipeline.data.preprocess import equalize
+from pipeline.data.preprocess import equalize_arrays
 
 PREFIX = "this does not look like a frontal chest radiograph: "
 ACCEPTED_MODALITIES = {"CR", "DX"}  # computed / digital radiography
@@ -294,22 +294,39 @@ class Gate:
         return verdict
 
 
-def _equalised(arrays: np.ndarray):
-    """uint8 [N, S, S] -> float tensor [N, 1, S, S] on 0..255, histogram-equalised."""
-    import torch
+def _equalised(arrays: np.ndarray) -> np.ndarray:
+    """uint8 [N, S, S] -> float32 [N, S, S] on 0..255, histogram-equalised."""
+    return equalize_arrays(arrays)
 
-    return equalize(torch.from_numpy(np.ascontiguousarray(arrays)).float()[:, None])
+
+def _mean_pool_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] rows averaging torch's adaptive-pooling windows: floor(i n_in / n_out) up to
+    ceil((i + 1) n_in / n_out)."""
+    m = np.zeros((n_out, n_in), np.float32)
+    for i in range(n_out):
+        lo, hi = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
+        m[i, lo:hi] = 1.0 / (hi - lo)
+    return m
 
 
 def layout_thumbnails(arrays: np.ndarray, equalised=None) -> np.ndarray:
     """uint8 [N, S, S] -> [N, LAYOUT_SIDE**2] equalised thumbnails on 0..1 (equalised whatever the
     model's intensity mode, so that the tone curve of a machine does not count as layout;
     `equalised`: the arrays' `_equalised`, when the caller has it already)."""
-    import torch
-
     x = _equalised(arrays) if equalised is None else equalised
-    x = torch.nn.functional.adaptive_avg_pool2d(x, LAYOUT_SIDE)
-    return (x.reshape(len(arrays), -1) / 255.0).numpy()
+    rows, cols = _mean_pool_matrix(x.shape[-2], LAYOUT_SIDE), _mean_pool_matrix(x.shape[-1], LAYOUT_SIDE)
+    return (rows @ x @ cols.T).reshape(len(arrays), -1) / np.float32(255.0)
+
+
+def _half(x: np.ndarray) -> np.ndarray:
+    """2x2 mean pooling [N, H, W] -> [N, ceil(H/2), ceil(W/2)]; an odd edge averages what it has."""
+    n, h, w = x.shape
+    padded = np.zeros((n, h + h % 2, w + w % 2), np.float32)
+    padded[:, :h, :w] = x
+    counts = np.zeros(padded.shape[1:], np.float32)
+    counts[:h, :w] = 1
+    pool = lambda a: a.reshape(*a.shape[:-2], a.shape[-2] // 2, 2, a.shape[-1] // 2, 2).sum((-3, -1))
+    return pool(padded) / pool(counts)
 
 
 def texture_stats(arrays: np.ndarray, equalised=None) -> np.ndarray:
@@ -317,23 +334,20 @@ def texture_stats(arrays: np.ndarray, equalised=None) -> np.ndarray:
     tone curve of a machine does not count): log energy of each level of a Laplacian pyramid,
     the balance of horizontal against vertical gradients, the centre's mean brightness against the
     whole image's. Cost: ~0.4 ms for one 160 px image (docs/benchmarks.md)."""
-    import torch
-    import torch.nn.functional as F
-
-    x = (_equalised(arrays) if equalised is None else equalised) / 255.0
+    x = (_equalised(arrays) if equalised is None else equalised) / np.float32(255.0)
     out = []
     level = x
     for _ in range(TEXTURE_LEVELS):
-        low = F.avg_pool2d(level, 2, ceil_mode=True)
-        band = level - F.interpolate(low, scale_factor=2, mode="nearest")[..., :level.shape[-2], :level.shape[-1]]
-        out.append(torch.log(band.square().mean((1, 2, 3)) + 1e-8))
+        low = _half(level)
+        up = low.repeat(2, axis=1).repeat(2, axis=2)[:, :level.shape[1], :level.shape[2]]
+        out.append(np.log(np.square(level - up).mean((1, 2)) + np.float32(1e-8)))
         level = low
-    gx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean((1, 2, 3))
-    gy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean((1, 2, 3))
-    out.append((gx - gy) / (gx + gy + 1e-8))
+    gx = np.abs(x[:, :, 1:] - x[:, :, :-1]).mean((1, 2))
+    gy = np.abs(x[:, 1:, :] - x[:, :-1, :]).mean((1, 2))
+    out.append((gx - gy) / (gx + gy + np.float32(1e-8)))
     s = x.shape[-1]
-    out.append(x[..., s // 4: s - s // 4, s // 4: s - s // 4].mean((1, 2, 3)) - x.mean((1, 2, 3)))
-    return torch.stack(out, 1).numpy().astype(np.float32)
+    out.append(x[:, s // 4: s - s // 4, s // 4: s - s // 4].mean((1, 2)) - x.mean((1, 2)))
+    return np.stack(out, 1).astype(np.float32)
 
 
 def pca_residual(x: np.ndarray, mean: np.ndarray, basis: np.ndarray) -> np.ndarray:

@@ -171,3 +171,43 @@ def test_dicom_without_preamble_is_read(tmp_path):
     assert data[128:132] != b"DICM" and data[:2] == b"\x08\x00"
     arr = preprocess.load_array(data, 48)
     assert arr[:, :4].mean() < 40 and arr[:, -4:].mean() > 210
+
+
+def test_numpy_model_input_is_torchs_to_the_bit(shared_datasets):
+    """The serving tier prepares the network's input in numpy (no torch there), training in torch:
+    the same numbers, on real films and on one using few grey levels."""
+    import torch
+
+    files = sorted((shared_datasets / "chest_xray" / "train" / "PNEUMONIA").glob("*.jpeg"))[:6]
+    arrays = np.stack([preprocess.load_array(f, 160) for f in files])
+    arrays[1] //= 7
+    for mode in preprocess.INTENSITY_MODES:
+        expected = preprocess.model_input(torch.from_numpy(arrays)[:, None], mode).numpy()
+        got = preprocess.model_input_arrays(arrays, mode)
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        assert np.array_equal(got, expected), mode
+
+
+def test_gate_statistics_in_numpy_match_torchs_pooling(shared_datasets):
+    """The gate's layout thumbnails and texture statistics (numpy, pipeline.inference.gate) are the
+    torch operations the fitted gates were fitted with: adaptive average pooling, ceil-mode 2x2
+    pooling and nearest upsampling, also at sizes that do not divide evenly."""
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.inference import gate
+
+    files = sorted((shared_datasets / "chest_xray" / "train" / "NORMAL").glob("*.jpeg"))[:4]
+    for size in (160, 100):
+        arrays = np.stack([preprocess.load_array(f, size) for f in files])
+        x = preprocess.equalize(torch.from_numpy(arrays).float()[:, None])
+        thumbs = (F.adaptive_avg_pool2d(x, gate.LAYOUT_SIDE).reshape(len(arrays), -1) / 255.0).numpy()
+        assert np.abs(gate.layout_thumbnails(arrays) - thumbs).max() < 1e-5
+        level, energies = x / 255.0, []
+        for _ in range(gate.TEXTURE_LEVELS):
+            low = F.avg_pool2d(level, 2, ceil_mode=True)
+            band = level - F.interpolate(low, scale_factor=2, mode="nearest")[..., :level.shape[-2], :level.shape[-1]]
+            energies.append(torch.log(band.square().mean((1, 2, 3)) + 1e-8))
+            level = low
+        stats = gate.texture_stats(arrays)
+        assert np.abs(stats[:, :gate.TEXTURE_LEVELS] - torch.stack(energies, 1).numpy()).max() < 1e-4
