@@ -62,7 +62,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-engines-") as tmp:
         f32 = onnx_export.export(predictor, Path(tmp) / artifacts.ONNX_FILE)
         int8 = onnx_export.quantize(f32, calibration, predictor.intensity, Path(tmp) / artifacts.ONNX_INT8_FILE)
-        engines = {"torch float32 (baseline)": predictor.reference_forward,
+        engines = {"torch float32 (baseline)": predictor.forward,
                    "OpenVINO f32": engine.FastEngine(f32, predictor.intensity, "f32").forward}
         if engine.cpu_has_bf16():
             engines["OpenVINO bf16"] = engine.FastEngine(f32, predictor.intensity, "bf16").forward

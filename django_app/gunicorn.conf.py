@@ -1,7 +1,6 @@
 """gunicorn settings for the doctors' site, from the environment (docs/configuration.md, "The web site").
 
-Layout: one worker per core (at most 8: each holds its own copy of torch and the model, ~0.6 GB
-of memory of its own), 4 request threads each. Each worker has one inference thread that batches
+Layout: one worker per core (at most 8: each holds its own copy of the model in OpenVINO), 4 request threads each. Each worker has one inference thread that batches
 the requests its threads bring (diagnosis.batching), running the model on cores/workers threads,
 so concurrent requests share forward passes instead of fighting over the cores. Why one per core:
 a request spends ~10 ms in Python (decoding, the gate, Django, storage) against ~1 ms of int8
@@ -34,9 +33,9 @@ limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190
 
-# torch threads per worker: the cores shared out (XRAY_TORCH_THREADS overrides)
-os.environ.setdefault("XRAY_TORCH_THREADS", str(max(1, _cores // max(1, workers))))
-os.environ.setdefault("OMP_NUM_THREADS", os.environ["XRAY_TORCH_THREADS"])
+# inference threads per worker: the cores shared out (XRAY_INFERENCE_THREADS overrides)
+os.environ.setdefault("XRAY_INFERENCE_THREADS", str(max(1, _cores // max(1, workers))))
+os.environ.setdefault("OMP_NUM_THREADS", os.environ["XRAY_INFERENCE_THREADS"])
 
 
 def post_worker_init(worker):

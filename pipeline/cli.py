@@ -97,6 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at", metavar="DATE", help="ISO date or date-time, UTC when no zone (e.g. 2026-03-03T14:30)")
     p.add_argument("--limit", type=int, default=50, metavar="N", help="the last N entries (default %(default)s; 0: all)")
 
+    p = sub.add_parser("reexport", help="register an old version again with the files the site serves from",
+                       description="A version registered before the torch-free serving tier (no serving.json, or "
+                                   "an ONNX file without the heat-map output) is refused by the site. This registers "
+                                   "its checkpoint again as a new version with those files (pipeline.mlops.reexport).")
+    _common(p)
+    p.add_argument("version", type=int, help="the registered version to re-export")
+    p.add_argument("--promote", action="store_true", help="move the champion alias to the copy when the version is champion")
+    p.add_argument("--name", "--model", dest="model", default=None,
+                   help="registered model name (default: params / $XRAY_MODEL_NAME)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
     p = sub.add_parser("site", add_help=False, help="the site's confirmed cases: import labelled films "
                        "(site import --data DIR), fit and serve the site's operating point (site adapt)")
     p.add_argument("site_args", nargs=argparse.REMAINDER)
@@ -309,6 +320,16 @@ def cmd_rollback(args, params: Params | None = None, data_root=None) -> int:
     return 0
 
 
+def cmd_reexport(args, params: Params, data_root=None) -> int:
+    """Exit 0: re-exported (and promoted when asked and allowed); 2: re-exported, not promoted."""
+    from pipeline.mlops.reexport import reexport
+
+    data = Path(data_root) if data_root and Path(data_root).is_dir() else None  # real X-rays check the export
+    out = reexport(args.version, params, data, promote=args.promote, name=args.model)
+    _print(out, args.json, f"v{out['version']} -> v{out['reexported_as']}: {out['reason']}")
+    return 2 if args.promote and not out["promoted"] else 0
+
+
 def format_status(st: dict) -> str:
     lines = [f"model {st['model_name']} at {st['tracking_uri']}"]
     for role in (server.CHAMPION, server.PREVIOUS, server.CHALLENGER):
@@ -367,4 +388,5 @@ def cmd_history(args, params: Params | None = None, data_root=None) -> int:
 
 
 COMMANDS = {"validate": cmd_validate, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "promote": cmd_promote, "rollback": cmd_rollback, "status": cmd_status, "history": cmd_history}
+            "promote": cmd_promote, "rollback": cmd_rollback, "status": cmd_status, "history": cmd_history,
+            "reexport": cmd_reexport}

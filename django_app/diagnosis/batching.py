@@ -94,10 +94,6 @@ class ModelRunner:
 
     def _loop(self) -> None:
         lower_priority(self.nice)
-        if self.threads > 0:  # OpenMP settings are per thread: set them where the work runs
-            import torch
-
-            torch.set_num_threads(self.threads)
         while True:
             item = self._queue.get()
             if item is _STOP:

@@ -13,7 +13,8 @@ its last request finishes.
 - No champion (alias absent or model not registered): nothing answers; pages say so, the API
   returns 503. A deleted alias withdraws the model from service at the next check.
 
-torch and mlflow are imported only when a model is first needed, never at settings import.
+mlflow and OpenVINO are imported only when a model is first needed, never at settings import; torch
+never (the site answers from each version's ONNX file: pipeline.inference.served).
 """
 from __future__ import annotations
 
@@ -41,21 +42,21 @@ class RegistryUnavailable(RuntimeError):
 
 @dataclass
 class Champion:
-    predictor: Any  # pipeline.inference.predict.Predictor
+    predictor: Any  # pipeline.inference.served.ServedModel
     name: str
     version: str
     run_id: str | None = None
     loaded_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     load_seconds: float = 0.0
     max_batch: int = 8
-    torch_threads: int = 0
+    threads: int = 0
     # Every use of the network goes through one inference thread (see diagnosis.batching).
     runner: ModelRunner | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.runner is None:
             self.runner = ModelRunner(self.predictor, self.max_batch, name=f"v{self.version}",
-                                      threads=self.torch_threads)
+                                      threads=self.threads)
 
     @property
     def threshold(self) -> float:
@@ -79,12 +80,12 @@ class Champion:
 class MlflowRegistry:
     """Asks the MLflow registry which version holds the alias, and loads it via pipeline.mlops.aliases."""
 
-    def __init__(self, tracking_uri: str, name: str, alias: str, torch_threads: int = 0,
+    def __init__(self, tracking_uri: str, name: str, alias: str, threads: int = 0,
                  max_batch: int = 8, fast: bool = False):
         self.tracking_uri = tracking_uri
         self.name = name
         self.alias = alias
-        self.torch_threads = torch_threads
+        self.threads = threads
         self.max_batch = max_batch
         self.fast = fast
 
@@ -102,16 +103,12 @@ class MlflowRegistry:
         import mlflow
 
         started = time.perf_counter()
-        if self.torch_threads > 0:
-            import torch
-
-            torch.set_num_threads(self.torch_threads)
         from pipeline.mlops import loading
 
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
-        predictor, mv = loading.load_champion(self.name, alias=self.alias, tracking_uri=self.tracking_uri,
-                                               fast=self.fast, threads=self.torch_threads)
+        predictor, mv = loading.serve_alias(self.alias, self.name, tracking_uri=self.tracking_uri,
+                                            fast=self.fast, threads=self.threads)
         _warm_up(predictor)
         return Champion(
             predictor=predictor,
@@ -120,7 +117,7 @@ class MlflowRegistry:
             run_id=mv.run_id,
             load_seconds=time.perf_counter() - started,
             max_batch=self.max_batch,
-            torch_threads=self.torch_threads,
+            threads=self.threads,
         )
 
 
@@ -363,7 +360,7 @@ def build_holder() -> ChampionHolder:
     from django.conf import settings
 
     registry = MlflowRegistry(settings.MLFLOW_TRACKING_URI, settings.XRAY_MODEL_NAME, settings.XRAY_CHAMPION_ALIAS,
-                              settings.XRAY_TORCH_THREADS, settings.XRAY_MAX_BATCH, settings.XRAY_FAST_PATH)
+                              settings.XRAY_INFERENCE_THREADS, settings.XRAY_MAX_BATCH, settings.XRAY_FAST_PATH)
     return ChampionHolder(registry, settings.XRAY_CHAMPION_CHECK_SECONDS,
                           settings.XRAY_CHAMPION_RETRY_SECONDS, settings.XRAY_CHAMPION_LOAD_TIMEOUT)
 

@@ -234,10 +234,10 @@ XRAY_CHAMPION_ALIAS = os.environ.get("XRAY_CHAMPION_ALIAS", CHAMPION)
 XRAY_CHAMPION_CHECK_SECONDS = env_number("XRAY_CHAMPION_CHECK_SECONDS", 30.0)
 XRAY_CHAMPION_RETRY_SECONDS = env_number("XRAY_CHAMPION_RETRY_SECONDS", 10.0)
 XRAY_CHAMPION_LOAD_TIMEOUT = env_number("XRAY_CHAMPION_LOAD_TIMEOUT", 120.0)
-XRAY_TORCH_THREADS = int(env_number("XRAY_TORCH_THREADS", 0, int))  # 0 = leave torch's default
+XRAY_INFERENCE_THREADS = int(env_number("XRAY_INFERENCE_THREADS", 0, int))  # OpenVINO's threads; 0 = its default
 XRAY_MAX_BATCH = int(env_number("XRAY_MAX_BATCH", 8, int))  # concurrent requests per forward pass
-# The fast path (pipeline.inference.engine: the version's ONNX file in OpenVINO, bf16 where the CPU has it)
-# for versions whose agreement check passed; off = every answer from the float32 torch reference.
+# Every answer comes from the version's ONNX file in OpenVINO (pipeline.inference.served, no torch).
+# The fast path: int8 or bf16 for versions whose agreement check passed; off = always the float32 file.
 XRAY_FAST_PATH = env_bool("XRAY_FAST_PATH", True)
 XRAY_HISTORY_PAGE_SIZE = int(env_number("XRAY_HISTORY_PAGE_SIZE", 12, int))
 # Shadow mode (diagnosis.shadow, docs/site.md): a pending challenger answers every live request in

@@ -1,13 +1,14 @@
 """The fast-path check: the fast engine may answer doctors only where it changes no decision that matters.
 
-Decision: the float32 PyTorch network stays the reference (training, evaluation, the pyfunc,
-Grad-CAM). When the DAG evaluates a new version, `check` scores the fast engine
+Decision: the float32 PyTorch network stays the reference (training, evaluation, the pyfunc).
+When the DAG evaluates a new version, `check` scores the fast engine
 (pipeline.inference.engine) against that reference on the held-out patients and every stress
 shift, int8 first, then bf16/f32; a precision passes only if the labels agree on >=
 MIN_LABEL_AGREEMENT of the images, the AUC moves by <= MAX_AUC_DELTA, the calibration error grows
 by <= MAX_ECE_INCREASE and the input gate refuses the same images (>= MIN_LABEL_AGREEMENT). The
 version is tagged `fast_path=on` with the first precision that passes; the site uses the fast path
-for versions tagged `on`, at that precision; any other version is served by the reference.
+for versions tagged `on`, at that precision; any other version is served from its float32 ONNX
+file in float32 (equal to the reference within onnx_export's tolerances; the site has no torch).
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def check(predictor, onnx_path: str | Path, sets: dict[str, tuple[np.ndarray, np
     """Agreement on each named (images, labels) set for the int8 copy (when there is one), then
     the float32 file at the CPU's precision; the first that passes is the verdict. `tried` keeps
     each precision's verdict, `sets` the figures of the one chosen (or of the last tried)."""
-    reference = {name: predictor.reference_forward(arrays, batch_size) for name, (arrays, _) in sets.items()}
+    reference = {name: predictor.forward(arrays, batch_size) for name, (arrays, _) in sets.items()}
     engines = ([(int8_path, "int8")] if int8_path is not None else []) + [(onnx_path, None)]
     tried = {}
     for path, precision in engines:

@@ -8,13 +8,15 @@ predict`) and the PACS worker. The steps, in order:
    (pipeline.inference.upload.decode_untrusted; the file gate runs there, DICOM headers through the
    one bounded parser);
 2. one forward pass (with the heat map when asked): the raw logit and the pooled features;
-3. calibration and the threshold stored with the version (Predictor.decide);
-4. the learned input gate on the same pass (Predictor.judged): a readable file that is not a frontal
+3. calibration and the threshold stored with the version (decision.Decisions.decide);
+4. the learned input gate on the same pass (Decisions.judged): a readable file that is not a frontal
    chest X-ray raises gate.NotAChestXray.
 
-Who runs the network is the caller's choice (`network`): the Predictor itself by default, or the
-web's batching thread (diagnosis.batching.ModelRunner), which has the same two methods. Batching
-changes how many images a pass carries, never what it computes.
+The model is a Decisions: the float32 torch Predictor (pyfunc, CLI) or the version's ONNX file
+(served.ServedModel: the site, API and PACS worker, no torch). Who runs its network is the caller's
+choice (`network`): the model itself by default, or the web's batching thread
+(diagnosis.batching.ModelRunner), which has the same two methods. Batching changes how many images
+a pass carries, never what it computes.
 """
 from __future__ import annotations
 
@@ -28,8 +30,8 @@ from PIL import Image
 from pipeline.data import preprocess
 from pipeline.inference.upload import Decoded, Limits, decode_untrusted
 
-if TYPE_CHECKING:  # torch is imported by whoever builds the Predictor, not by the path (the web imports this)
-    from pipeline.inference.predict import Prediction, Predictor
+if TYPE_CHECKING:
+    from pipeline.inference.decision import Decisions as Predictor, Prediction
 
 
 class Network(Protocol):

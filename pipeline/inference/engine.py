@@ -1,4 +1,4 @@
-"""The site's fast inference engine: a version's own ONNX file compiled by OpenVINO.
+"""The site's inference engine: a version's own ONNX file compiled by OpenVINO (no torch).
 
 It runs the int8 copy, or the float32 file in bfloat16 where the CPU has it (AVX-512 BF16 / AMX),
 float32 otherwise. Measured on 2 cores of a Xeon with AMX (benchmarks/bench_engines.py): a 160 px
@@ -12,7 +12,6 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pipeline.data import preprocess
 
@@ -41,19 +40,28 @@ class FastEngine:
         self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.intensity = intensity
+        # files exported before the class activation map was an output have two outputs
+        self.has_cam = any("cam" in out.get_names() for out in self.compiled.outputs)
         self._lock = threading.Lock()  # one infer request: one call at a time
+
+    def _infer(self, arrays: np.ndarray) -> list[np.ndarray]:
+        x = preprocess.model_input_arrays(arrays, self.intensity)
+        with self._lock:
+            out = self.request.infer({0: x})
+            return [np.array(out[i]) for i in range(len(self.compiled.outputs))]
 
     def forward(self, arrays: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [N, S, S] -> (logits float64 [N], pooled features float32 [N, 512])."""
         logits, feats = [], []
         for i in range(0, len(arrays), batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(arrays[i:i + batch_size]))[:, None]
-            x = preprocess.model_input(chunk, self.intensity).numpy()
-            with self._lock:
-                out = self.request.infer({0: x})
-                logits.append(np.array(out[0], np.float64).reshape(-1))
-                feats.append(np.array(out[1], np.float32))
+            out = self._infer(arrays[i:i + batch_size])
+            logits.append(out[0].astype(np.float64).reshape(-1))
+            feats.append(out[1].astype(np.float32))
         if not logits:
             return np.zeros(0, np.float64), np.zeros((0, 0), np.float32)
         return np.concatenate(logits), np.concatenate(feats)
 
+    def activation_map(self, arr: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """One uint8 [S, S] image -> (logit, pooled features [1, 512], class activation map [s, s])."""
+        logit, feats, cam = self._infer(arr[None])
+        return float(logit.reshape(-1)[0]), feats.astype(np.float32), cam[0].astype(np.float32)

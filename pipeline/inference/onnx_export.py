@@ -1,8 +1,9 @@
 """The network as an ONNX file, so that a hospital can run a registered version in its own runtime.
 
 What the file computes: the normalised model input [N, 1, S, S] (float32, after
-`preprocess.model_input`) -> `logit` [N] and `features` [N, 512] (the pooled features the input
-gate judges). Decoding, resizing, intensity normalisation, calibration and the threshold stay
+`preprocess.model_input`) -> `logit` [N], `features` [N, 512] (the pooled features the input
+gate judges) and `cam` [N, s, s] (the class activation map of the last stage, from which the
+heat map is drawn without torch: pipeline.inference.heatmap). Decoding, resizing, intensity normalisation, calibration and the threshold stay
 outside the graph, as in every runtime's own pre/post-processing; what they need is written into
 the file's metadata (`image_size`, `intensity`, `mean`, `std`, `calibration_a/_b`, `threshold`):
 
@@ -10,7 +11,12 @@ the file's metadata (`image_size`, `intensity`, `mean`, `std`, `calibration_a/_b
 
 `validate` runs the file in ONNX Runtime against PyTorch on real X-rays; registration refuses a
 file whose logits differ by more than LOGIT_TOLERANCE (float32 vs float32: ~1e-5 is usual, the
-tolerance leaves room for other kernels, and is 1/1000 of a typical decision margin).
+tolerance leaves room for other kernels, and is 1/1000 of a typical decision margin) or whose heat
+maps differ from PyTorch's Grad-CAM by more than HEATMAP_TOLERANCE (on the 0..1 scale).
+
+`serving` is the rest of what the serving tier needs (threshold, calibration, gate, size,
+intensity): the checkpoint without its weights, as JSON, written beside the graph in every
+registered version (a site's operating point changes it, never the graph).
 
 `quantize` writes an int8 copy of the file (NNCF post-training quantization: QuantizeLinear /
 DequantizeLinear pairs, which OpenVINO and ONNX Runtime both run as int8 kernels), its activation
@@ -28,12 +34,15 @@ import numpy as np
 import torch
 
 from pipeline.data import preprocess
-from pipeline.model.network import logits_and_features
+from pipeline.model.network import head, last_stage
 
 OPSET = 18
 LOGIT_TOLERANCE = 1e-3
+HEATMAP_TOLERANCE = 1e-3
+HEATMAP_IMAGES = 8         # validation images whose heat maps are compared with Grad-CAM
 CALIBRATION_IMAGES = 300   # training X-rays that set the int8 activation ranges (NNCF's default)
-INPUT, OUTPUTS = "image", ("logit", "features")
+INPUT, OUTPUTS = "image", ("logit", "features", "cam")
+SERVING_FORMAT = 1
 
 
 class OnnxMismatch(RuntimeError):
@@ -41,14 +50,22 @@ class OnnxMismatch(RuntimeError):
 
 
 class Network(torch.nn.Module):
-    """The ResNet18 with two outputs: the logit and the pooled features (for the gate)."""
+    """The ResNet18 with three outputs: the logit, the pooled features (for the gate) and the class
+    activation map (the last stage's activations weighted by the head's weights)."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, x):
-        return logits_and_features(self.model, x)
+        stage = last_stage(self.model, x)
+        logit, features = head(self.model, stage)
+        return logit, features, torch.einsum("nchw,c->nhw", stage, self.model.fc.weight[0])
+
+
+def serving(checkpoint: dict) -> dict:
+    """What the serving tier reads beside the graph: the checkpoint without its weights (JSON)."""
+    return {"format": SERVING_FORMAT, **{k: v for k, v in checkpoint.items() if k != "state_dict"}}
 
 
 def metadata(predictor) -> dict[str, str]:
@@ -87,7 +104,7 @@ def quantize(path: str | Path, arrays: np.ndarray, intensity: str, out: str | Pa
     import onnx
 
     nncf.set_log_level(logging.ERROR)
-    x = preprocess.model_input(torch.from_numpy(np.ascontiguousarray(arrays))[:, None], intensity).numpy()
+    x = preprocess.model_input_arrays(arrays, intensity)
     dataset = nncf.Dataset([x[i:i + 1] for i in range(len(x))], lambda item: {INPUT: item})
     model = nncf.quantize(onnx.load(str(path)), dataset, subset_size=len(x))
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, "precision": "int8"})
@@ -109,9 +126,9 @@ def session(path: str | Path, threads: int = 0):
 def validate(path: str | Path, predictor, arrays: np.ndarray) -> dict:
     """ONNX Runtime vs PyTorch (float32) on uint8 [N, S, S] images; raises OnnxMismatch.
     Returns the largest differences and the label agreement at the stored threshold."""
-    x = preprocess.model_input(torch.from_numpy(np.ascontiguousarray(arrays))[:, None], predictor.intensity)
-    logits, feats = session(path).run(None, {INPUT: x.numpy()})
-    ref_logits, ref_feats = predictor.reference_forward(arrays)
+    x = preprocess.model_input_arrays(arrays, predictor.intensity)
+    logits, feats, cams = session(path).run(None, {INPUT: x})
+    ref_logits, ref_feats = predictor.forward(arrays)
     logits = logits.astype(np.float64)
     finite = np.isfinite(logits) & np.isfinite(ref_logits)
     # a broken network (NaN weights) is refused later, by serving checks; here only "same output" counts
@@ -121,8 +138,35 @@ def validate(path: str | Path, predictor, arrays: np.ndarray) -> dict:
     ref_labels = predictor.calibration.probability(ref_logits) >= predictor.threshold
     report = {"n": int(len(arrays)), "max_abs_logit_diff": diff,
               "max_abs_feature_diff": float(np.abs(feats - ref_feats).max()),
-              "label_agreement": float((labels == ref_labels).mean()), "tolerance": LOGIT_TOLERANCE}
+              "label_agreement": float((labels == ref_labels).mean()), "tolerance": LOGIT_TOLERANCE,
+              "max_abs_heatmap_diff": heatmap_difference(predictor, arrays[:HEATMAP_IMAGES], cams),
+              "heatmap_tolerance": HEATMAP_TOLERANCE}
     if not diff <= LOGIT_TOLERANCE:
         raise OnnxMismatch(f"ONNX Runtime logits differ from PyTorch by {diff:.2g} (> {LOGIT_TOLERANCE}) "
                            f"on {len(arrays)} X-rays")
+    if not report["max_abs_heatmap_diff"] <= HEATMAP_TOLERANCE:
+        raise OnnxMismatch(f"heat maps from the ONNX file differ from PyTorch's Grad-CAM by "
+                           f"{report['max_abs_heatmap_diff']:.2g} (> {HEATMAP_TOLERANCE})")
     return report
+
+
+def heatmap_difference(predictor, arrays: np.ndarray, cams: np.ndarray) -> float:
+    """Largest |ONNX heat map - PyTorch Grad-CAM| over `arrays` (0..1 scale); maps that are
+    non-finite in both are skipped (a broken network is refused by the serving checks)."""
+    from PIL import Image
+
+    from pipeline.inference.decision import NonFiniteOutput
+    from pipeline.inference.heatmap import from_activation_map
+
+    worst = 0.0
+    for arr, cam in zip(arrays, cams):
+        try:
+            reference = predictor.gradcam_features(Image.fromarray(arr))[1]
+        except NonFiniteOutput:  # the network answers NaN: its map is no number either
+            reference = np.full(arr.shape, np.nan, np.float32)
+        ours = from_activation_map(cam, arr.shape)
+        if not (np.isfinite(ours).all() and np.isfinite(reference).all()):
+            worst = worst if np.isfinite(ours).all() == np.isfinite(reference).all() else float("inf")
+            continue
+        worst = max(worst, float(np.abs(ours - reference).max()))
+    return worst

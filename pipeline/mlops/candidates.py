@@ -43,7 +43,7 @@ def fast_path_report(version: int, splits, params: Params, cache, name: str | No
 
 def check_fast_path(version: int, splits, params: Params, cache, name: str | None = None) -> dict:
     """fast_path_report, recorded on the version: tag `fast_path=on|off` with the figures. The site
-    runs a version on the fast path only when it is `on` (load_version(fast=True))."""
+    runs a version on the fast path only when it is `on` (loading.serve_version)."""
     name = model_name(name=name)
     result = fast_path_report(version, splits, params, cache, name)
     sets = result["sets"].values()

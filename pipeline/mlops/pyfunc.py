@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import shutil
 import tempfile
 import warnings
@@ -37,8 +38,10 @@ import pandas as pd
 
 from pipeline.data.preprocess import InvalidImage
 from pipeline.inference.answer import answer
+from pipeline.inference import onnx_export
 from pipeline.inference.predict import Predictor
 from pipeline.model import artifacts
+from pipeline.model.network import load_checkpoint
 
 INPUT_COLUMN = "image"
 OUTPUT_COLUMNS = ("probability", "label", "threshold", "error", "warning", "gate_score")
@@ -143,6 +146,10 @@ def log_pyfunc(checkpoint: str | Path, input_example: bytes | None = None, name:
         if path is not None:
             files[key] = str(path)
     with tempfile.TemporaryDirectory(prefix="xray-pyfunc-") as tmp:
+        # what the serving tier reads beside the ONNX file, from this very checkpoint (a site's
+        # operating point re-uses the graph with another threshold and calibration)
+        files[artifacts.SERVING_KEY] = str(Path(tmp) / artifacts.SERVING_FILE)
+        Path(files[artifacts.SERVING_KEY]).write_text(json.dumps(onnx_export.serving(load_checkpoint(checkpoint))))
         code = _pipeline_source(Path(tmp))
         example = pd.DataFrame({INPUT_COLUMN: [input_example]}) if input_example is not None else None
         with warnings.catch_warnings():

@@ -10,7 +10,7 @@ Registry layout (one registered model, name = params registry.model_name or $XRA
 
 Who calls what
 - the DAG:      tracking.tracked_train -> candidates.evaluate_candidates -> policy.decide -> aliases.promote | reject
-- Django:       loading.load_champion() -> (Predictor, ModelVersion); server.alias_version() to notice a change
+- Django:       loading.serve_alias() -> (ServedModel, ModelVersion), no torch; server.alias_version() to notice a change
 - people:       python -m pipeline promote | rollback | status | history   (pipeline/cli.py)
 """
 from __future__ import annotations

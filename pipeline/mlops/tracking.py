@@ -324,8 +324,9 @@ def _register_trained(client, name: str, result, metrics: dict, params: Params, 
 
 
 def register_checkpoint(checkpoint, params: Params, run_name: str | None = None, tags: dict | None = None,
-                        metrics: dict | None = None, data_root=None, calibration: list[Path] | None = None) -> dict:
-    """Log an existing model.pt as a run + new registered version (alias `challenger`).
+                        metrics: dict | None = None, data_root=None, calibration: list[Path] | None = None,
+                        alias: bool = True) -> dict:
+    """Log an existing model.pt as a run + new registered version (alias `challenger`; alias=False: none).
 
     For models trained elsewhere (and for tests/benchmarks: degraded models). No training.
     calibration: training X-rays for the int8 copy (None: the version gets none).
@@ -344,7 +345,7 @@ def register_checkpoint(checkpoint, params: Params, run_name: str | None = None,
             mlflow.log_metrics({f"test_{k}": float(v) for k, v in metrics.items() if finite(v)})
         example = _example_bytes(Path(data_root), params.preprocess.image_size) if data_root else None
         mv = _register(client, name, Path(checkpoint), run.info.run_id, example, {"trigger": tags["trigger"]},
-                       data_root=Path(data_root) if data_root else None, calibration=calibration)
+                       data_root=Path(data_root) if data_root else None, calibration=calibration, alias=alias)
     return {"run_id": run.info.run_id, "version": int(mv.version), "model_name": name,
             "model_uri": f"models:/{name}/{mv.version}"}
 

@@ -51,7 +51,7 @@ def test_onnx_runtime_matches_pytorch_on_real_xrays(predictor, xrays, onnx_file)
     meta = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
     assert int(meta["image_size"]) == predictor.image_size and meta["intensity"] == predictor.intensity
     x = preprocess.model_input(torch.from_numpy(xrays[0][:5])[:, None], meta["intensity"]).numpy()
-    logit, feats = onnx_export.session(onnx_file).run(None, {"image": x})
+    logit, feats, _cam = onnx_export.session(onnx_file).run(None, {"image": x})
     assert logit.shape == (5,) and feats.shape == (5, 512)
     p = 1 / (1 + np.exp(-(float(meta["calibration_a"]) * logit + float(meta["calibration_b"]))))
     expected = predictor.probabilities(xrays[0][:5])
@@ -83,9 +83,8 @@ def test_fast_path_agrees_with_the_reference_or_is_refused(predictor, xrays, onn
 
 
 def test_predictor_on_the_fast_engine_answers_like_the_reference(predictor, xrays, onnx_file, tiny_checkpoint):
-    fast = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
-    fast.engine = engine.FastEngine(onnx_file, fast.intensity, precision="f32")
-    assert fast.engine_name == "openvino-f32" and predictor.engine_name == "torch-fp32"
+    fast = engine.FastEngine(onnx_file, predictor.intensity, precision="f32")
+    assert fast.precision == "f32" and predictor.engine_name == "torch-fp32" and fast.has_cam
     logits, feats = fast.forward(xrays[0])
     ref_logits, ref_feats = predictor.forward(xrays[0])
     assert logits == pytest.approx(ref_logits, abs=1e-3)
@@ -101,9 +100,10 @@ def test_int8_copy_is_quantized_keeps_the_metadata_and_runs_in_onnx_runtime(pred
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["precision"] == "int8" and meta["threshold"] == repr(predictor.threshold)
     x = preprocess.model_input(torch.from_numpy(xrays[0])[:, None], predictor.intensity).numpy()
-    logit, feats = onnx_export.session(int8).run(None, {"image": x})
-    ref_logits, _ = predictor.reference_forward(xrays[0])
-    assert logit.shape == (24,) and feats.shape == (24, 512)
+    logit, feats, cam = onnx_export.session(int8).run(None, {"image": x})
+    ref_logits, _ = predictor.forward(xrays[0])
+    side = predictor.image_size // 32
+    assert logit.shape == (24,) and feats.shape == (24, 512) and cam.shape == (24, side, side)
     # a quantized copy of the same network: not equal to it, but ranking the films alike
     assert np.abs(logit - ref_logits).max() > 0
     assert np.corrcoef(logit, ref_logits)[0, 1] > 0.95

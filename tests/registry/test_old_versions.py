@@ -1,6 +1,8 @@
 """A version registered by the code before the stage packages (flat `pipeline/`, git commit 9756f4e)
-still loads: the site's way (mlops.loading, from its checkpoint) and the pyfunc's way (its own copy of
-the old code, in a fresh process as `mlflow models serve` runs it). See docs/architecture.md."""
+still loads: evaluation's way (mlops.loading, from its checkpoint) and the pyfunc's way (its own copy
+of the old code, in a fresh process as `mlflow models serve` runs it). The torch-free site refuses it
+with the command that fixes it, `xray reexport`, after which the copy serves the same answers.
+See docs/architecture.md and docs/web.md."""
 from __future__ import annotations
 
 import io
@@ -16,7 +18,8 @@ import yaml
 
 from pipeline.inference.answer import answer_file
 from pipeline.inference.predict import Predictor
-from pipeline.mlops import loading
+from pipeline.mlops import aliases, audit, loading, server
+from pipeline.inference.served import NotServable
 
 REPO = Path(__file__).resolve().parents[2]
 OLD_LAYOUT = "9756f4e"   # the last commit with the flat pipeline/ package
@@ -79,3 +82,24 @@ def test_a_version_logged_by_the_old_layout_still_loads(old_code, mlflow_server,
     got = json.loads(run.stdout.strip().splitlines()[-1])
     assert "/code/pipeline/" in got["code"]     # the version's own (old) code answered, not this checkout
     assert got["p"] == pytest.approx(expected, abs=1e-6)
+
+    # the site's way: refused, with the reason and the command; the command makes a copy that serves
+    with pytest.raises(NotServable, match=rf"v{version} cannot be served: .*serving.json.*xray reexport --version {version}"):
+        loading.serve_version(version, model_name)
+    assert any("xray reexport" in p for p in loading.serving_check(version, model_name))
+    aliases.promote(version, name=model_name, force=True)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "XRAY_MODEL_NAME": model_name}
+    run = subprocess.run([sys.executable, "-m", "pipeline", "reexport", str(version), "--promote", "--json"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    out = json.loads(run.stdout[run.stdout.index("{"):])
+    copy = out["reexported_as"]
+    assert out["promoted"] and copy > version
+    served, mv = loading.serve_alias(name=model_name)
+    assert int(mv.version) == copy and served.engine_name == "openvino-f32"
+    assert mv.tags["reexport_of"] == str(version)
+    assert [answer_file(b, served, heatmap=True).prediction.probability for b in xray_bytes[:3]] == \
+        pytest.approx(expected, abs=1e-4)
+    moves = audit.timeline(server.connect(), model_name, server.CHAMPION)
+    assert moves[-1]["kind"] == "manual_promotion" and moves[-1]["to_version"] == copy
+    assert f"re-export of v{version}" in moves[-1]["reason"]

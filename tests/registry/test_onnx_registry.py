@@ -52,15 +52,15 @@ def test_fast_path_check_tags_the_version_and_loading_follows_the_tag(mlflow_ser
 
     client = MlflowClient()
     client.set_model_version_tag(name, str(version), "fast_path", "on")
-    fast, _ = loading.load_version(version, name, fast=True)
-    assert fast.engine is not None and fast.engine_name.startswith("openvino-")
-    reference, _ = loading.load_version(version, name)  # fast=False: the reference, whatever the tag
-    assert reference.engine is None
+    fast, _ = loading.serve_version(version, name, fast=True)
+    assert fast.engine_name == f"openvino-{tags['fast_path.precision']}"
+    assert loading.serve_version(version, name, fast=False)[0].engine_name == "openvino-f32"  # whatever the tag
+    assert loading.load_version(version, name)[0].engine_name == "torch-fp32"  # evaluation's reference
     client.set_model_version_tag(name, str(version), "fast_path.precision", "int8")  # the int8 copy's verdict
-    assert loading.load_version(version, name, fast=True)[0].engine_name == "openvino-int8"
+    assert loading.serve_version(version, name, fast=True)[0].engine_name == "openvino-int8"
     client.set_model_version_tag(name, str(version), "fast_path.precision", tags["fast_path.precision"])
     client.set_model_version_tag(name, str(version), "fast_path", "off")
-    assert loading.load_version(version, name, fast=True)[0].engine is None
+    assert loading.serve_version(version, name, fast=True)[0].engine_name == "openvino-f32"
     client.set_model_version_tag(name, str(version), "fast_path", tags["fast_path"])
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parents[2]
+NO_TORCH = Path(__file__).resolve().parent / "no_torch"  # the web image has no torch: neither has the live site
 PY = sys.executable
 DOCTOR, DOCTOR_PASSWORD = "dr_live", "live-password-2031-xray"
 CHROMIUM = "/usr/bin/chromium"
@@ -28,7 +29,7 @@ def site_env(registry, data_dir: Path, port: int, **extra) -> dict:
         "XRAY_MODEL_NAME": registry["name"], "XRAY_CHAMPION_CHECK_SECONDS": "1",
         "WEB_BIND": f"127.0.0.1:{port}", "WEB_WORKERS": "2", "WEB_ACCESS_LOG": "",
         "XRAY_DOCTOR_USERNAME": DOCTOR, "XRAY_DOCTOR_PASSWORD": DOCTOR_PASSWORD,
-        "PYTHON": PY,
+        "PYTHON": PY, "PYTHONPATH": os.pathsep.join(filter(None, [str(NO_TORCH), os.environ.get("PYTHONPATH")])),
         # the live tests send bursts of requests; the limits themselves are tested in test_rate_limits.py
         "XRAY_UPLOADS_PER_MINUTE": "100000", "XRAY_TOKEN_UPLOADS_PER_MINUTE": "100000",
     })

@@ -24,6 +24,13 @@ def test_gunicorn_serves_the_registry_champion(live, registry, fullres_images, x
     assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
     assert {r.json()["model_version"] for r in answers} == {registry["v1"]}
     assert {r.json()["model_name"] for r in answers} == {registry["name"]}
+    # as in the web image, torch cannot be imported where the site runs (tests/web/no_torch): the
+    # answers above, and a heat map, came from the version's ONNX file in OpenVINO
+    blocked = subprocess.run([PY, "-c", "import torch"], env=live.env, capture_output=True, text=True)
+    assert blocked.returncode != 0 and "serving tier" in blocked.stderr
+    cam = requests.post(live.url + "/api/v1/predict?heatmap=true", files={"image": ("x.jpeg", xray_jpeg)},
+                        headers={"Authorization": f"Token {live.token}"}, timeout=60)
+    assert cam.status_code == 200 and cam.json()["heatmap_url"] and cam.json()["heatmap_empty"] is not None, cam.text
     r = predict(live, xray_jpeg[: len(xray_jpeg) // 2])
     assert r.status_code == 400 and "truncated" in r.json()["detail"]
     assert requests.post(live.url + "/api/predict", files={"image": ("x.jpeg", xray_jpeg)}, timeout=30).status_code == 401

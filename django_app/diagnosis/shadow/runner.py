@@ -227,7 +227,7 @@ _shadow_lock = threading.Lock()
 
 def build() -> Shadow:
     registry = PendingRegistry(settings.MLFLOW_TRACKING_URI, settings.XRAY_MODEL_NAME, CHALLENGER,
-                               settings.XRAY_TORCH_THREADS, settings.XRAY_MAX_BATCH, settings.XRAY_FAST_PATH,
+                               settings.XRAY_INFERENCE_THREADS, settings.XRAY_MAX_BATCH, settings.XRAY_FAST_PATH,
                                nice=settings.XRAY_SHADOW_NICE)
     holder = ChampionHolder(registry, settings.XRAY_CHAMPION_CHECK_SECONDS, settings.XRAY_CHAMPION_RETRY_SECONDS,
                             settings.XRAY_CHAMPION_LOAD_TIMEOUT)
