@@ -1,0 +1,154 @@
+"""The locks in requirements/ (scripts/lock.sh) against pyproject.toml, and their installer.
+
+- every lock pins every package to one version with at least one sha256 hash;
+- each lock covers what it is compiled from (pyproject's core and extras: a dependency edited there
+  without `make lock` fails here), and one package has one version in every lock;
+- the web lock holds no torch and no training or orchestration stack; torch lives in torch.txt only;
+- scripts/install_locked.sh refuses a file whose hash is not the lock's (real pip, offline).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+REPO = Path(__file__).resolve().parents[2]
+LOCKS = REPO / "requirements"
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+PROJECT = PYPROJECT["project"]
+EXTRAS = PROJECT["optional-dependencies"]
+TORCH_FAMILY = re.compile(r"^(torch|torchvision|triton|nvidia-.+|cuda-.+)$")
+
+# lock -> what scripts/lock.sh compiles it from (None: the project's core dependencies)
+SOURCES = {
+    "dev.txt": [None, *EXTRAS],
+    "web.txt": [None, "serve"],
+    "airflow.txt": [None, "serve", "train", "orchestrate"],
+    "mlflow.txt": ["mlflow-server"],
+}
+
+
+def pins(lock: str) -> dict[str, str]:
+    """name -> version; asserts every entry is `name==version` followed by its hashes."""
+    out, current = {}, None
+    for line in (LOCKS / lock).read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        if line[0].isalnum():
+            m = re.fullmatch(r"([A-Za-z0-9._-]+)==(\S+) \\", line)
+            assert m, f"{lock}: not an exact pin with hashes: {line!r}"
+            name = canonicalize_name(m.group(1))
+            assert name not in out, f"{lock}: {name} twice"
+            out[name], current = m.group(2), name
+        else:
+            assert re.fullmatch(r"\s+--hash=sha256:[0-9a-f]{64}( \\)?", line), f"{lock}: {line!r}"
+            assert current, f"{lock}: a hash before any package"
+    return out
+
+
+def direct(source: str | None) -> list[Requirement]:
+    return [Requirement(r) for r in (PROJECT["dependencies"] if source is None else EXTRAS[source])]
+
+
+@pytest.mark.parametrize("lock", [*SOURCES, "torch.txt"])
+def test_every_package_is_pinned_with_hashes(lock):
+    found = pins(lock)
+    assert found
+    text = (LOCKS / lock).read_text()
+    assert text.count("==") <= text.count("--hash=sha256:"), f"{lock}: a package without a hash"
+
+
+@pytest.mark.parametrize("lock", SOURCES)
+def test_each_lock_covers_its_sources(lock):
+    locked = pins(lock) | pins("torch.txt")
+    for source in SOURCES[lock]:
+        for req in direct(source):
+            name = canonicalize_name(req.name)
+            assert name in locked, f"{lock}: {req} ({source or 'core'}) is not locked: run `make lock`"
+            assert req.specifier.contains(locked[name], prereleases=True), \
+                f"{lock}: {name}=={locked[name]} does not satisfy {req}: run `make lock`"
+    if lock != "mlflow.txt":  # the editable install builds with the venv's own setuptools
+        for req in map(Requirement, PYPROJECT["build-system"]["requires"]):
+            assert req.specifier.contains(locked[canonicalize_name(req.name)])
+
+
+def test_one_version_per_package_across_locks():
+    seen: dict[str, tuple[str, str]] = {}
+    for lock in [*SOURCES, "torch.txt"]:
+        for name, version in pins(lock).items():
+            first = seen.setdefault(name, (version, lock))
+            assert first[0] == version, f"{name}: {version} in {lock}, {first[0]} in {first[1]}"
+
+
+def test_torch_is_locked_apart():
+    torch = pins("torch.txt")
+    assert {"torch", "torchvision"} <= set(torch)
+    assert all(TORCH_FAMILY.match(name) for name in torch), "torch.txt holds torch's own wheels only"
+    for lock in SOURCES:
+        family = {name for name in pins(lock) if TORCH_FAMILY.match(name)}
+        assert not family, f"{lock} holds {family}: they belong in torch.txt (TORCH_INDEX_URL)"
+
+
+def test_the_web_lock_is_the_serving_tier_without_torch():
+    web = set(pins("web.txt"))
+    for absent in ("torch", "torchvision", "onnxscript", "nncf", "onnxruntime", "scikit-learn", "matplotlib",
+                   "pandas", "mlflow", "apache-airflow", "celery", "dvc", "pytest"):
+        assert absent not in web, f"web.txt holds {absent}"
+    for needed in ("django", "gunicorn", "openvino", "mlflow-skinny", "highdicom", "pynetdicom", "scipy"):
+        assert needed in web
+
+
+def test_requires_python_covers_the_checked_versions():
+    """CI runs 3.11; the README's "Python versions" says what was checked for the others."""
+    spec = Requirement(f"python{PROJECT['requires-python']}").specifier
+    assert spec.contains("3.11")
+    assert f"{sys.version_info.major}.{sys.version_info.minor}" in {"3.11", "3.12", "3.13"}
+
+
+def fake_wheel(folder: Path, name: str, version: str) -> Path:
+    """A minimal valid wheel (one module), made here: no index is reached."""
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    dist = f"{name}-{version}.dist-info"
+    files = {f"{name}.py": b"VALUE = 1\n",
+             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+             f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{p},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},{len(d)}\n"
+                     for p, d in files.items()) + f"{dist}/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as zf:
+        for p, d in files.items():
+            zf.writestr(p, d)
+        zf.writestr(f"{dist}/RECORD", record)
+    return path
+
+
+@pytest.mark.timeout(120)
+def test_installer_refuses_a_file_whose_hash_is_not_the_locks(tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    good = hashlib.sha256(fake_wheel(wheels, "xraylocktest", "1.0").read_bytes()).hexdigest()
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels), "PIP_CONSTRAINT": "",
+           "PIP_CONFIG_FILE": os.devnull, "PIP_TARGET": str(tmp_path / "target")}
+
+    def install(digest: str) -> subprocess.CompletedProcess:
+        lock = tmp_path / "lock.txt"
+        lock.write_text(f"xraylocktest==1.0 \\\n    --hash=sha256:{digest}\n")
+        return subprocess.run([str(REPO / "scripts/install_locked.sh"), sys.executable, str(lock)],
+                              env=env, capture_output=True, text=True, timeout=110)
+
+    bad = install("0" * 64)
+    assert bad.returncode != 0
+    assert "DO NOT MATCH THE HASHES" in bad.stderr, bad.stderr
+    assert not (tmp_path / "target" / "xraylocktest.py").exists()
+    ok = install(good)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "target" / "xraylocktest.py").exists()
