@@ -20,16 +20,17 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 UV="${UV:-uv}"
 command -v "$UV" >/dev/null || { echo "lock.sh: needs uv (pip install uv, or UV=/path/to/uv)" >&2; exit 1; }
-PY_VERSION="${LOCK_PYTHON_VERSION:-3.11}"
-common=(--quiet --python-version "$PY_VERSION" --python-platform x86_64-manylinux_2_28 --generate-hashes
-        --no-annotate --custom-compile-command "scripts/lock.sh")
+# --universal: one lock for every Python that requires-python allows (3.11 to 3.13: environment
+# markers where they differ, e.g. pyyaml-ft on 3.13) and every platform, hashes of every file
+common=(--quiet --universal --python-version 3.11 --generate-hashes --no-annotate
+        --custom-compile-command "scripts/lock.sh")
 # the editable install of the project (`pip install --no-build-isolation -e .`) builds with the
 # environment's own setuptools: the build-system's requirements go into the locks that install it
 build_in=/tmp/lock-build.$$.in
 trap 'rm -f "$build_in" /tmp/lock-train.$$.txt' EXIT
 python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))' > "$build_in"
 constraints=()
-[[ "${UPGRADE:-0}" == 1 ]] || constraints=(-c requirements/dev.txt)
+[[ "${UPGRADE:-0}" == 1 ]] || constraints=(-c requirements/dev.txt -c requirements/torch.txt)
 
 # 1. the torch family: the train extra's resolution, keeping only torch's own wheels
 "$UV" pip compile pyproject.toml --extra train "${common[@]}" "${constraints[@]}" -o /tmp/lock-train.$$.txt
@@ -42,11 +43,11 @@ for name in $(grep -oE '^[A-Za-z0-9._-]+' requirements/torch.txt); do no_emit+=(
 # 2. the developer lock, then the images' locks, all within its versions
 "$UV" pip compile pyproject.toml "$build_in" --all-extras "${common[@]}" "${constraints[@]}" "${no_emit[@]}" \
     -o requirements/dev.txt
-"$UV" pip compile pyproject.toml "$build_in" --extra serve "${common[@]}" -c requirements/dev.txt "${no_emit[@]}" \
+"$UV" pip compile pyproject.toml "$build_in" --extra serve "${common[@]}" -c requirements/dev.txt -c requirements/torch.txt "${no_emit[@]}" \
     -o requirements/web.txt
 "$UV" pip compile pyproject.toml "$build_in" --extra serve --extra train --extra orchestrate "${common[@]}" \
-    -c requirements/dev.txt "${no_emit[@]}" -o requirements/airflow.txt
+    -c requirements/dev.txt -c requirements/torch.txt "${no_emit[@]}" -o requirements/airflow.txt
 # the MLflow server needs none of the project's own dependencies: the extra's lines alone
 python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["mlflow-server"]))' \
-    | "$UV" pip compile - "${common[@]}" -c requirements/dev.txt "${no_emit[@]}" -o requirements/mlflow.txt
+    | "$UV" pip compile - "${common[@]}" -c requirements/dev.txt -c requirements/torch.txt "${no_emit[@]}" -o requirements/mlflow.txt
 for lock in requirements/*.txt; do printf '%-28s %4d packages\n' "$lock" "$(grep -cE '^[A-Za-z0-9]' "$lock")"; done
