@@ -25,18 +25,21 @@ FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
-COPY requirements/ /tmp/requirements/
 COPY scripts/install_locked.sh docker/build_venv.sh /tmp/
 
-# One venv per target, each in its own stage (built only for the targets that need it).
+# One venv per target, each in its own stage with its own lock (built only for the targets that
+# need it; editing one lock rebuilds that venv alone).
 FROM builder AS venv-web
+COPY requirements/web.txt /tmp/requirements/
 RUN --mount=type=secret,id=pip_cert /tmp/build_venv.sh /tmp/requirements/web.txt
 
 FROM builder AS venv-mlflow
+COPY requirements/mlflow.txt /tmp/requirements/
 RUN --mount=type=secret,id=pip_cert /tmp/build_venv.sh /tmp/requirements/mlflow.txt
 
 FROM builder AS venv-airflow
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+COPY requirements/airflow.txt requirements/torch.txt /tmp/requirements/
 RUN --mount=type=secret,id=pip_cert TORCH_INDEX_URL="${TORCH_INDEX_URL}" \
     /tmp/build_venv.sh /tmp/requirements/airflow.txt --torch
 

@@ -155,3 +155,15 @@ def test_installer_refuses_a_file_whose_hash_is_not_the_locks(tmp_path):
     ok = install(good)
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "target" / "xraylocktest.py").exists()
+
+
+def test_every_package_directory_is_listed():
+    """A package missing from [tool.setuptools] packages imports in the editable install but is left
+    out of a built wheel."""
+    tool = PYPROJECT["tool"]["setuptools"]
+    found = set()
+    for top, folder in tool["package-dir"].items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO / folder).parts
+            found.add(".".join((top, *rel)))
+    assert found == set(tool["packages"]), f"missing: {found - set(tool['packages'])}, stale: {set(tool['packages']) - found}"
