@@ -17,7 +17,10 @@
 set -euo pipefail
 PY="$1" LOCK="$2" TORCH="${3:-}"
 DIR="$(cd "$(dirname "$LOCK")" && pwd)"
-PIP=("$PY" -m pip install --quiet --require-hashes)
+# --no-deps: the lock is the whole environment (uv resolved it); pip only checks the hashes, and
+# `pip check` at the end proves nothing is missing. (Resolving again trips older pips: pip 23's
+# hash mode refuses a dependency with extras such as celery[redis] from the Celery provider.)
+PIP=("$PY" -m pip install --quiet --require-hashes --no-deps)
 index="${TORCH_INDEX_URL:-}"
 case "$index" in ""|https://pypi.org/simple|https://pypi.org/simple/) index="" ;; esac
 

@@ -4,7 +4,8 @@
 - each lock covers what it is compiled from (pyproject's core and extras: a dependency edited there
   without `make lock` fails here), and one package has one version in every lock;
 - the web lock holds no torch and no training or orchestration stack; torch lives in torch.txt only;
-- scripts/install_locked.sh refuses a file whose hash is not the lock's (real pip, offline).
+- scripts/install_locked.sh refuses a file whose hash is not the lock's, and a lock that misses a
+  dependency (real pip, offline, into a fresh venv).
 """
 from __future__ import annotations
 
@@ -118,12 +119,12 @@ def test_requires_python_is_what_was_checked():
     assert re.search(r"^pyyaml-ft==\S+ ; python_full_version == '3\.13\.\*'", dev, re.M), "locks are not universal"
 
 
-def fake_wheel(folder: Path, name: str, version: str) -> Path:
-    """A minimal valid wheel (one module), made here: no index is reached."""
+def fake_wheel(folder: Path, name: str, version: str, requires: str = "") -> str:
+    """A minimal valid wheel (one module), made here: no index is reached. Returns its sha256."""
     path = folder / f"{name}-{version}-py3-none-any.whl"
     dist = f"{name}-{version}.dist-info"
-    files = {f"{name}.py": b"VALUE = 1\n",
-             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + (f"Requires-Dist: {requires}\n" if requires else "")
+    files = {f"{name}.py": b"VALUE = 1\n", f"{dist}/METADATA": meta.encode(),
              f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
     record = "".join(f"{p},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},{len(d)}\n"
                      for p, d in files.items()) + f"{dist}/RECORD,,\n"
@@ -131,30 +132,41 @@ def fake_wheel(folder: Path, name: str, version: str) -> Path:
         for p, d in files.items():
             zf.writestr(p, d)
         zf.writestr(f"{dist}/RECORD", record)
-    return path
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.timeout(120)
-def test_installer_refuses_a_file_whose_hash_is_not_the_locks(tmp_path):
+@pytest.mark.timeout(180)
+def test_installer_checks_hashes_and_completeness(tmp_path):
+    """Real pip, offline, into a fresh venv: a file whose hash is not the lock's is refused; a lock
+    that misses a dependency fails at `pip check` (the lock is installed with --no-deps)."""
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    good = hashlib.sha256(fake_wheel(wheels, "xraylocktest", "1.0").read_bytes()).hexdigest()
+    top = fake_wheel(wheels, "xraylocktop", "1.0", requires="xraylockdep==2.0")
+    dep = fake_wheel(wheels, "xraylockdep", "2.0")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
     env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels), "PIP_CONSTRAINT": "",
-           "PIP_CONFIG_FILE": os.devnull, "PIP_TARGET": str(tmp_path / "target")}
+           "PIP_CONFIG_FILE": os.devnull}
 
-    def install(digest: str) -> subprocess.CompletedProcess:
+    def install(*entries: tuple[str, str, str]) -> subprocess.CompletedProcess:
         lock = tmp_path / "lock.txt"
-        lock.write_text(f"xraylocktest==1.0 \\\n    --hash=sha256:{digest}\n")
-        return subprocess.run([str(REPO / "scripts/install_locked.sh"), sys.executable, str(lock)],
-                              env=env, capture_output=True, text=True, timeout=110)
+        lock.write_text("".join(f"{n}=={v} \\\n    --hash=sha256:{h}\n" for n, v, h in entries))
+        return subprocess.run([str(REPO / "scripts/install_locked.sh"), str(py), str(lock)],
+                              env=env, capture_output=True, text=True, timeout=120)
 
-    bad = install("0" * 64)
-    assert bad.returncode != 0
-    assert "DO NOT MATCH THE HASHES" in bad.stderr, bad.stderr
-    assert not (tmp_path / "target" / "xraylocktest.py").exists()
-    ok = install(good)
+    def installed(name: str) -> bool:
+        return subprocess.run([str(py), "-c", f"import {name}"], capture_output=True).returncode == 0
+
+    bad = install(("xraylockdep", "2.0", "0" * 64))
+    assert bad.returncode != 0 and "DO NOT MATCH THE HASHES" in bad.stderr, bad.stderr
+    assert not installed("xraylockdep")
+    missing = install(("xraylocktop", "1.0", top))
+    assert missing.returncode != 0, "a lock without xraylockdep passed"
+    assert "xraylockdep" in missing.stdout + missing.stderr
+    ok = install(("xraylocktop", "1.0", top), ("xraylockdep", "2.0", dep))
     assert ok.returncode == 0, ok.stderr
-    assert (tmp_path / "target" / "xraylocktest.py").exists()
+    assert installed("xraylocktop") and installed("xraylockdep")
 
 
 def test_every_package_directory_is_listed():
