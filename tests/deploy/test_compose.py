@@ -439,7 +439,8 @@ SCRIPTS = ["docker/postgres/init-databases.sh", "docker/minio/create-buckets.sh"
            "docker/gen-env.sh",
            "docker/web/init.sh", "docker/entrypoint.sh", "docker/postgres/secure-entrypoint.sh",
            "docker/proxy/start.sh", "scripts/docker_bases.sh", "scripts/stack_images.sh", "scripts/stack_test.sh",
-           "scripts/docker_engine.sh", "docker/local-bases/postgres-entrypoint.sh"]
+           "scripts/docker_engine.sh", "docker/local-bases/postgres-entrypoint.sh",
+           "scripts/lock.sh", "scripts/install_locked.sh", "docker/build_venv.sh", "docker/install_app.sh"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
