@@ -3,23 +3,29 @@
 #   make test   set everything up and run the whole test suite
 SHELL := /bin/bash
 PYTHON ?= python3.11
+TORCH_INDEX_URL ?=
 VENV := .venv
 PY := $(VENV)/bin/python
 DATA ?= ../shared/datasets/chest_xray
 QUICK ?=
-export DATA QUICK
+export DATA QUICK TORCH_INDEX_URL
 
-.PHONY: setup system-deps test stack-test stack-images run stop train validate mlflow data airflow dag-run repro status web bench clean-cache help
+.PHONY: setup lock system-deps test stack-test stack-images run stop train validate mlflow data airflow dag-run repro status web bench clean-cache help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+# The developer lock (every extra, test included) and torch, hash-checked (scripts/install_locked.sh);
+# TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu installs the CPU-only torch (no CUDA wheels).
+$(VENV)/.installed: requirements/dev.txt requirements/torch.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	scripts/install_locked.sh $(PY) requirements/dev.txt --torch
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
+
+lock:  ## recompile the locks in requirements/ from pyproject.toml (uv; pins kept, UPGRADE=1 upgrades)
+	scripts/lock.sh
 
 system-deps:  ## Debian packages used (rsync, chromium, docker-compose), installed when missing
 	@scripts/system_deps.sh

@@ -6,6 +6,7 @@
 #                    xray-local/python:3.11-bookworm where no registry is reachable)
 #   TORCH_INDEX_URL  where torch comes from (default the official CPU index)
 #   XRAY_IMAGE_PREFIX (xray-platform)  XRAY_IMAGE_TAG (latest)
+#   XRAY_TARGETS     which targets (default "mlflow airflow web"; each has its own venv and lock)
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$REPO/scripts/docker_lib.sh"
@@ -14,9 +15,10 @@ args=(--build-arg "PYTHON_IMAGE=${PYTHON_IMAGE:-python:3.11-slim-bookworm}"
       --build-arg "TORCH_INDEX_URL=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}")
 cert="$(pip_cert)"
 [[ -n "$cert" && -f "$cert" ]] && args+=(--secret "id=pip_cert,src=$cert")
-for target in mlflow airflow web; do
+for target in ${XRAY_TARGETS:-mlflow airflow web}; do
     t0=$SECONDS
     $DOCKER build --progress "${BUILD_PROGRESS:-plain}" "${args[@]}" --target "$target" \
         -t "$prefix-$target:$tag" "$REPO"
-    echo "stack_images: $prefix-$target:$tag built in $(( SECONDS - t0 ))s"
+    echo "stack_images: $prefix-$target:$tag built in $(( SECONDS - t0 ))s," \
+         "$($DOCKER image inspect -f '{{.Size}}' "$prefix-$target:$tag" | awk '{printf "%.2f GB", $1/1e9}')"
 done

@@ -7,6 +7,7 @@
 #      every health check; imports a quick data subset into the DVC remote volume (in a container);
 #   5. one quick retraining cycle of the real DAG through the Airflow API: CeleryExecutor, the
 #      training task on the airflow-worker container via the `training` queue;
+#      the web image imports Django, OpenVINO and the app, and `import torch` fails in it;
 #   6. checks: the site (through the nginx proxy) serves the promoted champion and a real upload
 #      answers with its version; MLflow lists the run (auth on: anonymous 401, web login 403 on the
 #      alias); over-limit body 413; a second `up` recreates nothing; `down` keeps the volumes and
@@ -52,6 +53,11 @@ fi
 for target in mlflow airflow web; do
     fig "image $PROJECT-$target:test $($DOCKER image inspect -f '{{.Size}}' "$PROJECT-$target:test" | awk '{printf "%.2f GB", $1/1e9}')"
 done
+# the web image is the serving tier without torch (requirements/web.txt): it imports its stack, and torch fails
+in_web() { $DOCKER run --rm --entrypoint python "$PROJECT-web:test" -c "$1" 2>&1; }
+out="$(in_web 'import django, openvino, diagnosis, pipeline; print("ok")')" || die "the web image cannot import its stack: $out"
+if out="$(in_web 'import torch')"; then die "the web image imports torch (it must not be installed there)"; fi
+fig "web image: django, openvino, diagnosis import; import torch fails ($(echo "$out" | tail -1))"
 
 # ---------------------------------------------------------------- 4. env + up
 ENV_FILE="$WORK/stack.env"

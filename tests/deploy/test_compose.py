@@ -8,8 +8,9 @@ No Docker engine runs here, so these tests check what can be checked without one
   Dockerfile stage the service builds);
 - every `${VAR}` the file uses has a default or a value in .env.example, and .env.example
   documents it; no credential is written in the file;
-- the Dockerfile: one multi-stage file, CPU torch from the official CPU index at the versions of
-  requirements.txt, no CUDA wheels, a non-root user in every runtime target.
+- the Dockerfile: one multi-stage file, one venv per target from its own lock (requirements/), CPU
+  torch from the official CPU index in the airflow image only, no CUDA wheels, a non-root user in
+  every runtime target.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ ENV_EXAMPLE = REPO / ".env.example"
 DOCKERIGNORE = REPO / ".dockerignore"
 
 VAR_RE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
-REQUIREMENTS = REPO / "requirements.txt"
+LOCKS = REPO / "requirements"
 
 
 def env_example() -> dict[str, str]:
@@ -270,7 +271,7 @@ def dockerignored(path: str) -> bool:
     return ignored
 
 
-# program -> the requirements.txt package that installs it in the venv (base image: python)
+# program -> the locked package that installs it in the target's venv (base image: python)
 PROGRAMS = {"airflow": "apache-airflow", "celery": "celery", "gunicorn": "gunicorn", "mlflow": "mlflow",
             "dvc": "dvc", "python": None, "python3": None}
 
@@ -280,13 +281,27 @@ DEBIAN_STAGES = {"orthanc"}
 DEBIAN_PROGRAMS = {"Orthanc": "orthanc", "curl": "curl"}
 
 
-def installed_packages() -> set[str]:
-    """Packages the Dockerfile's builder installs: requirements.txt minus what its grep drops."""
-    run = next(line for line in dockerfile_stages()["builder"] if "req-rest.txt" in line and "grep -vE" in line)
-    pattern = re.search(r"grep -vE '([^']+)'", run).group(1)
-    keep = subprocess.run(["grep", "-vE", pattern, str(REQUIREMENTS)], capture_output=True, text=True).stdout
-    names = {re.split(r"[=<>\[; ]", line)[0].lower() for line in keep.splitlines() if line.strip()}
-    return names | {"torch", "torchvision"}
+def lock_names(path: Path) -> set[str]:
+    return {re.split(r"[=<>\[; ]", line)[0].lower() for line in path.read_text().splitlines()
+            if line and line[0].isalnum()}
+
+
+def venv_stage(target: str) -> str:
+    """The stage whose /opt/venv the target copies (COPY --from=venv-... /opt/venv /opt/venv)."""
+    copies = [re.match(r"COPY --from=(\S+) /opt/venv /opt/venv$", line)
+              for s in stage_chain(target) for line in dockerfile_stages()[s]]
+    found = [m.group(1) for m in copies if m]
+    assert len(found) == 1, f"{target}: expected one venv copied in, found {found}"
+    return found[0]
+
+
+def installed_packages(target: str) -> set[str]:
+    """Packages in the target's venv: the lock its venv stage builds from (docker/build_venv.sh LOCK),
+    plus torch and torchvision where it passes --torch."""
+    run = next(line for line in dockerfile_stages()[venv_stage(target)] if "build_venv.sh" in line)
+    lock = re.search(r"/tmp/requirements/(\S+\.txt)", run).group(1)
+    names = lock_names(LOCKS / lock)
+    return names | {"torch", "torchvision"} if "--torch" in run.split() else names
 
 
 def image_services():
@@ -315,7 +330,7 @@ def check_program(argv: list[str], target: str, where: str) -> None:
     assert prog in PROGRAMS, f"{where}: unknown program {prog!r} (add it to PROGRAMS with its package)"
     package = PROGRAMS[prog]
     if package:
-        assert package in installed_packages(), f"{where}: {prog} needs {package}, not installed in the image"
+        assert package in installed_packages(target), f"{where}: {prog} needs {package}, not installed in the image"
 
 
 @pytest.mark.parametrize("name", [n for n, _ in image_services()])
@@ -341,7 +356,7 @@ def test_service_commands_exist_in_the_image(name):
         else:  # CMD-SHELL "prog args..."
             check_program(test[1].split()[0:1], target, f"{name}.healthcheck")
     if name.startswith("airflow-worker"):
-        assert "apache-airflow-providers-celery" in installed_packages()
+        assert "apache-airflow-providers-celery" in installed_packages(target)
 
 
 def test_stage_commands_and_entrypoint():
@@ -368,32 +383,42 @@ def test_image_services_use_matching_targets():
 def test_one_multistage_dockerfile_cpu_torch_non_root():
     stages = dockerfile_stages()
     assert {"builder", "runtime", "mlflow", "airflow", "web"} <= set(stages)
-    builder = " ".join(stages["builder"])
-    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in builder
-    assert '--index-url "${TORCH_INDEX_URL}"' in builder
-    # the final images get the venv only, not the build tools
-    assert any(line.startswith("COPY --from=builder /opt/venv /opt/venv") for line in stages["runtime"])
+    # torch from the CPU index, in the airflow venv only
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in " ".join(stages["venv-airflow"])
+    assert not any("TORCH_INDEX_URL" in line for s in ("venv-web", "venv-mlflow") for line in stages[s])
+    installer = (REPO / "scripts/install_locked.sh").read_text()
+    assert '--index-url "$index"' in installer and "--require-hashes" in installer
+    # each target its own venv, from its own lock; the final images get the venv only, not the build tools
     for target in ("mlflow", "airflow", "web"):
+        assert venv_stage(target) == f"venv-{target}"
+        assert stage_chain(f"venv-{target}")[-1] == "builder"
         users = [line.split()[1] for s in reversed(stage_chain(target)) for line in stages[s]
                  if line.startswith("USER")]
         assert users and users[-1] not in ("root", "0"), f"{target} runs as root"
 
 
-def test_builder_installs_cpu_torch_and_no_cuda_wheels():
-    pins = dict(line.strip().split("==") for line in REQUIREMENTS.read_text().splitlines()
-                if line.strip() and not line.startswith("#") and "==" in line)
-    run = next(line for line in dockerfile_stages()["builder"] if "req-torch.txt" in line)
-    torch_grep = re.search(r"grep -E '([^']+)'", run).group(1)
-    torch_lines = subprocess.run(["grep", "-E", torch_grep, str(REQUIREMENTS)],
-                                 capture_output=True, text=True).stdout.split()
-    assert sorted(torch_lines) == sorted([f"torch=={pins['torch']}", f"torchvision=={pins['torchvision']}"])
-    installed = installed_packages()
-    cuda = {p for p in installed if p.startswith(("nvidia-", "cuda-")) or p == "triton"}
-    assert not cuda, f"CUDA wheels would be installed: {cuda}"
+def test_each_image_installs_its_own_lock_and_no_cuda_wheels():
+    torch_pins = lock_names(LOCKS / "torch.txt")
+    assert {"torch", "torchvision"} <= torch_pins
+    for target in ("mlflow", "airflow", "web"):
+        installed = installed_packages(target)
+        cuda = {p for p in installed if p.startswith(("nvidia-", "cuda-")) or p == "triton"}
+        assert not cuda, f"{target}: CUDA wheels would be installed: {cuda}"
+        assert not {"pytest", "playwright", "moto"} & installed, f"{target}: test tools in the image"
+    airflow, web, mlflow = (installed_packages(t) for t in ("airflow", "web", "mlflow"))
     for needed in ("apache-airflow", "mlflow", "django", "gunicorn", "dvc-s3", "psycopg2-binary", "whitenoise",
-                   "apache-airflow-providers-celery", "redis", "boto3"):  # boto3: MLflow S3 artifacts
-        assert needed in installed, f"{needed} is not installed in the image"
-    assert "pytest" not in installed and "playwright" not in installed
+                   "apache-airflow-providers-celery", "redis", "torch", "nncf", "onnxscript"):
+        assert needed in airflow, f"{needed} is not installed in the airflow image"
+    # the serving tier: no torch, no training or orchestration stack, MLflow's client only
+    for needed in ("django", "gunicorn", "whitenoise", "openvino", "mlflow-skinny", "psycopg2-binary", "highdicom"):
+        assert needed in web, f"{needed} is not installed in the web image"
+    for absent in ("torch", "torchvision", "nncf", "onnxscript", "mlflow", "apache-airflow", "dvc", "celery"):
+        assert absent not in web, f"{absent} would be installed in the web image"
+    # the tracking server: MLflow (+ auth), the database and S3 drivers
+    for needed in ("mlflow", "flask-wtf", "psycopg2-binary", "boto3"):  # flask-wtf: mlflow[auth]; boto3: S3 artifacts
+        assert needed in mlflow, f"{needed} is not installed in the mlflow image"
+    for absent in ("torch", "django", "apache-airflow", "dvc", "openvino"):
+        assert absent not in mlflow, f"{absent} would be installed in the mlflow image"
 
 
 def test_dockerignore_keeps_data_out_and_code_in():
@@ -401,7 +426,8 @@ def test_dockerignore_keeps_data_out_and_code_in():
                  ".env", ".cache/preprocess/x.npy", "runs/x/model.pt", ".airflow/airflow.db", ".mlflow/mlflow.db",
                  ".local/logs/web.log", "pipeline/__pycache__/x.pyc", "tests/conftest.py"):
         assert dockerignored(path), f"{path} would be sent to the build context"
-    needed = ["requirements.txt", "params.yaml", ".dvc/config", "data/chest_xray.dvc", "docker/healthcheck.py",
+    needed = ["requirements/web.txt", "requirements/torch.txt", "scripts/install_locked.sh", "docker/build_venv.sh",
+              "docker/install_app.sh", "params.yaml", ".dvc/config", "data/chest_xray.dvc", "docker/healthcheck.py",
               "pipeline/__init__.py", "dags/retrain_xray.py", "django_app/manage.py", "scripts/mlflow_server.sh",
               "scripts/web_server.sh", "docker/airflow/init.sh", "docker/web/init.sh"]
     for path in needed:
@@ -413,7 +439,8 @@ SCRIPTS = ["docker/postgres/init-databases.sh", "docker/minio/create-buckets.sh"
            "docker/gen-env.sh",
            "docker/web/init.sh", "docker/entrypoint.sh", "docker/postgres/secure-entrypoint.sh",
            "docker/proxy/start.sh", "scripts/docker_bases.sh", "scripts/stack_images.sh", "scripts/stack_test.sh",
-           "scripts/docker_engine.sh", "docker/local-bases/postgres-entrypoint.sh"]
+           "scripts/docker_engine.sh", "docker/local-bases/postgres-entrypoint.sh",
+           "scripts/lock.sh", "scripts/install_locked.sh", "docker/build_venv.sh", "docker/install_app.sh"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -462,7 +489,8 @@ def test_services_agree_on_names_and_ports():
 def test_sqlalchemy_urls_name_the_installed_driver():
     """SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which the image does not install
     (requirements pin psycopg2-binary): every SQLAlchemy URL must say +psycopg2."""
-    assert "psycopg2-binary" in installed_packages() and "psycopg" not in installed_packages()
+    for target in ("mlflow", "airflow", "web"):
+        assert "psycopg2-binary" in installed_packages(target) and "psycopg" not in installed_packages(target)
     services = compose_model()["services"]
     urls = {
         "airflow database": services["airflow-scheduler"]["environment"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
@@ -549,10 +577,15 @@ def test_confinement_renders():
 def test_code_tree_is_owned_by_root_and_not_writable_by_the_app_user():
     """The app user (uid 50000, group 0) cannot rewrite the code it runs: COPY as root, go-w."""
     text = DOCKERFILE.read_text()
-    assert "COPY --chown=root:root . /opt/xray" in text
     assert "COPY --chown=xray" not in text
-    assert "chmod -R go-w /opt/xray" in text
-    assert "chmod -R g=u /opt/xray " not in text and "chown xray:0 /opt/xray;" not in text
+    stages = dockerfile_stages()
+    for target in ("mlflow", "airflow", "web"):   # each copies the code as root, then docker/install_app.sh
+        lines = stages[target]
+        copy = lines.index("COPY --chown=root:root . /opt/xray")
+        assert any("docker/install_app.sh" in line for line in lines[copy + 1:]), target
+    script = (REPO / "docker/install_app.sh").read_text() + text
+    assert "chmod -R go-w /opt/xray" in script
+    assert "chmod -R g=u /opt/xray " not in script and "chown xray:0 /opt/xray;" not in script
 
 
 def test_no_end_of_life_nginx():
