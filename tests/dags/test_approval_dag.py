@@ -7,8 +7,9 @@ timeout, the scheduler's own sweep of tasks awaiting input. The site's shadow ev
 stand-in `diagnosis.shadow` (tests/dags/standin) on the task processes' path only.
 
 Every run trains an untrained network (train.epochs=0) on the same data version under a new model
-name: no champion and floors at 0, so the policy always says promote; what happens next is the
-subject of each test.
+name, named in the params file ($XRAY_PARAMS) alone ($XRAY_MODEL_NAME unset): no champion and floors
+at 0, so the policy always says promote; what happens next is the subject of each test. These are
+also the DAG's runs with PostgreSQL as Airflow's metadata database (as in production and CI).
 """
 from __future__ import annotations
 
@@ -72,11 +73,12 @@ def _stack(root: Path, db: str, mlflow_server: str):
                       DATABASE_URL=f"sqlite:///{root / 'site.db'}", XRAY_WEB_DATA_DIR=str(root / "site"),
                       AIRFLOW_CONN_XRAY_APPRISE=chat.connection)
     env["PYTHONPATH"] = f"{STANDIN}:{REPO}:{REPO / 'django_app'}"
+    env.pop("XRAY_MODEL_NAME", None)    # the params file names the model (the registry once fell back to params.yaml's)
     migrate(env)
     api = ApiServer(env, root / "airflow", REVIEWERS)
     try:
         yield {"env": env, "api": api, "client": mlflow_client(mlflow_server), "root": root, "shadow": shadow_file,
-               "chat": chat}
+               "chat": chat, "dsn": f"postgresql://postgres@127.0.0.1:5432/{db}"}
     finally:
         api.stop()
         chat.server.shutdown()
@@ -125,18 +127,38 @@ def _wait_tag(stack, name: str, key: str, value: str, timeout: float = 1500) -> 
 
 
 def test_auto_promotes_without_waiting(stack):
-    """approval: auto and no shadow requirement: nothing waits, the site DB is not touched."""
+    """approval: auto and no shadow requirement: nothing waits, the site DB is not touched. Also the
+    DAG's full path on PostgreSQL, acting on the model the params file names (once
+    test_retrain_dag.py::test_dag_on_postgresql, which ran one more such run of its own)."""
+    import psycopg2
+
+    from pipeline.settings import config
+
     calls = Path(f"{stack['shadow']}.calls")
     calls.unlink(missing_ok=True)
     env, name = _env(stack, "auto", "promotion.approval=auto")
     run = run_dag(env, CONF, timeout=1500)
     assert run["state"] == "success", run["log"][-3000:]
-    assert states(run).items() >= {"decide": "success", "shadow": "success", "approval": "skipped",
-                                    "verdict": "success", "promote": "success", "reject": "skipped"}.items()
+    assert states(run).items() >= {"detect": "success", "validate": "success", "train": "success",
+                                    "evaluate": "success", "decide": "success", "shadow": "success",
+                                    "approval": "skipped", "verdict": "success", "promote": "success",
+                                    "reject": "skipped", "notify": "success"}.items()
     tags = _tags(stack, name)
-    assert alias(stack["client"], name, "champion") == tags["version"]
+    assert alias(stack["client"], name, "champion") == tags["version"] == run["xcom"]["train"]["version"]
     assert tags["decision"] == "promoted" and "approval.by" not in tags
     assert not calls.exists()    # no shadow evidence asked for
+    # every task acted on the params file's model, none on params.yaml's
+    assert run["xcom"]["detect"]["model_name"] == name
+    assert not stack["client"].search_registered_models(f"name = '{config.model_name(config.load_params())}'")
+    # the run is Airflow's record in PostgreSQL
+    with psycopg2.connect(stack["dsn"]) as conn, conn.cursor() as cur:
+        cur.execute("SELECT state FROM dag_run WHERE dag_id = 'xray_retrain' AND run_id = %s", (run["run_id"],))
+        rows = cur.fetchall()
+        cur.execute("SELECT task_id, state FROM task_instance WHERE dag_id = 'xray_retrain' AND run_id = %s",
+                    (run["run_id"],))
+        task_states = dict(cur.fetchall())
+    assert rows == [("success",)]
+    assert task_states["train"] == "success" and task_states["notify"] == "success"
 
 
 def test_reviewer_approves(stack):

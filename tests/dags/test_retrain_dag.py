@@ -1,5 +1,6 @@
 """The retraining DAG end to end: real `dag.test()` runs against a real git + DVC remote, a real
-MLflow server and a real Airflow metadata database (SQLite; once PostgreSQL).
+MLflow server and a real Airflow metadata database (SQLite here; the DAG's runs on PostgreSQL are
+those of test_approval_dag.py, whose first test checks what test_dag_on_postgresql did here).
 
 Assertions are on the registry (aliases, version tags) and on Airflow's task states, not on logs.
 """
@@ -13,7 +14,6 @@ from dagtest_utils import (TINY_OVERRIDES, airflow_env, alias, migrate, mlflow_c
                            states, versions)
 
 from pipeline.mlops import audit
-from pipeline.settings import config
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
@@ -121,39 +121,3 @@ def test_retraining_lifecycle(world, webhook, mlflow_server, tmp_path):
     assert set(versions(client, name)) == {v1, v2, v3} and alias(client, name, "champion") == champion
     failures = webhook.titled("FAILURE")
     assert failures and "task validate" in failures[-1]["title"] and "rejected" in failures[-1]["message"]
-
-
-def test_dag_on_postgresql(world, webhook, mlflow_server, tmp_path, postgres_url):
-    """The same DAG with PostgreSQL as Airflow's metadata database (as in production and CI), and
-    the registered model named in the params file ($XRAY_PARAMS), not by $XRAY_MODEL_NAME: every
-    task, decision included, acts on that model (the registry once fell back to params.yaml's)."""
-    import psycopg2
-
-    name = f"dagtest-pg-{uuid.uuid4().hex[:8]}"
-    env = airflow_env(tmp_path / "airflow-pg", sql_conn=postgres_url, XRAY_REPO=str(world.workspace),
-                      MLFLOW_TRACKING_URI=mlflow_server, AIRFLOW_CONN_XRAY_APPRISE=webhook.connection,
-                      XRAY_PARAMS=policy_params(tmp_path / "params.yaml", f"registry.model_name={name}"))
-    env.pop("XRAY_MODEL_NAME", None)
-    migrate(env)
-    world.add_images(80, seed=2)
-    world.publish()
-    # cheapest full path: a forced run of an untrained network (no champion yet: floors decide)
-    result = run_dag(env, {"force": True, "overrides": TINY_OVERRIDES + ["train.epochs=0"]})
-    assert result["state"] == "success", result["log"][-3000:]
-    assert states(result).items() >= TRAINED_PATH.items()
-    client = mlflow_client(mlflow_server)
-    version = result["xcom"]["train"]["version"]
-    tags = versions(client, name)[version]
-    assert tags["decision"] in ("promoted", "rejected")
-    assert alias(client, name, "champion") == (version if tags["decision"] == "promoted" else None)
-    assert result["xcom"]["detect"]["model_name"] == name
-    assert not client.search_registered_models(f"name = '{config.model_name(config.load_params())}'")
-
-    dsn = postgres_url.replace("postgresql+psycopg2://", "postgresql://")
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT state, conf FROM dag_run WHERE dag_id = 'xray_retrain'")
-        rows = cur.fetchall()
-        cur.execute("SELECT task_id, state FROM task_instance WHERE dag_id = 'xray_retrain'")
-        task_states = dict(cur.fetchall())
-    assert [r[0] for r in rows] == ["success"]
-    assert task_states["train"] == "success" and task_states["notify"] == "success"
