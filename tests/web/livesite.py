@@ -1,11 +1,20 @@
 """The site as it runs for real, for the live tests: scripts/web_server.sh -> gunicorn workers over
-a real MLflow server, and Debian's chromium. The fixtures that start them are in conftest.py."""
+a real MLflow server, and Debian's chromium. The fixtures that start them are in conftest.py.
+
+The site runs on the web image's own packages: a venv of requirements/web.txt (no torch, no
+training tools), built once per lock under .cache/web-venv/ (`site_python`), with this checkout on
+its path; XRAY_SITE_PYTHON=<python> runs it on that interpreter instead. Either way tests/web/no_torch
+comes first on its path, so an import of torch fails there as it does in the image."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +29,29 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run"]
 
 
+@functools.lru_cache(maxsize=None)
+def site_python() -> str:
+    """The live site's interpreter (module docstring); the venv is made atomically, once per lock."""
+    if os.environ.get("XRAY_SITE_PYTHON"):
+        return os.environ["XRAY_SITE_PYTHON"]
+    lock = REPO / "requirements" / "web.txt"
+    target = REPO / ".cache" / "web-venv" / hashlib.sha256(lock.read_bytes()).hexdigest()[:12]
+    if not (target / "bin" / "python").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True)
+            run = subprocess.run(["bash", str(REPO / "scripts" / "install_locked.sh"), str(tmp / "bin" / "python"),
+                                  str(lock)], capture_output=True, text=True, timeout=1800)
+            if run.returncode != 0:
+                raise RuntimeError(f"the web tier's venv could not be built from {lock} (set XRAY_SITE_PYTHON to "
+                                   f"use another interpreter):\n{run.stdout[-2000:]}{run.stderr[-3000:]}")
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(target / "bin" / "python")
+
+
 def site_env(registry, data_dir: Path, port: int, **extra) -> dict:
     ours = ("XRAY_WEB_DATA_DIR", "XRAY_MEDIA_ROOT", "XRAY_MAX_UPLOAD_MB", "XRAY_MODEL_NAME", "DATABASE_URL")
     env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_") and k not in ours}
@@ -29,7 +61,9 @@ def site_env(registry, data_dir: Path, port: int, **extra) -> dict:
         "XRAY_MODEL_NAME": registry["name"], "XRAY_CHAMPION_CHECK_SECONDS": "1",
         "WEB_BIND": f"127.0.0.1:{port}", "WEB_WORKERS": "2", "WEB_ACCESS_LOG": "",
         "XRAY_DOCTOR_USERNAME": DOCTOR, "XRAY_DOCTOR_PASSWORD": DOCTOR_PASSWORD,
-        "PYTHON": PY, "PYTHONPATH": os.pathsep.join(filter(None, [str(NO_TORCH), os.environ.get("PYTHONPATH")])),
+        "PYTHON": site_python(),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(NO_TORCH), str(REPO), str(REPO / "django_app"),
+                                                    os.environ.get("PYTHONPATH")])),
         # the live tests send bursts of requests; the limits themselves are tested in test_rate_limits.py
         "XRAY_UPLOADS_PER_MINUTE": "100000", "XRAY_TOKEN_UPLOADS_PER_MINUTE": "100000",
     })
@@ -38,7 +72,7 @@ def site_env(registry, data_dir: Path, port: int, **extra) -> dict:
 
 
 def manage(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, "manage.py", *args], cwd=REPO / "django_app", env=env, capture_output=True,
+    return subprocess.run([site_python(), "manage.py", *args], cwd=REPO / "django_app", env=env, capture_output=True,
                           text=True, timeout=120)
 
 

@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from livesite import DOCTOR, DOCTOR_PASSWORD, PY, REPO, Site, manage, predict, screenshot_dir, site_env, wait_serving
+from livesite import (DOCTOR, DOCTOR_PASSWORD, REPO, Site, manage, predict, screenshot_dir, site_env, site_python,
+                      wait_serving)
 from webutil import free_port, set_champion
 
 
@@ -24,10 +25,10 @@ def test_gunicorn_serves_the_registry_champion(live, registry, fullres_images, x
     assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
     assert {r.json()["model_version"] for r in answers} == {registry["v1"]}
     assert {r.json()["model_name"] for r in answers} == {registry["name"]}
-    # as in the web image, torch cannot be imported where the site runs (tests/web/no_torch): the
-    # answers above, and a heat map, came from the version's ONNX file in OpenVINO
-    blocked = subprocess.run([PY, "-c", "import torch"], env=live.env, capture_output=True, text=True)
-    assert blocked.returncode != 0 and "serving tier" in blocked.stderr
+    # the site runs on the web image's packages, where torch cannot be imported (livesite.site_python):
+    # the answers above, and a heat map, came from the version's ONNX file in OpenVINO
+    blocked = subprocess.run([live.env["PYTHON"], "-c", "import torch"], env=live.env, capture_output=True, text=True)
+    assert blocked.returncode != 0 and "torch" in blocked.stderr
     cam = requests.post(live.url + "/api/v1/predict?heatmap=true", files={"image": ("x.jpeg", xray_jpeg)},
                         headers={"Authorization": f"Token {live.token}"}, timeout=60)
     assert cam.status_code == 200 and cam.json()["heatmap_url"] and cam.json()["heatmap_empty"] is not None, cam.text
@@ -203,7 +204,7 @@ def test_production_settings_on_postgresql(registry, postgres_db, tmp_path, xray
 
     # refuses to start without a secret key or allowed hosts (importing the settings is enough)
     for drop in ("DJANGO_SECRET_KEY", "DJANGO_ALLOWED_HOSTS"):
-        bad = subprocess.run([PY, "-c", "import xray_site.settings"], cwd=REPO / "django_app", text=True,
+        bad = subprocess.run([site_python(), "-c", "import xray_site.settings"], cwd=REPO / "django_app", text=True,
                              env={k: v for k, v in env.items() if k != drop}, capture_output=True, timeout=60)
         assert bad.returncode != 0 and "ImproperlyConfigured" in bad.stderr and drop in bad.stderr
     deploy = manage(env, "check", "--deploy", "--fail-level", "WARNING")
