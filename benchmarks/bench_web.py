@@ -166,6 +166,8 @@ def main() -> int:
     ap.add_argument("--no-int8", action="store_true",
                     help="register the checkpoint without its int8 copy (the fast path is then bf16/f32)")
     ap.add_argument("--json", type=Path, help="write the figures here too")
+    ap.add_argument("--site-python", default=PY, help="the site's interpreter, e.g. a venv of requirements/web.txt "
+                    "(the web image's packages: no torch); this checkout is put on its path")
     args = ap.parse_args()
 
     images = [p.read_bytes() for p in sorted(args.images.glob("*/*")) if p.suffix.lower() in (".jpeg", ".jpg", ".png")]
@@ -207,7 +209,8 @@ def main() -> int:
                    if not k.startswith("DJANGO_") and k not in ("DATABASE_URL", "WEB_WORKERS", "WEB_THREADS")}
         web_env.update({"DJANGO_DEBUG": "0", "DJANGO_SECRET_KEY": "bench-" + "x" * 50,
                         "XRAY_WEB_DATA_DIR": str(tmp / "web"), "WEB_BIND": f"127.0.0.1:{web_port}",
-                        "WEB_ACCESS_LOG": "", "PYTHON": PY, "XRAY_CHAMPION_CHECK_SECONDS": "30",
+                        "WEB_ACCESS_LOG": "", "PYTHON": args.site_python, "XRAY_CHAMPION_CHECK_SECONDS": "30",
+                        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "django_app")]),
                         "XRAY_UPLOADS_PER_MINUTE": "1000000", "XRAY_TOKEN_UPLOADS_PER_MINUTE": "1000000"})
         web_env.update({k: v for k, v in (("WEB_WORKERS", args.web_workers), ("WEB_THREADS", args.web_threads)) if v})
         log = tmp / "web.log"
@@ -218,7 +221,7 @@ def main() -> int:
         gunicorn = [p for p in [root, *root.children(recursive=True)] if "gunicorn" in " ".join(p.cmdline())]
         workers = [p for p in gunicorn if p.ppid() in {g.pid for g in gunicorn}]   # not the master
         layout = f"{len(workers)} gunicorn worker(s) x {args.web_threads or 'gunicorn.conf.py default'} threads"
-        out = subprocess.run([PY, "manage.py", "create_doctor", "bench", "--password", "bench-password-123",
+        out = subprocess.run([args.site_python, "manage.py", "create_doctor", "bench", "--password", "bench-password-123",
                               "--token"], cwd=REPO / "django_app", env=web_env, capture_output=True, text=True,
                              check=True)
         token = re.search(r"API token \(shown once\): (\S+)", out.stdout).group(1)
