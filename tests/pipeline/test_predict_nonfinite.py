@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from pipeline.model.network import build_model
-from pipeline.inference.predict import NonFiniteOutput, Predictor
+from pipeline.inference.decision import NonFiniteOutput
+from pipeline.inference.predict import Predictor
 from pipeline.inference.answer import answer_file
 
 
