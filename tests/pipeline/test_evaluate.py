@@ -52,3 +52,19 @@ def test_plots_are_written(tmp_path):
     assert sorted(p.name for p in paths) == ["confusion_matrix.png", "precision_recall.png", "roc.png",
                                              "training_curves.png"]
     assert all(p.stat().st_size > 5000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+def test_roc_auc_is_scikit_learns_with_ties():
+    """evaluate.roc_auc (rank-based: the web tier has no scikit-learn) equals roc_auc_score,
+    tied scores included, and is NaN with one class."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from pipeline.evaluation.evaluate import roc_auc
+
+    rng = np.random.default_rng(3)
+    for decimals in (1, 2, 6):
+        y = rng.integers(0, 2, 300)
+        p = np.round(rng.random(300) * 0.5 + 0.3 * y, decimals)
+        assert roc_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert np.isnan(roc_auc([1, 1, 1], [0.2, 0.5, 0.9]))
