@@ -10,8 +10,11 @@
 
     python benchmarks/bench_dag.py                       # parse + a cycle on 100 images/class, tiny params
     python benchmarks/bench_dag.py --parse-only
-    python benchmarks/bench_dag.py --data ../shared/datasets/chest_xray --full   # full cycle, params.yaml as is
-        (the full cycle's target: <= 25 minutes on 2 cores)
+    python benchmarks/bench_dag.py --data ../shared/datasets/chest_xray --full --out before.json
+        # full cycle, params.yaml as is (target: <= 20 minutes on 2 cores), with its profile: each task's
+        # seconds and, inside it, each step's (pipeline.timing: epochs, stress sets, calibration, gate
+        # fit, ONNX export, int8, fast-path check, champion scoring...)
+    python benchmarks/bench_dag.py ... --full --baseline before.json   # the same, beside an earlier run
 Options: --set key=value (params overrides), --mlflow URI (else a server is started), --sql-conn URL
 (Airflow metadata DB; default SQLite), --out results.json. Everything is created under a temp dir.
 """
@@ -133,11 +136,34 @@ def summarize(name: str, summary: dict, subprocess_wall: float, uri: str) -> dic
            "train_s": round(train, 2), "train_task_s": tasks.get("train", 0.0),
            "overhead_s": round(subprocess_wall - train, 2),
            "overhead_fraction": round((subprocess_wall - train) / subprocess_wall, 3), "tasks_s": tasks,
-           "states": states(summary)}
+           "steps_s": summary.get("steps") or {}, "states": states(summary)}
     print(f"{name}: {summary['state']} in {subprocess_wall:.1f} s (dag.test {summary['wall_s']:.1f} s); "
           f"inside train() {train:.1f} s (train task {out['train_task_s']:.1f} s); overhead {out['overhead_s']:.1f} s "
           f"({out['overhead_fraction']:.0%}); tasks {tasks}", flush=True)
     return out
+
+
+def profile_table(cycle: dict, baseline: dict | None = None) -> str:
+    """The cycle task by task and, inside each, step by step (pipeline.timing), with a baseline's
+    seconds and the ratio now/baseline when given (e.g. the same benchmark before a change)."""
+    base_tasks, base_steps = (baseline or {}).get("tasks_s", {}), (baseline or {}).get("steps_s", {})
+
+    def row(name: str, now: float | None, before: float | None, indent: int = 0) -> str:
+        cells = f"{' ' * indent + name:<52}{'' if now is None else f'{now:9.1f}':>9}"
+        if baseline is not None:
+            ratio = f"{now / before:7.2f}x" if now and before else ""
+            cells += f"{'' if before is None else f'{before:9.1f}':>10}{ratio:>9}"
+        return cells
+
+    head = f"{'task / step':<52}{'now s':>9}" + (f"{'before s':>10}{'ratio':>9}" if baseline is not None else "")
+    lines = [head]
+    for task in dict.fromkeys([*cycle["tasks_s"], *base_tasks]):
+        lines.append(row(task, cycle["tasks_s"].get(task), base_tasks.get(task)))
+        steps, before = cycle["steps_s"].get(task, {}), base_steps.get(task, {})
+        for name in dict.fromkeys([*steps, *before]):
+            lines.append(row(name, steps.get(name), before.get(name), indent=2 + 2 * name.count(" / ")))
+    lines.append(row("the run (dag.test process)", cycle["wall_s"], (baseline or {}).get("wall_s")))
+    return "\n".join(lines)
 
 
 def bench_cycle(tmp: Path, args) -> dict:
@@ -165,6 +191,8 @@ def bench_cycle(tmp: Path, args) -> dict:
         t = time.perf_counter()
         first = run_dag(env, {"overrides": overrides}, timeout=args.timeout)
         results["cycle"] = summarize("retraining cycle", first, time.perf_counter() - t, uri)
+        baseline = json.loads(args.baseline.read_text())["run"]["cycle"] if args.baseline else None
+        print(profile_table(results["cycle"], baseline), flush=True)
         results["nfiles"] = (first["xcom"].get("detect") or {}).get("nfiles")
         t = time.perf_counter()
         noop = run_dag(env, {"overrides": overrides}, timeout=600)
@@ -188,6 +216,8 @@ def main() -> int:
     parser.add_argument("--sql-conn", help="Airflow metadata DB URL (default: SQLite in the temp dir)")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--baseline", type=Path, help="an earlier --out file: its cycle's seconds per task and "
+                                                      "step are printed beside this run's, with the ratios")
     args = parser.parse_args()
     if not args.data and not (shared_root() / "chest_xray").is_dir():
         parser.error(f"no dataset at {shared_root()}; pass --data")

@@ -101,6 +101,16 @@ def _run_params(context):
         raise AirflowFailException(f"bad params (overrides {overrides}): {exc}") from exc
 
 
+def _hand_on_steps(context) -> None:
+    """The task's steps and their seconds (pipeline.timing) as its XCom `steps`: where a cycle's minutes go."""
+    from pipeline import timing
+
+    steps = timing.take()
+    if steps:
+        context["ti"].xcom_push(key="steps", value=steps)
+        print("steps (s): " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()))
+
+
 def _short(run_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in run_id)[:80]
 
@@ -147,17 +157,21 @@ def detect() -> dict | bool:
 @task(**NO_RETRY)
 def validate(info: dict) -> dict:
     """Decode every image once (filling the preprocessing cache); fail above the rejection limit."""
+    from pipeline import timing
     from pipeline.data import dataset
     from pipeline.data import training_data
 
+    timing.take()   # not an earlier task's (dag.test runs every task in one process)
     params = parse(info["params"])
     try:   # the golden set is verified against its pin first; its patients are dropped
-        _, report = training_data.prepare(info["data_root"], params)
+        with timing.step("decode and check"):
+            _, report = training_data.prepare(info["data_root"], params)
     except dataset.DatasetError as exc:   # incl. golden.GoldenSetError (missing, unpinned, edited)
         from airflow.sdk.exceptions import AirflowFailException
 
         raise AirflowFailException(f"dataset {info['hash'][:8]} rejected: {exc}") from exc
     print(report.summary())
+    _hand_on_steps(get_current_context())
     summary = report.to_dict()
     return {"checked": summary.get("checked"), "rejected": len(report.rejected),
             "duplicates": len(getattr(report, "duplicates", []) or []), "counts": summary.get("counts"),
@@ -169,10 +183,12 @@ def validate(info: dict) -> dict:
       queue=os.environ.get("XRAY_TRAINING_QUEUE", "training"))
 def train(info: dict, report: dict) -> dict:
     """Train the challenger; tracking.tracked_train logs everything to MLflow and registers a version."""
+    from pipeline import timing
     from pipeline.settings import config
     from pipeline.mlops import tracking
 
     context = get_current_context()
+    timing.take()
     params = parse(info["params"])
     run_id = context["dag_run"].run_id
     trigger = "forced" if info["forced"] else "new-data"
@@ -185,21 +201,26 @@ def train(info: dict, report: dict) -> dict:
               "dvc.git_commit": str(info.get("git_commit"))},
         data_version=info["hash"])
     keep = ("run_id", "version", "experiment_id", "model_name", "metrics", "wall_time_s", "seconds")
+    _hand_on_steps(context)
     return {k: result[k] for k in keep if k in result}
 
 @task(**RETRY)
 def evaluate(info: dict, trained: dict) -> dict:
     """Score the challenger and the current champion on the same held-out split, now."""
+    from pipeline import timing
     from pipeline.mlops import candidates
     from pipeline.data import golden
 
+    timing.take()
     params = parse(info["params"])
     try:
-        return candidates.evaluate_candidates(trained["version"], params, Path(info["data_root"]))
+        scores = candidates.evaluate_candidates(trained["version"], params, Path(info["data_root"]))
     except golden.GoldenSetError as exc:   # edited since validate: no retry can fix it
         from airflow.sdk.exceptions import AirflowFailException
 
         raise AirflowFailException(str(exc)) from exc
+    _hand_on_steps(get_current_context())
+    return scores
 
 @task(**RETRY)
 def decide(info: dict, trained: dict, scores: dict) -> dict:

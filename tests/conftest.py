@@ -2,11 +2,14 @@
 and a real MLflow tracking server."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -16,10 +19,42 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 # Caches and run outputs of the test session never land in the working tree.
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="xray-tests-"))
+atexit.register(shutil.rmtree, _SESSION_TMP, ignore_errors=True)
 os.environ.setdefault("XRAY_CACHE_DIR", str(_SESSION_TMP / "cache"))
 os.environ.setdefault("XRAY_RUNS_DIR", str(_SESSION_TMP / "runs"))
 os.environ.setdefault("XRAY_MODEL_CACHE_DIR", str(_SESSION_TMP / "models"))
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+# The suite writes several GB at its peak (models, registries, venvs of the live site): below this much
+# free space it stops at once with the reason, instead of failing somewhere with ENOSPC.
+MIN_FREE_GB = float(os.environ.get("XRAY_TEST_MIN_FREE_GB", 8))
+_disk = {"start": None, "lowest": None}
+
+
+def _free_gb() -> float:
+    return shutil.disk_usage(tempfile.gettempdir()).free / 2**30
+
+
+def _watch_disk() -> None:
+    while True:
+        _disk["lowest"] = min(_disk["lowest"], _free_gb())
+        time.sleep(5)
+
+
+def pytest_sessionstart(session):
+    free = _disk["start"] = _disk["lowest"] = _free_gb()
+    if free < MIN_FREE_GB:
+        pytest.exit(f"only {free:.1f} GB free under {tempfile.gettempdir()}; the suite needs about "
+                    f"{MIN_FREE_GB:.0f} GB (XRAY_TEST_MIN_FREE_GB): free some space first", returncode=3)
+    threading.Thread(target=_watch_disk, daemon=True, name="disk-watch").start()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _disk["start"] is not None:
+        terminalreporter.write_line(
+            f"disk under {tempfile.gettempdir()}: {_disk['start']:.1f} GB free at the start, "
+            f"{_disk['lowest']:.1f} GB at the lowest, {_free_gb():.1f} GB at the end")
+
 
 TINY = {"preprocess.image_size": 64, "train.epochs": 1, "train.batch_size": 16, "train.warmup_epochs": 0,
         "train.patience": 1, "data.min_side": 32, "data.min_images_per_class": 10,

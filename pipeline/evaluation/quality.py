@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import timing
 from pipeline.model import calibration
 from pipeline.evaluation import evaluate, site, stress
 from pipeline.settings.params import Params
@@ -38,9 +39,11 @@ def fit_operating_point(predictor, splits, params: Params, cache) -> dict:
     ep = params.evaluate
     bs = ep.batch_size
     x_val, y_val = dataset.arrays(splits.val, cache)
-    z_val = predictor.logits(x_val, bs)
+    with timing.step("validation"):
+        z_val = predictor.logits(x_val, bs)
     val_stress = _stress_set(splits.val, params, predictor.image_size, salt=1)
-    z_stress = stress.logits(predictor, val_stress, bs)
+    with timing.step("stress"):
+        z_stress = stress.logits(predictor, val_stress, bs)
     if ep.calibration == "stress":
         # clean validation and its shifted copies weigh half each: the scale must hold under shift
         # without forgetting the in-distribution case
@@ -80,9 +83,12 @@ def score(predictor, splits, params: Params, cache) -> dict:
     """Held-out, stress, external and golden figures of `predictor` at its stored threshold, plus
     the per-image probabilities ("probs") that a paired comparison of two models needs."""
     bs = params.evaluate.batch_size
-    test, probs_test = _score_set(predictor, splits.test, params, cache)
+    with timing.step("test"):
+        test, probs_test = _score_set(predictor, splits.test, params, cache)
     held_stress = stress_set(splits.test, params, predictor.image_size)
-    p_stress = {k: predictor.calibration.probability(v) for k, v in stress.logits(predictor, held_stress, bs).items()}
+    with timing.step("stress"):
+        p_stress = {k: predictor.calibration.probability(v)
+                    for k, v in stress.logits(predictor, held_stress, bs).items()}
     out = {"test": test, "stress": stress.report(held_stress.labels, p_stress, predictor.threshold),
            "external": None, "golden": None,
            "probs": {"test": probs_test,
@@ -90,9 +96,11 @@ def score(predictor, splits, params: Params, cache) -> dict:
     for name in ("external", "golden"):   # a provided test/ folder; the fixed golden set (pipeline.data.golden)
         samples = getattr(splits, name, None) or []
         if samples:
-            out[name], out["probs"][name] = _score_set(predictor, samples, params, cache)
+            with timing.step(name):
+                out[name], out["probs"][name] = _score_set(predictor, samples, params, cache)
     if getattr(splits, "local", None):
-        out["local"], out["probs"]["local"] = _score_local(predictor, splits.local, params, cache)
+        with timing.step("local"):
+            out["local"], out["probs"]["local"] = _score_local(predictor, splits.local, params, cache)
     return out
 
 
@@ -137,8 +145,10 @@ def flat_metrics(scored: dict) -> dict:
 
 def fit_and_score(predictor, splits, params: Params, cache, out_dir: Path) -> dict:
     """Training's last step: fit the operating point, score, write reports and plots into out_dir."""
-    fitted = fit_operating_point(predictor, splits, params, cache)
-    scored = score(predictor, splits, params, cache)
+    with timing.step("operating point"):
+        fitted = fit_operating_point(predictor, splits, params, cache)
+    with timing.step("held-out scores"):
+        scored = score(predictor, splits, params, cache)
     metrics = flat_metrics(scored)
     metrics.update(val_ece_uncalibrated=fitted["val_ece_before"], val_ece=fitted["val_ece_after"],
                    clean_threshold=fitted["clean_threshold"])

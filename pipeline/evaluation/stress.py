@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline import timing
 from pipeline.model import calibration
 from pipeline.settings import config
 from pipeline.evaluation import evaluate, shift
@@ -66,17 +67,18 @@ def build(samples, image_size: int, seed: int = 0, families: list[str] | None = 
                         [x.name for x in shifts], keys])
     path = (cache_dir or config.cache_dir() / "stress") / f"{hashlib.sha256(ident.encode()).hexdigest()[:20]}.npz"
     if path.exists():
-        with np.load(path) as f:
+        with timing.step("stress set (cached)"), np.load(path) as f:
             return StressSet(keys, labels, {x.name: f[x.name] for x in shifts})
-    arrays = {x.name: np.empty((len(samples), image_size, image_size), np.uint8) for x in shifts}
-    for i, s in enumerate(samples):
-        pixels = _source_pixels(s.path, source_max_side)
-        for x in shifts:
-            arrays[x.name][i] = preprocess.load_array(x.apply(pixels, seed, s.digest), image_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+    with timing.step("stress set (built)"):
+        arrays = {x.name: np.empty((len(samples), image_size, image_size), np.uint8) for x in shifts}
+        for i, s in enumerate(samples):
+            pixels = _source_pixels(s.path, source_max_side)
+            for x in shifts:
+                arrays[x.name][i] = preprocess.load_array(x.apply(pixels, seed, s.digest), image_size)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)  # atomic: a concurrent reader never sees half a file
     return StressSet(keys, labels, arrays)
 
 

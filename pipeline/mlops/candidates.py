@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 
+from pipeline import timing
 from pipeline.data import training_data
 from pipeline.evaluation import compare, evaluate, fastpath, quality
 from pipeline.mlops.evidence import log_evidence
@@ -65,16 +66,20 @@ def evaluate_candidates(challenger_version: int, params: Params, data_root) -> d
     Returns plain JSON (the DAG passes it through XCom)."""
     client = connect(check_server())
     name = model_name(params)
-    splits, report, cache = training_data.load(Path(data_root), params)   # golden set verified against its pin
+    with timing.step("load data"):   # the golden set verified against its pin
+        splits, report, cache = training_data.load(Path(data_root), params)
     champion = alias_version(client, name, CHAMPION)
     level = params.promotion.confidence
 
-    def score(version: int) -> tuple:
-        predictor, _ = load_version(version, name)
-        return predictor, quality.score(predictor, splits, params, cache)
+    def score(version: int, role: str) -> tuple:
+        with timing.step(f"score {role}"):
+            with timing.step("load"):
+                predictor, _ = load_version(version, name)
+            return predictor, quality.score(predictor, splits, params, cache)
 
-    ch_predictor, ch = score(int(challenger_version))
-    fast = check_fast_path(int(challenger_version), splits, params, cache, name)
+    ch_predictor, ch = score(int(challenger_version), "challenger")
+    with timing.step("fast-path check"):
+        fast = check_fast_path(int(challenger_version), splits, params, cache, name)
     out = {"model_name": name, "data_root": str(data_root), "n_test": len(splits.test),
            "n_stress": ch["stress"]["n"], "n_external": len(getattr(splits, "external", []) or []),
            "n_golden": len(splits.golden), "golden": report.golden or None,
@@ -83,20 +88,22 @@ def evaluate_candidates(challenger_version: int, params: Params, data_root) -> d
            "champion": None, "comparison": None,
            "fast_path": {k: fast[k] for k in ("ok", "reason", "precision")}}
     if champion is not None:
-        cp_predictor, cp = (ch_predictor, ch) if champion == int(challenger_version) else score(champion)
+        cp_predictor, cp = (ch_predictor, ch) if champion == int(challenger_version) else score(champion, "champion")
         out["champion"] = {"version": champion, "metrics": quality.flat_metrics(cp)}
         a, b = ch["probs"], cp["probs"]
-        comparison = {"test": compare.delong(a["test"]["y"], a["test"]["p"], b["test"]["p"], level).to_dict(),
-                      "stress": compare.paired_bootstrap(
-                          a["stress"]["y"], a["stress"]["p"], b["stress"]["p"],
-                          params.promotion.bootstrap_samples, params.data.seed, level).to_dict()}
-        for key in ("external", "golden", "local"):
-            if key in a:
-                comparison[key] = compare.delong(a[key]["y"], a[key]["p"], b[key]["p"], level).to_dict()
+        with timing.step("compare"):
+            comparison = {"test": compare.delong(a["test"]["y"], a["test"]["p"], b["test"]["p"], level).to_dict(),
+                          "stress": compare.paired_bootstrap(
+                              a["stress"]["y"], a["stress"]["p"], b["stress"]["p"],
+                              params.promotion.bootstrap_samples, params.data.seed, level).to_dict()}
+            for key in ("external", "golden", "local"):
+                if key in a:
+                    comparison[key] = compare.delong(a[key]["y"], a[key]["p"], b[key]["p"], level).to_dict()
         out["comparison"] = comparison
     # figures for the reviewer, from the predictions above (Grad-CAM only for the films shown)
-    out["evidence"] = log_evidence(client, name, int(challenger_version), ch_predictor, splits, params, cache, ch,
-                                   (champion, cp_predictor, cp) if champion is not None else None)
+    with timing.step("evidence"):
+        out["evidence"] = log_evidence(client, name, int(challenger_version), ch_predictor, splits, params, cache,
+                                       ch, (champion, cp_predictor, cp) if champion is not None else None)
     if "local" in ch["probs"]:   # for the promoted version's own site operating point (site_version.adapt)
         local = ch["probs"]["local"]
         out["local_cases"] = {"ids": list(local["keys"]), "y": [int(v) for v in local["y"]],

@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from pipeline import timing
 from pipeline.model import artifacts
 from pipeline.settings import config
 from pipeline.settings.params import Params
@@ -110,9 +111,11 @@ def _export_onnx(checkpoint: Path, out_dir: Path, data_root: Path | None,
     import mlflow
 
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
-    path = onnx_export.export(predictor, out_dir / artifacts.ONNX_FILE)
-    arrays, source = _validation_arrays(data_root, predictor.image_size)
-    report = onnx_export.validate(path, predictor, arrays)
+    with timing.step("onnx export"):
+        path = onnx_export.export(predictor, out_dir / artifacts.ONNX_FILE)
+    with timing.step("onnx validate"):
+        arrays, source = _validation_arrays(data_root, predictor.image_size)
+        report = onnx_export.validate(path, predictor, arrays)
     mlflow.log_dict({**report, "images": source}, "onnx/validation.json")
     tags = {"onnx.max_abs_logit_diff": f"{report['max_abs_logit_diff']:.1e}", "onnx.validated_on": source}
     int8 = None
@@ -120,7 +123,8 @@ def _export_onnx(checkpoint: Path, out_dir: Path, data_root: Path | None,
         if calibration else None
     if images is not None:
         try:
-            int8 = onnx_export.quantize(path, images, predictor.intensity, out_dir / artifacts.ONNX_INT8_FILE)
+            with timing.step("int8 quantize"):
+                int8 = onnx_export.quantize(path, images, predictor.intensity, out_dir / artifacts.ONNX_INT8_FILE)
             tags["onnx.int8_calibrated_on"] = f"{len(images)} training X-rays"
         except Exception as exc:  # noqa: BLE001
             log.warning("int8 copy not made: %s: %s", type(exc).__name__, exc)
@@ -152,10 +156,12 @@ def _register(client, name: str, checkpoint: Path, run_id: str, example: bytes |
             onnx_file, int8_file, onnx_tags = artifacts.onnx_in(exported), artifacts.onnx_in(exported, int8=True), {}
         else:
             onnx_file, int8_file, onnx_tags = _export_onnx(checkpoint, Path(tmp), data_root, calibration)
-        info = log_pyfunc(checkpoint, input_example=example, name=artifacts.MODEL_ARTIFACT, onnx=onnx_file,
-                          onnx_int8=int8_file)
+        with timing.step("log pyfunc"):
+            info = log_pyfunc(checkpoint, input_example=example, name=artifacts.MODEL_ARTIFACT, onnx=onnx_file,
+                              onnx_int8=int8_file)
     tags = {"run_id": run_id, **onnx_tags, **version_tags}
-    mv = mlflow.register_model(info.model_uri, name, tags=tags)
+    with timing.step("register version"):
+        mv = mlflow.register_model(info.model_uri, name, tags=tags)
     if alias:
         aliases.make_challenger(client, name, int(mv.version), f"registered by run {run_id} "
                                                                f"(trigger {version_tags.get('trigger', 'manual')})")
@@ -237,16 +243,20 @@ def tracked_train(params: Params, data_root, out_dir, run_name: str | None = Non
             mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch" and finite(v)}, step=step)
 
         t_train = time.perf_counter()
-        result = train(params, data_root, out_dir, on_epoch_end=on_epoch_end, progress=False,
-                       init=warm_start(params))
+        with timing.step("train"):
+            result = train(params, data_root, out_dir, on_epoch_end=on_epoch_end, progress=False,
+                           init=warm_start(params))
         t_train = time.perf_counter() - t_train
 
         metrics = dict(result.metrics or {})
-        fingerprint = _log_training(result, metrics, data_root, out_dir, data_version)
-        mv = _register_trained(client, name, result, metrics, params, run_id, data_root, data_version, fingerprint,
-                               commit, trigger)
+        with timing.step("log training"):
+            fingerprint = _log_training(result, metrics, data_root, out_dir, data_version)
+        with timing.step("register"):
+            mv = _register_trained(client, name, result, metrics, params, run_id, data_root, data_version,
+                                   fingerprint, commit, trigger)
         t_total = time.perf_counter() - t_start
         mlflow.log_metric("tracking_overhead_s", t_total - t_train)
+        mlflow.log_dict(timing.take(clear=False), "timing/steps.json")   # where the run's minutes went
 
     return jsonable({
         "run_id": run_id, "run_name": run_name, "experiment_id": experiment.experiment_id,

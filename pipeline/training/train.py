@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from pipeline import timing
 from pipeline.settings import config
 from pipeline.data import dataset, preprocess
 from pipeline.data import training_data
@@ -260,14 +261,16 @@ def train(params: Params, data_root: str | Path, out_dir: str | Path,
     gen = seed_everything(params.data.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    splits, report, cache = training_data.load(data_root, params)
-    report.save(out_dir / "validation_report.json")
-    (out_dir / "split.json").write_text(json.dumps(splits.to_dict(Path(data_root)), indent=1))
-    x_train, y_train = dataset.arrays(splits.train, cache)
-    x_val, y_val = dataset.arrays(splits.val, cache)
+    with timing.step("load data"):
+        splits, report, cache = training_data.load(data_root, params)
+        report.save(out_dir / "validation_report.json")
+        (out_dir / "split.json").write_text(json.dumps(splits.to_dict(Path(data_root)), indent=1))
+        x_train, y_train = dataset.arrays(splits.train, cache)
+        x_val, y_val = dataset.arrays(splits.val, cache)
 
     loop = make_loop(params, y_train, device, gen, init)
-    history = fit(loop, x_train, y_train, x_val, y_val, params, progress, on_epoch_end, on_step)
+    with timing.step("epochs"):
+        history = fit(loop, x_train, y_train, x_val, y_val, params, progress, on_epoch_end, on_step)
     del x_train
     model = loop.model
 
@@ -281,9 +284,10 @@ def train(params: Params, data_root: str | Path, out_dir: str | Path,
     gp = params.gate
     gate_state, gate_metrics = None, {}
     if gp.enabled:
-        gate_state, gate_metrics = gate_fit.fit(predictor, dataset.arrays(splits.train, cache)[0], x_val,
-                                            gp.target_false_refusal, gp.max_fit_images,
-                                            params.data.seed, gp.distance_margin)
+        with timing.step("gate fit"):
+            gate_state, gate_metrics = gate_fit.fit(predictor, dataset.arrays(splits.train, cache)[0], x_val,
+                                                    gp.target_false_refusal, gp.max_fit_images,
+                                                    params.data.seed, gp.distance_margin)
 
     data_info = {"root": str(data_root), "fingerprint": dataset.dataset_fingerprint(
         splits.train + splits.val + splits.test), "counts": splits.counts(),

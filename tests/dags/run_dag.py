@@ -5,7 +5,8 @@ AIRFLOW__DATABASE__SQL_ALCHEMY_CONN, ...) comes from that process's environment 
 
     python tests/dags/run_dag.py [--conf '{"force": true, "overrides": ["train.epochs=1"]}']
 
-Summary: {"state", "run_id", "wall_s", "tasks": {task_id: {"state", "seconds", "tries"}}, "xcom": {task_id: value}}
+Summary: {"state", "run_id", "wall_s", "tasks": {task_id: {"state", "seconds", "tries"}}, "xcom": {task_id: value},
+"steps": {task_id: {step: seconds}} (pipeline.timing)}
 """
 from __future__ import annotations
 
@@ -40,14 +41,14 @@ def main() -> int:
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
-    tasks, xcom = {}, {}
+    tasks, xcom, steps = {}, {}, {}
     with create_session() as session:
         for ti in dr.get_task_instances(session=session):
             seconds = (ti.end_date - ti.start_date).total_seconds() if ti.start_date and ti.end_date else None
             tasks[ti.task_id] = {"state": str(ti.state) if ti.state else None, "seconds": seconds,
                                  "tries": ti.try_number}
         rows = session.query(XComModel).filter(XComModel.dag_id == args.dag_id, XComModel.run_id == dr.run_id,
-                                               XComModel.key == "return_value").all()
+                                               XComModel.key.in_(("return_value", "steps"))).all()
         for row in rows:
             value = row.value
             if isinstance(value, (str, bytes)):
@@ -55,9 +56,9 @@ def main() -> int:
                     value = json.loads(value)
                 except ValueError:
                     pass
-            xcom[row.task_id] = value
+            (steps if row.key == "steps" else xcom)[row.task_id] = value
     print(json.dumps({"state": str(dr.state), "run_id": dr.run_id, "wall_s": round(wall, 2),
-                      "tasks": tasks, "xcom": xcom}, default=str))
+                      "tasks": tasks, "xcom": xcom, "steps": steps}, default=str))
     return 0
 
 

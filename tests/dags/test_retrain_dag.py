@@ -55,6 +55,13 @@ def test_retraining_lifecycle(world, webhook, mlflow_server, tmp_path):
     run = client.get_run(run1["xcom"]["train"]["run_id"])
     assert run.data.tags["data.version"] == hash1 and run.data.tags["trigger"] == "airflow:new-data"
     assert run.data.params["preprocess.image_size"] == "64"   # the run's overrides reached training
+    # issue 28: where the cycle's minutes go, step by step, handed on by each task (pipeline.timing)
+    steps = run1["steps"]
+    assert {"train / epochs", "train / operating point", "train / gate fit", "register / onnx export",
+            "register / int8 quantize", "register / log pyfunc"} <= set(steps["train"]), steps
+    assert {"score challenger", "fast-path check", "evidence"} <= set(steps["evaluate"]), steps
+    assert 0 < steps["train"]["train / epochs"] < steps["train"]["train"] <= run1["tasks"]["train"]["seconds"]
+    assert client.download_artifacts(run.info.run_id, "timing/steps.json")   # and on the training run
     decisions = webhook.titled("challenger v")     # through apprise (connection xray_apprise)
     assert len(decisions) == 1 and f"challenger v{v1} PROMOTED" in decisions[0]["title"]
     assert f"/models/{name}/versions/{v1}" in decisions[0]["message"]

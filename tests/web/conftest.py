@@ -6,8 +6,10 @@ transaction that is rolled back (as django.test.TestCase does).
 """
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 DJANGO_DIR = REPO / "django_app"
 WEB_TMP = Path(tempfile.mkdtemp(prefix="xray-web-tests-"))
+atexit.register(shutil.rmtree, WEB_TMP, ignore_errors=True)
 
 # Settings are read once, at django.setup(): everything the in-process site needs, set first.
 os.environ["DJANGO_SETTINGS_MODULE"] = "xray_site.settings"
