@@ -122,6 +122,9 @@ def start_mlflow(workdir: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError((workdir / "server.log").read_text()[-2000:])
 
 
+FIGURES = ("auc", "sensitivity", "specificity", "ece", "stress_mean_auc", "stress_worst_auc", "val_auc", "best_epoch")
+
+
 def summarize(name: str, summary: dict, subprocess_wall: float, uri: str) -> dict:
     """overhead = the run's wall time minus the time inside train() (pipeline.training.train's own wall time,
     logged to MLflow as train_wall_time_s); the train task's MLflow logging/registration counts as overhead."""
@@ -136,7 +139,11 @@ def summarize(name: str, summary: dict, subprocess_wall: float, uri: str) -> dic
            "train_s": round(train, 2), "train_task_s": tasks.get("train", 0.0),
            "overhead_s": round(subprocess_wall - train, 2),
            "overhead_fraction": round((subprocess_wall - train) / subprocess_wall, 3), "tasks_s": tasks,
-           "steps_s": summary.get("steps") or {}, "states": states(summary)}
+           "steps_s": summary.get("steps") or {}, "states": states(summary),
+           # the challenger's figures: a faster cycle must give the same model (training is seeded)
+           "figures": {k: trained.get("metrics", {}).get(k) for k in FIGURES}}
+    if trained.get("metrics"):
+        print("challenger: " + ", ".join(f"{k} {v:.4f}" for k, v in out["figures"].items() if v is not None))
     print(f"{name}: {summary['state']} in {subprocess_wall:.1f} s (dag.test {summary['wall_s']:.1f} s); "
           f"inside train() {train:.1f} s (train task {out['train_task_s']:.1f} s); overhead {out['overhead_s']:.1f} s "
           f"({out['overhead_fraction']:.0%}); tasks {tasks}", flush=True)

@@ -62,11 +62,13 @@ def verdict(reports: dict[str, dict]) -> tuple[bool, str]:
 
 
 def check(predictor, onnx_path: str | Path, sets: dict[str, tuple[np.ndarray, np.ndarray]],
-          int8_path: str | Path | None = None, batch_size: int = 64) -> dict:
+          int8_path: str | Path | None = None, batch_size: int = 64,
+          reference: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict:
     """Agreement on each named (images, labels) set for the int8 copy (when there is one), then
     the float32 file at the CPU's precision; the first that passes is the verdict. `tried` keeps
-    each precision's verdict, `sets` the figures of the one chosen (or of the last tried)."""
-    reference = {name: predictor.forward(arrays, batch_size) for name, (arrays, _) in sets.items()}
+    each precision's verdict, `sets` the figures of the one chosen (or of the last tried).
+    reference: predictor.forward of each set when the caller already has it (else computed here)."""
+    reference = reference or {name: predictor.forward(arrays, batch_size) for name, (arrays, _) in sets.items()}
     engines = ([(int8_path, "int8")] if int8_path is not None else []) + [(onnx_path, None)]
     tried = {}
     for path, precision in engines:

@@ -9,6 +9,7 @@ on the same patients under acquisition shifts (stress) and on an external set wh
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +34,14 @@ def stress_set(samples, params: Params, image_size: int):
     return _stress_set(samples, params, image_size, salt=2)
 
 
-def fit_operating_point(predictor, splits, params: Params, cache) -> dict:
+def fit_operating_point(predictor, splits, params: Params, cache) -> tuple[dict, Outputs]:
     """Set predictor.calibration and predictor.threshold from the validation patients; returns
-    what was fitted (for the run's log)."""
+    what was fitted (for the run's log) and the validation images' outputs (the gate's fit uses them)."""
     ep = params.evaluate
     bs = ep.batch_size
     x_val, y_val = dataset.arrays(splits.val, cache)
     with timing.step("validation"):
-        z_val = predictor.logits(x_val, bs)
+        z_val, f_val = predictor.forward(x_val, bs)
     val_stress = _stress_set(splits.val, params, predictor.image_size, salt=1)
     with timing.step("stress"):
         z_stress = stress.logits(predictor, val_stress, bs)
@@ -62,65 +63,120 @@ def fit_operating_point(predictor, splits, params: Params, cache) -> dict:
     target = ep.target_sensitivity
     rule = ep.threshold_rule
     predictor.threshold = evaluate.robust_threshold(y_val, p_val, val_stress.labels, p_stress, target, rule)
-    return {"calibration": predictor.calibration.to_dict(), "threshold": predictor.threshold, "rule": rule,
-            "clean_threshold": evaluate.choose_threshold(y_val, p_val, target),
-            "tradeoff": evaluate.threshold_tradeoff(val_stress.labels, p_val_sub, p_stress),
-            "val_ece_before": calibration.ece(y_val, 1 / (1 + np.exp(-z_val))),
-            "val_ece_after": calibration.ece(y_val, p_val)}
+    fitted = {"calibration": predictor.calibration.to_dict(), "threshold": predictor.threshold, "rule": rule,
+              "clean_threshold": evaluate.choose_threshold(y_val, p_val, target),
+              "tradeoff": evaluate.threshold_tradeoff(val_stress.labels, p_val_sub, p_stress),
+              "val_ece_before": calibration.ece(y_val, 1 / (1 + np.exp(-z_val))),
+              "val_ece_after": calibration.ece(y_val, p_val)}
+    return fitted, Outputs([s.digest for s in splits.val], y_val, z_val, f_val)
 
 
-def _score_set(predictor, samples, params: Params, cache) -> tuple[dict, dict]:
-    """(figures, probabilities) of one set of validated images at the predictor's stored threshold:
-    AUC, sensitivity, specificity, ..., confusion matrix, ECE, Brier. The one scoring of held-out,
-    external and golden images."""
-    y, p = evaluate.predict_samples(predictor, samples, params, cache)
-    figures = evaluate.compute_metrics(y, p, predictor.threshold)
-    figures.update(ece=calibration.ece(y, p), brier=calibration.brier(y, p))
-    return figures, {"keys": [s.digest for s in samples], "y": y, "p": p}
+OUTPUTS_FILE = "outputs.npz"   # in the training run's reports/
 
 
-def score(predictor, splits, params: Params, cache) -> dict:
+@dataclass
+class Outputs:
+    """A model's raw float32 outputs on one set of images: what its figures, the paired comparisons
+    and the fast-path check's reference all start from, computed once per model and set (training
+    keeps the challenger's in `outputs.npz`, which evaluation reuses: `score(known=...)`)."""
+    keys: list[str]          # image identity (content digest), in the set's order
+    y: np.ndarray            # labels [N]
+    z: np.ndarray            # raw logits [N] (before calibration)
+    features: np.ndarray     # pooled features [N, D] (the input gate's)
+
+
+def _outputs(predictor, name: str, keys: list[str], images_and_labels, batch_size: int,
+             known: dict[str, Outputs]) -> Outputs:
+    """The known outputs of `name` when they are of these very images, else a forward pass."""
+    got = known.get(name)
+    if got is not None and got.keys == keys:
+        return got
+    images, y = images_and_labels()
+    z, features = predictor.forward(images, batch_size)
+    return Outputs(keys, np.asarray(y), z, features)
+
+
+def _score_set(predictor, out: Outputs) -> tuple[dict, dict]:
+    """(figures, probabilities) of one set at the predictor's stored threshold: AUC, sensitivity,
+    specificity, ..., confusion matrix, ECE, Brier. The one scoring of held-out, external and golden images."""
+    p = predictor.calibration.probability(out.z)
+    figures = evaluate.compute_metrics(out.y, p, predictor.threshold)
+    figures.update(ece=calibration.ece(out.y, p), brier=calibration.brier(out.y, p))
+    return figures, {"keys": out.keys, "y": out.y, "p": p}
+
+
+def score(predictor, splits, params: Params, cache, known: dict[str, Outputs] | None = None) -> dict:
     """Held-out, stress, external and golden figures of `predictor` at its stored threshold, plus
-    the per-image probabilities ("probs") that a paired comparison of two models needs."""
-    bs = params.evaluate.batch_size
-    with timing.step("test"):
-        test, probs_test = _score_set(predictor, splits.test, params, cache)
+    the per-image probabilities ("probs") that a paired comparison of two models needs and the raw
+    outputs ("outputs": set name -> Outputs; stress shifts as "stress:<shift>").
+
+    known: outputs this very model already produced (training's `outputs.npz`); a set whose images
+    are the same (same digests, same order) is not run again."""
+    bs, known = params.evaluate.batch_size, known or {}
+    outputs: dict[str, Outputs] = {}
+
+    def run(name: str, samples) -> Outputs:
+        with timing.step(name.split(":")[0]):
+            outputs[name] = _outputs(predictor, name, [s.digest for s in samples],
+                                     lambda: evaluate.sample_arrays(samples, predictor.image_size, params, cache),
+                                     bs, known)
+        return outputs[name]
+
+    test, probs_test = _score_set(predictor, run("test", splits.test))
     held_stress = stress_set(splits.test, params, predictor.image_size)
-    with timing.step("stress"):
-        p_stress = {k: predictor.calibration.probability(v)
-                    for k, v in stress.logits(predictor, held_stress, bs).items()}
+    for shift_name, arrays in held_stress.arrays.items():
+        with timing.step("stress"):
+            outputs[f"stress:{shift_name}"] = _outputs(predictor, f"stress:{shift_name}", held_stress.keys,
+                                                       lambda: (arrays, held_stress.labels), bs, known)
+    p_stress = {k: predictor.calibration.probability(outputs[f"stress:{k}"].z) for k in held_stress.arrays}
     out = {"test": test, "stress": stress.report(held_stress.labels, p_stress, predictor.threshold),
-           "external": None, "golden": None,
+           "external": None, "golden": None, "outputs": outputs,
            "probs": {"test": probs_test,
                      "stress": {"keys": held_stress.keys, "y": held_stress.labels, "p": p_stress}}}
     for name in ("external", "golden"):   # a provided test/ folder; the fixed golden set (pipeline.data.golden)
         samples = getattr(splits, name, None) or []
         if samples:
-            with timing.step(name):
-                out[name], out["probs"][name] = _score_set(predictor, samples, params, cache)
+            out[name], out["probs"][name] = _score_set(predictor, run(name, samples))
     if getattr(splits, "local", None):
-        with timing.step("local"):
-            out["local"], out["probs"]["local"] = _score_local(predictor, splits.local, params, cache)
+        out["local"], out["probs"]["local"] = _score_local(predictor, run("local", splits.local), splits.local,
+                                                           params)
     return out
 
 
-def _score_local(predictor, samples, params: Params, cache) -> tuple[dict, dict]:
+def _score_local(predictor, outputs: Outputs, samples, params: Params) -> tuple[dict, dict]:
     """The site's confirmed cases, each model at ITS OWN site operating point: calibration and
     threshold cross-fitted by patient on these cases (pipeline.evaluation.site), so a new version is
     never judged at the old one's threshold, and no case judges a fit it took part in."""
-    y, p = evaluate.predict_samples(predictor, samples, params, cache)
+    y, p = outputs.y, predictor.calibration.probability(outputs.z)
     q = np.clip(np.asarray(p, np.float64), 1e-12, 1 - 1e-12)
     z = np.log(q / (1 - q))    # Platt is affine in the logit: refitting on these equals refitting on the raw ones
     groups = [s.patient for s in samples]
     figures = {"n": len(y), "positives": int(np.sum(y)), "negatives": int(len(y) - np.sum(y))}
     if site.refusal(y, params.site):
         figures["note"] = "too few cases for a site operating point: " + site.refusal(y, params.site)
-        return figures, {"keys": [s.digest for s in samples], "y": y, "p": z, "groups": groups}
+        return figures, {"keys": outputs.keys, "y": y, "p": z, "groups": groups}
     prob, thr = site.cross_fitted(z, y, groups, params.site)
     a = site.answers(y, prob, thr)
     figures.update(auc=float(evaluate.roc_auc(y, z)), sensitivity=a.sensitivity, specificity=a.specificity, ece=a.ece,
                    sensitivity_ci=list(a.sensitivity_ci), specificity_ci=list(a.specificity_ci))
-    return figures, {"keys": [s.digest for s in samples], "y": y, "p": z, "groups": groups}
+    return figures, {"keys": outputs.keys, "y": y, "p": z, "groups": groups}
+
+
+def save_outputs(path: Path, outputs: dict[str, Outputs]) -> Path:
+    """The raw outputs as one .npz (keys, labels, logits, features per set)."""
+    arrays = {}
+    for name, o in outputs.items():
+        arrays.update({f"{name}|keys": np.array(o.keys, dtype=str), f"{name}|y": o.y, f"{name}|z": o.z,
+                       f"{name}|features": o.features})
+    np.savez_compressed(path, **arrays)
+    return Path(path)
+
+
+def load_outputs(path: Path) -> dict[str, Outputs]:
+    with np.load(path, allow_pickle=False) as f:
+        names = dict.fromkeys(k.rsplit("|", 1)[0] for k in f.files)
+        return {n: Outputs([str(k) for k in f[f"{n}|keys"]], f[f"{n}|y"], f[f"{n}|z"], f[f"{n}|features"])
+                for n in names}
 
 
 def flat_metrics(scored: dict) -> dict:
@@ -146,7 +202,7 @@ def flat_metrics(scored: dict) -> dict:
 def fit_and_score(predictor, splits, params: Params, cache, out_dir: Path) -> dict:
     """Training's last step: fit the operating point, score, write reports and plots into out_dir."""
     with timing.step("operating point"):
-        fitted = fit_operating_point(predictor, splits, params, cache)
+        fitted, val_outputs = fit_operating_point(predictor, splits, params, cache)
     with timing.step("held-out scores"):
         scored = score(predictor, splits, params, cache)
     metrics = flat_metrics(scored)
@@ -154,8 +210,9 @@ def fit_and_score(predictor, splits, params: Params, cache, out_dir: Path) -> di
                    clean_threshold=fitted["clean_threshold"])
     out_dir = Path(out_dir)
     (out_dir / "operating_point.json").write_text(json.dumps(fitted, indent=1))
+    save_outputs(out_dir / OUTPUTS_FILE, scored["outputs"])   # the evaluation reuses them (score(known=...))
     plots = save_quality_plots(scored, fitted, out_dir / "plots")
-    return {"metrics": metrics, "scored": scored, "fitted": fitted, "plots": plots,
+    return {"metrics": metrics, "scored": scored, "fitted": fitted, "plots": plots, "val_outputs": val_outputs,
             "y_test": scored["probs"]["test"]["y"], "p_test": scored["probs"]["test"]["p"]}
 
 

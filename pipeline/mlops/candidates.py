@@ -4,6 +4,8 @@ challenger's fast path against its float32 reference (check_fast_path). What the
 """
 from __future__ import annotations
 
+import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +21,28 @@ from pipeline.mlops.server import (CHAMPION, FAST_PATH_TAG, alias_version, check
 from pipeline.model.artifacts import onnx_in
 from pipeline.settings.params import Params
 
+log = logging.getLogger(__name__)
 
-def fast_path_report(version: int, splits, params: Params, cache, name: str | None = None) -> dict:
+
+def _reference(outputs: dict[str, quality.Outputs] | None, splits, shifted) -> dict | None:
+    """The float32 reference of the fast-path check's two sets from outputs the scoring already
+    made (quality.score), or None when they are not of these very images."""
+    names = ["test", *(f"stress:{k}" for k in shifted.arrays)]
+    if not outputs or any(n not in outputs for n in names) or \
+            outputs["test"].keys != [s.digest for s in splits.test] or \
+            any(outputs[n].keys != shifted.keys for n in names[1:]):
+        return None
+    stress = [outputs[n] for n in names[1:]]
+    return {"held-out": (outputs["test"].z, outputs["test"].features),
+            "stress": (np.concatenate([o.z for o in stress]), np.concatenate([o.features for o in stress]))}
+
+
+def fast_path_report(version: int, splits, params: Params, cache, name: str | None = None,
+                     outputs: dict[str, quality.Outputs] | None = None) -> dict:
     """The version's fast path against its float32 reference on the held-out patients and on the
     same patients under every stress shift (pipeline.evaluation.fastpath.check). Anything going wrong is a
-    failed check: the fast path is an optimisation, never a requirement."""
+    failed check: the fast path is an optimisation, never a requirement. `outputs`: the version's
+    float32 outputs from its scoring (quality.score), the reference without a second forward pass."""
 
     name = model_name(name=name)
     try:
@@ -36,17 +55,19 @@ def fast_path_report(version: int, splits, params: Params, cache, name: str | No
         shifted = quality.stress_set(splits.test, params, predictor.image_size)
         stress = (np.concatenate(list(shifted.arrays.values())), np.tile(shifted.labels, len(shifted.arrays)))
         return jsonable(fastpath.check(predictor, onnx_file, {"held-out": held, "stress": stress},
-                                        int8_path=onnx_in(local, int8=True)))
+                                        int8_path=onnx_in(local, int8=True),
+                                        reference=_reference(outputs, splits, shifted)))
     except Exception as exc:  # noqa: BLE001
         return {"ok": False, "reason": f"check failed: {type(exc).__name__}: {exc}", "precision": "", "sets": {},
                 "tried": {}}
 
 
-def check_fast_path(version: int, splits, params: Params, cache, name: str | None = None) -> dict:
+def check_fast_path(version: int, splits, params: Params, cache, name: str | None = None,
+                    outputs: dict[str, quality.Outputs] | None = None) -> dict:
     """fast_path_report, recorded on the version: tag `fast_path=on|off` with the figures. The site
     runs a version on the fast path only when it is `on` (loading.serve_version)."""
     name = model_name(name=name)
-    result = fast_path_report(version, splits, params, cache, name)
+    result = fast_path_report(version, splits, params, cache, name, outputs)
     sets = result["sets"].values()
     tags = {FAST_PATH_TAG: "on" if result["ok"] else "off", f"{FAST_PATH_TAG}.reason": result["reason"][:500],
             f"{FAST_PATH_TAG}.precision": result["precision"]}
@@ -55,6 +76,20 @@ def check_fast_path(version: int, splits, params: Params, cache, name: str | Non
         tags[f"{FAST_PATH_TAG}.auc_delta"] = f"{max(r.get('auc_delta', 0.0) for r in sets):.4f}"
     tag_version(connect(), name, version, tags)
     return result
+
+
+def training_outputs(client, name: str, version: int) -> dict[str, quality.Outputs]:
+    """The float32 outputs that the version's own training run kept (reports/outputs.npz: the same
+    weights on the held-out, stress, golden and local images), or {} where there are none (a version
+    registered without training, an older run, a failed download): those sets are then run again.
+    Only sets of the very same images are taken (quality.score compares the digests)."""
+    try:
+        run_id = client.get_model_version(name, str(version)).run_id
+        with tempfile.TemporaryDirectory(prefix="xray-outputs-") as tmp:
+            return quality.load_outputs(Path(client.download_artifacts(run_id, f"reports/{quality.OUTPUTS_FILE}", tmp)))
+    except Exception as exc:  # noqa: BLE001 - an optimisation: the sets are scored instead
+        log.info("v%s: no training outputs to reuse (%s: %s)", version, type(exc).__name__, exc)
+        return {}
 
 
 def evaluate_candidates(challenger_version: int, params: Params, data_root) -> dict:
@@ -75,11 +110,12 @@ def evaluate_candidates(challenger_version: int, params: Params, data_root) -> d
         with timing.step(f"score {role}"):
             with timing.step("load"):
                 predictor, _ = load_version(version, name)
-            return predictor, quality.score(predictor, splits, params, cache)
+                known = training_outputs(client, name, version)
+            return predictor, quality.score(predictor, splits, params, cache, known)
 
     ch_predictor, ch = score(int(challenger_version), "challenger")
     with timing.step("fast-path check"):
-        fast = check_fast_path(int(challenger_version), splits, params, cache, name)
+        fast = check_fast_path(int(challenger_version), splits, params, cache, name, ch["outputs"])
     out = {"model_name": name, "data_root": str(data_root), "n_test": len(splits.test),
            "n_stress": ch["stress"]["n"], "n_external": len(getattr(splits, "external", []) or []),
            "n_golden": len(splits.golden), "golden": report.golden or None,

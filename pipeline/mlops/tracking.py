@@ -28,6 +28,7 @@ from pipeline.mlops.server import check_server, connect, finite, jsonable, model
 from pipeline.mlops.versions import METRIC_KEYS, log_version_scores
 from pipeline.data.preprocess import load_image, to_array
 from pipeline.data.preprocess import load_spread
+from pipeline.evaluation import quality
 from pipeline.inference import onnx_export
 from pipeline.inference.predict import Predictor
 from pipeline.mlops.pyfunc import log_pyfunc
@@ -306,7 +307,8 @@ def _log_training(result, metrics: dict, data_root: Path, out_dir: Path, data_ve
         mlflow.log_metric("train_wall_time_s", float(system["wall_time_s"]))
     mlflow.log_dict(jsonable(system), "system.json")
 
-    for fname in ("metrics.json", "history.json", "validation_report.json", "split.json", "operating_point.json"):
+    for fname in ("metrics.json", "history.json", "validation_report.json", "split.json", "operating_point.json",
+                  quality.OUTPUTS_FILE):
         if (out_dir / fname).exists():
             mlflow.log_artifact(str(out_dir / fname), artifact_path="reports")
     for plot in result.plots or []:

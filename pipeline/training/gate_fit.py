@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pipeline import timing
 from pipeline.data import dataset
 
 from pipeline.data import training_data
@@ -50,12 +51,14 @@ def fit_layout(x_train: np.ndarray, x_val: np.ndarray, share: float, margin: flo
 
 
 def fit(predictor, x_train: np.ndarray, x_val: np.ndarray, target_false_refusal: float = 0.01,
-        max_images: int = 1500, seed: int = 0, distance_margin: float = 1.0) -> tuple[dict, dict]:
+        max_images: int = 1500, seed: int = 0, distance_margin: float = 1.0,
+        val_outputs: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict, dict]:
     """Fit the gate on training X-rays only; thresholds on validation X-rays so that the three
     learned checks together refuse at most `target_false_refusal` of them (LAYOUT_SHARE of it for
     the layout, TEXTURE_SHARE for the texture, half the rest each for the feature distance and the
     orientation).
 
+    val_outputs: (raw logits, features) of x_val through this predictor when the caller has them.
     Returns (state for the checkpoint, metrics for MLflow)."""
     from sklearn.covariance import LedoitWolf
     from sklearn.linear_model import LogisticRegression
@@ -63,27 +66,33 @@ def fit(predictor, x_train: np.ndarray, x_val: np.ndarray, target_false_refusal:
     rng = np.random.default_rng(seed)
     if len(x_train) > max_images:
         x_train = x_train[np.sort(rng.choice(len(x_train), max_images, replace=False))]
-    f_train = features(predictor, x_train)
-    f_val, p_val = features(predictor, x_val, with_probs=True)
+    with timing.step("training features"):
+        f_train = features(predictor, x_train)
+    if val_outputs is not None:
+        f_val, p_val = val_outputs[1], predictor.calibration.probability(val_outputs[0])
+    else:
+        f_val, p_val = features(predictor, x_val, with_probs=True)
     lw = LedoitWolf().fit(f_train)
     mean, precision = lw.location_.astype(np.float32), lw.precision_.astype(np.float32)
 
     # orientation: every training film in the six orientations
     n_orient = min(len(x_train), max(200, max_images // 3))
     idx = np.sort(rng.choice(len(x_train), n_orient, replace=False))
-    views = transforms(x_train[idx])
-    f_orient = np.concatenate([f_train[idx]] + [features(predictor, v) for v in views[1:]])
-    y_orient = np.repeat(np.arange(len(ORIENTATIONS)), n_orient)
-    mu, sd = f_orient.mean(0), f_orient.std(0) + 1e-6
-    clf = LogisticRegression(C=0.1, max_iter=2000).fit((f_orient - mu) / sd, y_orient)
+    with timing.step("orientation"):
+        views = transforms(x_train[idx])
+        f_orient = np.concatenate([f_train[idx]] + [features(predictor, v) for v in views[1:]])
+        y_orient = np.repeat(np.arange(len(ORIENTATIONS)), n_orient)
+        mu, sd = f_orient.mean(0), f_orient.std(0) + 1e-6
+        clf = LogisticRegression(C=0.1, max_iter=2000).fit((f_orient - mu) / sd, y_orient)
 
     state = {"mean": mean.tolist(), "precision": precision.tolist(), "max_distance": 0.0,
              "orient_coef": clf.coef_.astype(np.float32).tolist(),
              "orient_intercept": clf.intercept_.astype(np.float32).tolist(),
              "orient_mean": mu.astype(np.float32).tolist(), "orient_std": sd.astype(np.float32).tolist(),
              "min_upright": 0.0}
-    state["layout"], r_val = fit_layout(x_train, x_val, target_false_refusal * LAYOUT_SHARE, distance_margin)
-    state["texture"], t_val = fit_texture(x_train, x_val, target_false_refusal * TEXTURE_SHARE, distance_margin)
+    with timing.step("layout and texture"):
+        state["layout"], r_val = fit_layout(x_train, x_val, target_false_refusal * LAYOUT_SHARE, distance_margin)
+        state["texture"], t_val = fit_texture(x_train, x_val, target_false_refusal * TEXTURE_SHARE, distance_margin)
     gate = Gate(state)
     half = target_false_refusal * (1 - LAYOUT_SHARE - TEXTURE_SHARE) / 2
     d_val = gate.distance(f_val)
@@ -111,8 +120,9 @@ def fit(predictor, x_train: np.ndarray, x_val: np.ndarray, target_false_refusal:
                "gate_fit_images": float(len(x_train))}
     for k, view in enumerate(val_views[1:], start=1):
         name = ["rot90", "rot180", "rot270", "vflip", "inverted"][k - 1]
-        caught = (gate.layout_residual(view) > gate.max_layout) | (gate.texture_score(view) > gate.max_texture) | gate.misoriented(
-            view, gate.orientation(features(predictor, view)))
+        with timing.step("turned validation films"):
+            caught = (gate.layout_residual(view) > gate.max_layout) | (gate.texture_score(view) > gate.max_texture) \
+                | gate.misoriented(view, gate.orientation(features(predictor, view)))
         metrics[f"gate_val_caught_{name}"] = float(caught.mean())
     return state, metrics
 

@@ -287,7 +287,8 @@ def train(params: Params, data_root: str | Path, out_dir: str | Path,
         with timing.step("gate fit"):
             gate_state, gate_metrics = gate_fit.fit(predictor, dataset.arrays(splits.train, cache)[0], x_val,
                                                     gp.target_false_refusal, gp.max_fit_images,
-                                                    params.data.seed, gp.distance_margin)
+                                                    params.data.seed, gp.distance_margin,
+                                                    (quality["val_outputs"].z, quality["val_outputs"].features))
 
     data_info = {"root": str(data_root), "fingerprint": dataset.dataset_fingerprint(
         splits.train + splits.val + splits.test), "counts": splits.counts(),
