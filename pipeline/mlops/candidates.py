@@ -93,9 +93,11 @@ def training_outputs(client, name: str, version: int) -> dict[str, quality.Outpu
 
 
 def evaluate_candidates(challenger_version: int, params: Params, data_root) -> dict:
-    """Score the challenger and the current champion now, on the same held-out patients, the same
+    """Score the challenger and the current champion on the same held-out patients, the same
     patients under every stress shift, any external set and the golden set (pipeline.data.golden, when
-    configured: verified against its pin first), each at its own stored threshold; and compare them
+    configured: verified against its pin first), each at its own stored threshold (a model's float32
+    outputs on a set are taken from its training run when they are of the very same images:
+    training_outputs; else it is run now); and compare them
     paired on those same images (DeLong for held-out, external and golden, a patient bootstrap for
     the mean AUC under shift); log the reviewer's figures on the challenger (pipeline.mlops.evidence).
     Returns plain JSON (the DAG passes it through XCom)."""
