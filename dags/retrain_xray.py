@@ -18,7 +18,8 @@ from airflow.sdk.exceptions import AirflowSkipException
 DAG_ID = "xray_retrain"
 REPO = Path(__file__).resolve().parent.parent          # the project (params.yaml)
 
-from pipeline.mlops.notify import XrayNotifier  # noqa: E402  (`pipeline` is installed: pip install -e .)
+from pipeline import timing  # noqa: E402  (`pipeline` is installed: pip install -e .)
+from pipeline.mlops.notify import XrayNotifier  # noqa: E402
 from pipeline.settings.config import DATA_ASSET_URI, load_params, parse  # noqa: E402
 from pipeline.settings.params import Dag  # noqa: E402
 
@@ -101,16 +102,6 @@ def _run_params(context):
         raise AirflowFailException(f"bad params (overrides {overrides}): {exc}") from exc
 
 
-def _hand_on_steps(context) -> None:
-    """The task's steps and their seconds (pipeline.timing) as its XCom `steps`: where a cycle's minutes go."""
-    from pipeline import timing
-
-    steps = timing.take()
-    if steps:
-        context["ti"].xcom_push(key="steps", value=steps)
-        print("steps (s): " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()))
-
-
 def _short(run_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in run_id)[:80]
 
@@ -157,7 +148,6 @@ def detect() -> dict | bool:
 @task(**NO_RETRY)
 def validate(info: dict) -> dict:
     """Decode every image once (filling the preprocessing cache); fail above the rejection limit."""
-    from pipeline import timing
     from pipeline.data import dataset
     from pipeline.data import training_data
 
@@ -171,7 +161,7 @@ def validate(info: dict) -> dict:
 
         raise AirflowFailException(f"dataset {info['hash'][:8]} rejected: {exc}") from exc
     print(report.summary())
-    _hand_on_steps(get_current_context())
+    timing.hand_on(get_current_context()["ti"])
     summary = report.to_dict()
     return {"checked": summary.get("checked"), "rejected": len(report.rejected),
             "duplicates": len(getattr(report, "duplicates", []) or []), "counts": summary.get("counts"),
@@ -183,7 +173,6 @@ def validate(info: dict) -> dict:
       queue=os.environ.get("XRAY_TRAINING_QUEUE", "training"))
 def train(info: dict, report: dict) -> dict:
     """Train the challenger; tracking.tracked_train logs everything to MLflow and registers a version."""
-    from pipeline import timing
     from pipeline.settings import config
     from pipeline.mlops import tracking
 
@@ -201,13 +190,12 @@ def train(info: dict, report: dict) -> dict:
               "dvc.git_commit": str(info.get("git_commit"))},
         data_version=info["hash"])
     keep = ("run_id", "version", "experiment_id", "model_name", "metrics", "wall_time_s", "seconds")
-    _hand_on_steps(context)
+    timing.hand_on(context["ti"])
     return {k: result[k] for k in keep if k in result}
 
 @task(**RETRY)
 def evaluate(info: dict, trained: dict) -> dict:
     """Score the challenger and the current champion on the same held-out split, now."""
-    from pipeline import timing
     from pipeline.mlops import candidates
     from pipeline.data import golden
 
@@ -219,7 +207,7 @@ def evaluate(info: dict, trained: dict) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
         raise AirflowFailException(str(exc)) from exc
-    _hand_on_steps(get_current_context())
+    timing.hand_on(get_current_context()["ti"])
     return scores
 
 @task(**RETRY)

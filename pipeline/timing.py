@@ -6,7 +6,8 @@ export, int8, the fast-path check, scoring each candidate...): where a retrainin
     timing.take()   # {"gate fit": 12.3, "register / onnx export": 4.1, ...}: this process's steps, cleared
 
 A step inside another is named "outer / inner" (its time also counts in the outer one). Each step is
-logged when it ends; the DAG's tasks hand theirs on as the XCom `steps` (benchmarks/bench_dag.py).
+logged when it ends; the DAG's tasks hand theirs on with hand_on() as the XCom `steps`
+(benchmarks/bench_dag.py).
 """
 from __future__ import annotations
 
@@ -46,3 +47,12 @@ def take(clear: bool = True) -> dict[str, float]:
         if clear:
             _done.clear()
     return out
+
+
+def hand_on(ti) -> dict[str, float]:
+    """Take a DAG task's steps and push them as its XCom `steps` (`ti`: the Airflow task instance)."""
+    steps = take()
+    if steps:
+        ti.xcom_push(key="steps", value=steps)
+        log.info("steps (s): %s", ", ".join(f"{k} {v:.1f}" for k, v in steps.items()))
+    return steps

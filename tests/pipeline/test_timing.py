@@ -49,3 +49,18 @@ def test_threads_have_their_own_nesting():
         done.set()
         t.join()
     assert set(timing.take()) == {"main", "main / child", "thread"}
+
+
+def test_hand_on_pushes_a_tasks_steps_once_and_nothing_when_none():
+    pushed = []
+
+    class TaskInstance:   # the one method hand_on uses (the DAG tests run it on Airflow's own)
+        def xcom_push(self, key, value):
+            pushed.append((key, value))
+
+    timing.take()
+    assert timing.hand_on(TaskInstance()) == {} and pushed == []
+    with timing.step("train"):
+        pass
+    steps = timing.hand_on(TaskInstance())
+    assert list(steps) == ["train"] and pushed == [("steps", steps)] and timing.take() == {}
