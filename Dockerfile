@@ -5,8 +5,9 @@
 #   docker build --target airflow -t xray-platform-airflow .   # requirements/airflow.txt + torch: api-server, scheduler, dag-processor, triggerer, celery workers
 #   docker build --target mlflow  -t xray-platform-mlflow  .   # requirements/mlflow.txt: scripts/mlflow_server.sh
 #   docker build --target web     -t xray-platform-web     .   # requirements/web.txt (no torch): scripts/web_server.sh (gunicorn), the PACS worker
+#   docker build --target orthanc -t xray-platform-orthanc .   # the local PACS from Debian's packages (no Python)
 #
-# docker-compose.yaml builds all three. Every lock is installed with --require-hashes
+# docker-compose.yaml builds all four. Every lock is installed with --require-hashes
 # (scripts/install_locked.sh). Torch (airflow only) is the CPU build from the official CPU index
 # (build arg TORCH_INDEX_URL; those wheels are not PyPI's files, so that one step is not
 # hash-checked); a GPU training worker is the same Dockerfile built with
@@ -19,6 +20,7 @@
 # A TLS-inspecting proxy's CA bundle reaches pip as the optional build secret `pip_cert`.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG DEBIAN_IMAGE=debian:bookworm-slim
 
 ############################ builder: the locks and the installer ############################
 FROM ${PYTHON_IMAGE} AS builder
@@ -112,6 +114,8 @@ RUN set -eux; \
     docker/install_app.sh; \
     DJANGO_SECRET_KEY=collectstatic-only-not-a-secret DJANGO_DEBUG=0 \
         python django_app/manage.py collectstatic --noinput
+# scripts/web_server.sh then leaves them alone: the code tree is read-only at run time
+ENV XRAY_STATIC_COLLECTED=1
 USER xray
 EXPOSE 8000
 CMD ["scripts/web_server.sh"]
@@ -120,9 +124,11 @@ CMD ["scripts/web_server.sh"]
 # Orthanc runs as its own process; the platform talks to it over HTTP/DICOMweb and DICOM only
 # (no plug-in code of ours: Orthanc's Python plug-in is AGPL). docker/orthanc.json reads its
 # password from the environment (ORTHANC_PASSWORD).
-FROM debian:bookworm-slim AS orthanc
+FROM ${DEBIAN_IMAGE} AS orthanc
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        orthanc orthanc-dicomweb curl ca-certificates && rm -rf /var/lib/apt/lists/*
+        orthanc orthanc-dicomweb curl ca-certificates && rm -rf /var/lib/apt/lists/* \
+    && install -d -o orthanc -g orthanc -m 0750 /var/lib/orthanc/db
+# (the volume mounted there starts as a copy of this directory: owned by orthanc, not root)
 COPY docker/orthanc.json /etc/orthanc/xray.json
 EXPOSE 8042 4242
 USER orthanc

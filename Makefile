@@ -40,7 +40,7 @@ test: setup  ## run the whole test suite, then the container test (skipped when 
 stack-test: system-deps  ## build the images, run the compose stack and one quick retraining cycle in it, check it
 	@scripts/stack_test.sh; rc=$$?; if [ $$rc -eq 77 ]; then echo "make stack-test: SKIPPED (no Docker engine)"; exit 0; else exit $$rc; fi
 
-stack-images:  ## build the three images (mlflow, airflow, web) from the Dockerfile
+stack-images:  ## build the images (mlflow, airflow, web, orthanc) from the Dockerfile
 	scripts/stack_images.sh
 
 run: setup  ## full local stack: data -> MLflow -> Airflow retraining cycle -> web site (QUICK=1: minutes)

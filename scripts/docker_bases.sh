@@ -3,6 +3,7 @@
 # Built from Debian packages only (debootstrap + apt), tagged xray-local/*; the stack uses them when
 # .env (or the environment) says so, which scripts/stack_test.sh does:
 #   PYTHON_IMAGE=xray-local/python:3.11-bookworm   (build arg of the Dockerfile; public: python:3.11-slim-bookworm)
+#   DEBIAN_IMAGE=xray-local/debian:bookworm        (build arg, the orthanc image; public: debian:bookworm-slim)
 #   POSTGRES_IMAGE=xray-local/postgres:15-bookworm (public: postgres:15-bookworm; same POSTGRES_* contract)
 #   REDIS_IMAGE=xray-local/redis:bookworm          (public: redis:7.2-bookworm; Debian ships 7.0)
 #   NGINX_IMAGE=xray-local/nginx:bookworm          (public: nginx:1.28-bookworm; Debian ships 1.22)

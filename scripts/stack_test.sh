@@ -2,7 +2,7 @@
 # The production stack, built and run for real (make stack-test; also part of make test):
 #   1. a Docker engine (scripts/docker_engine.sh; exit 77 = skipped, with the reason);
 #   2. base images: Debian stand-ins (scripts/docker_bases.sh) unless STACK_PUBLIC_IMAGES=1;
-#   3. the three images (scripts/stack_images.sh; cached layers: a code change rebuilds in seconds);
+#   3. the images: mlflow, airflow, web, orthanc (scripts/stack_images.sh; cached layers: a code change rebuilds in seconds);
 #   4. `compose up -d` with a generated .env (fresh secrets, free 127.0.0.1 ports), waits for
 #      every health check; imports a quick data subset into the DVC remote volume (in a container);
 #   5. one quick retraining cycle of the real DAG through the Airflow API: CeleryExecutor, the
@@ -41,7 +41,7 @@ else die "neither 'docker compose' nor 'docker-compose' (make system-deps instal
 # ---------------------------------------------------------------- 2-3. images
 if [[ "${STACK_PUBLIC_IMAGES:-0}" != 1 ]]; then
     scripts/docker_bases.sh >/dev/null
-    export PYTHON_IMAGE=xray-local/python:3.11-bookworm
+    export PYTHON_IMAGE=xray-local/python:3.11-bookworm DEBIAN_IMAGE=xray-local/debian:bookworm
 fi
 export TORCH_INDEX_URL="${TORCH_INDEX_URL:-https://pypi.org/simple}" XRAY_IMAGE_PREFIX="$PROJECT" XRAY_IMAGE_TAG=test
 t=$SECONDS
@@ -50,7 +50,7 @@ else
     nice -n "${STACK_NICE:-15}" scripts/stack_images.sh > "$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; die "image build"; }
     fig "build: $(( SECONDS - t ))s ($(grep -c CACHED "$WORK/build.log") cached steps)"
 fi
-for target in mlflow airflow web; do
+for target in mlflow airflow web orthanc; do
     fig "image $PROJECT-$target:test $($DOCKER image inspect -f '{{.Size}}' "$PROJECT-$target:test" | awk '{printf "%.2f GB", $1/1e9}')"
 done
 # the web image is the serving tier without torch (requirements/web.txt): it imports its stack, and torch fails
@@ -68,6 +68,7 @@ DOCTOR_PASSWORD="$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))'
 cat >> "$ENV_FILE" <<ENV
 # scripts/stack_test.sh: local stand-in images, plain HTTP on 127.0.0.1, fast champion checks
 PYTHON_IMAGE=${PYTHON_IMAGE:-python:3.11-slim-bookworm}
+DEBIAN_IMAGE=${DEBIAN_IMAGE:-debian:bookworm-slim}
 POSTGRES_IMAGE=$([[ "${STACK_PUBLIC_IMAGES:-0}" == 1 ]] && echo postgres:15-bookworm || echo xray-local/postgres:15-bookworm)
 REDIS_IMAGE=$([[ "${STACK_PUBLIC_IMAGES:-0}" == 1 ]] && echo redis:7.2-bookworm || echo xray-local/redis:bookworm)
 NGINX_IMAGE=$([[ "${STACK_PUBLIC_IMAGES:-0}" == 1 ]] && echo nginx:1.28-bookworm || echo xray-local/nginx:bookworm)

@@ -29,7 +29,8 @@ if [ -z "${DJANGO_SECRET_KEY:-}" ] && [ "${DJANGO_ENV:-development}" = "developm
 fi
 
 "$PY" manage.py migrate --noinput
-"$PY" manage.py collectstatic --noinput --verbosity 0
+# (the web image collected them when it was built, into a tree the app user cannot write)
+[ "${XRAY_STATIC_COLLECTED:-0}" = 1 ] || "$PY" manage.py collectstatic --noinput --verbosity 0
 
 if [ -n "${XRAY_DOCTOR_USERNAME:-}" ]; then
   if [ -z "${XRAY_DOCTOR_PASSWORD:-}" ]; then

@@ -380,6 +380,40 @@ def test_image_services_use_matching_targets():
         assert chain[-1] == "runtime", f"{name}: {target} must derive from the shared runtime stage"
 
 
+def test_the_stack_scripts_build_every_image_compose_builds():
+    """scripts/stack_images.sh (make stack-images, make stack-test, which then runs `compose up
+    --no-build`) builds every target a service builds, with every base-image argument the Dockerfile
+    declares, and compose passes the same arguments (the orthanc image was once left out)."""
+    script = (REPO / "scripts/stack_images.sh").read_text()
+    targets = set(re.search(r"XRAY_TARGETS:-([^}]*)}", script).group(1).split())
+    assert {svc["build"]["target"] for _, svc in image_services()} <= targets
+    head = (REPO / "Dockerfile").read_text().split("\nFROM ", 1)[0]
+    declared = set(re.findall(r"^ARG (\w+)=", head, re.M))
+    assert {"PYTHON_IMAGE", "DEBIAN_IMAGE"} <= declared
+    for arg in declared:
+        assert f'--build-arg "{arg}=' in script, f"stack_images.sh does not pass {arg}"
+    for name, svc in image_services():   # the base image of the service's own target, from .env
+        base = "DEBIAN_IMAGE" if svc["build"]["target"] in DEBIAN_STAGES else "PYTHON_IMAGE"
+        assert base in svc["build"].get("args", {}), f"compose service {name} does not pass {base}"
+
+
+def test_read_only_containers_find_what_they_write_prepared_in_the_image():
+    """With `read_only: true` a container writes only to its volumes and tmpfs: the web image's
+    static files are collected at build, so its start script must not collect them again (it failed
+    on the read-only tree), and Orthanc's database volume starts as a copy of a directory its user owns."""
+    stages = dockerfile_stages()
+    web = " ".join(stages["web"])
+    assert web.index("collectstatic") < web.index("ENV XRAY_STATIC_COLLECTED=1")
+    script = (REPO / "scripts/web_server.sh").read_text()
+    calls = [line for line in script.splitlines() if "collectstatic" in line and not line.lstrip().startswith("#")]
+    assert calls and all('"${XRAY_STATIC_COLLECTED:-0}" = 1 ] ||' in line for line in calls)
+    pacs = compose_model()["services"]["pacs"]
+    user = next(line.split()[1] for line in stages["orthanc"] if line.startswith("USER"))
+    for volume in pacs["volumes"]:
+        mount = (volume if isinstance(volume, str) else volume["target"]).split(":")[-1]
+        assert re.search(rf"install -d -o {user} -g {user} .*{re.escape(mount)}", " ".join(stages["orthanc"])), mount
+
+
 def test_one_multistage_dockerfile_cpu_torch_non_root():
     stages = dockerfile_stages()
     assert {"builder", "runtime", "mlflow", "airflow", "web"} <= set(stages)

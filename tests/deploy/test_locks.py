@@ -109,6 +109,33 @@ def test_the_web_lock_is_the_serving_tier_without_torch():
         assert needed in web
 
 
+# the client library each URL scheme that compose hands a service needs, in that service's image
+DRIVERS = {"postgres": "psycopg2-binary", "postgresql": "psycopg2-binary", "postgresql+psycopg2": "psycopg2-binary",
+           "redis": "redis", "s3": "boto3", "http": "requests"}
+
+
+def test_each_image_lock_has_the_drivers_of_the_urls_compose_gives_its_services():
+    """A URL in a service's environment (DATABASE_URL, XRAY_CACHE_URL, ...) is only usable when its
+    image installs the client: the web image once lacked redis, and every production upload was a 500."""
+    import yaml
+
+    compose = yaml.safe_load((REPO / "docker-compose.yaml").read_text())
+    checked = set()
+    for name, svc in compose["services"].items():
+        image = re.search(r"-(web|mlflow|airflow)(?:-gpu)?:", svc.get("image", ""))
+        env = svc.get("environment") or {}
+        if not image or not isinstance(env, dict):
+            continue
+        have = set(pins(f"{image.group(1)}.txt")) | ({"torch"} if image.group(1) == "airflow" else set())
+        for key, value in env.items():
+            scheme = re.match(r"([a-z0-9+]+)://", str(value))
+            if scheme and scheme.group(1) in DRIVERS:
+                assert DRIVERS[scheme.group(1)] in have, f"{name}: {key} is {scheme.group(1)}:// but " \
+                                                          f"{image.group(1)}.txt has no {DRIVERS[scheme.group(1)]}"
+                checked.add((image.group(1), scheme.group(1)))
+    assert {("web", "postgres"), ("web", "redis")} <= checked
+
+
 def test_requires_python_is_what_was_checked():
     """CI runs 3.11; 3.12 and 3.13 were checked (README, "Python versions"); the universal locks
     carry the markers of those versions (pyyaml-ft: libcst's YAML on 3.13 only)."""
