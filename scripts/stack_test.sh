@@ -9,9 +9,11 @@
 #      training task on the airflow-worker container via the `training` queue;
 #      the web image imports Django, OpenVINO and the app, and `import torch` fails in it;
 #   6. checks: the site (through the nginx proxy) serves the promoted champion and a real upload
-#      answers with its version; MLflow lists the run (auth on: anonymous 401, web login 403 on the
-#      alias); over-limit body 413; a second `up` recreates nothing; `down` keeps the volumes and
-#      the next `up` serves the same champion;
+#      answers with its version; a study sent to Orthanc by C-STORE is answered in the same study
+#      (SR + Secondary Capture, scripts/stack_pacs_check.py in the pacs-worker container); MLflow
+#      lists the run (auth on: anonymous 401, web login 403 on the alias); over-limit body 413;
+#      a second `up` recreates nothing; `down` keeps the volumes and the next `up` serves the
+#      same champion;
 #   7. `down -v` (STACK_KEEP=1 leaves the stack running for a look).
 # Figures (build, time to healthy, cycle, sizes) go to stdout and $STACK_REPORT (.local/stack-test/report.txt).
 # Environment: DATA (../shared/datasets/chest_xray), QUICK_PER_CLASS (60), STACK_KEEP (0),
@@ -172,6 +174,10 @@ export API_TOKEN="$("${COMPOSE[@]}" exec -T -e XRAY_DOCTOR_PASSWORD="$DOCTOR_PAS
 [[ -n "$API_TOKEN" ]] || die "no API token"
 export IMAGE="$(find "$DATA/val" -type f -iname '*.jpeg' | sort | head -1)"
 python3 scripts/stack_check.py predict || die "prediction through the proxy"
+# the PACS intake: a study sent to Orthanc by C-STORE is answered in the same study (SR + capture)
+out="$("${COMPOSE[@]}" exec -T pacs-worker python scripts/stack_pacs_check.py < "$IMAGE" 2>&1)" || {
+    echo "$out" | tail -20; die "PACS intake"; }
+fig "PACS: $(echo "$out" | tail -1)"
 python3 scripts/stack_check.py body || die "body limit"
 wait_healthy 120
 
