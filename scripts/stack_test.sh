@@ -2,7 +2,8 @@
 # The production stack, built and run for real (make stack-test; also part of make test):
 #   1. a Docker engine (scripts/docker_engine.sh; exit 77 = skipped, with the reason);
 #   2. base images: Debian stand-ins (scripts/docker_bases.sh) unless STACK_PUBLIC_IMAGES=1;
-#   3. the images: mlflow, airflow, web, orthanc (scripts/stack_images.sh; cached layers: a code change rebuilds in seconds);
+#   3. the images mlflow, airflow, web, orthanc (scripts/stack_images.sh; cached layers: a code
+#      change rebuilds in seconds);
 #   4. `compose up -d` with a generated .env (fresh secrets, free 127.0.0.1 ports), waits for
 #      every health check; imports a quick data subset into the DVC remote volume (in a container);
 #   5. one quick retraining cycle of the real DAG through the Airflow API: CeleryExecutor, the
