@@ -187,6 +187,7 @@ def main() -> int:
         params = config.load_params()
         if args.tracking_uri:
             uri, name = args.tracking_uri, args.model_name or config.model_name(params)
+            os.environ["MLFLOW_TRACKING_URI"] = uri  # the fast-path report below reads that server
         else:
             uri, name = mlflow_server(tmp, env, procs), args.model_name or MODEL_NAME
             ckpt = args.checkpoint or untrained_checkpoint(tmp / "model.pt", params.preprocess.image_size)

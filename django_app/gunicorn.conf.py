@@ -1,14 +1,18 @@
 """gunicorn settings for the doctors' site, from the environment (docs/configuration.md, "The web site").
 
-Layout: one worker per core (at most 8: each holds its own copy of the model in OpenVINO), 4 request threads each. Each worker has one inference thread that batches
-the requests its threads bring (diagnosis.batching), running the model on cores/workers threads,
-so concurrent requests share forward passes instead of fighting over the cores. Why one per core:
-a request spends ~10 ms in Python (decoding, the gate, Django, storage) against ~1 ms of int8
-inference, and one process runs Python on one core at a time (the GIL). Measured on 2 cores
-(docs/benchmarks.md, 2026-11-25): 2 workers x 4 threads gave 145 req/s at concurrency 8 against
-108 for 1 x 8 on the int8 fast path, and 72 against 57 on the float32 reference.
+Layout: one worker per core (at most 8: each holds its own copy of the model in OpenVINO), 4 request
+threads each. Each worker has one inference thread that batches the requests its threads bring
+(diagnosis.batching), running the model on cores/workers threads, so concurrent requests share
+forward passes instead of fighting over the cores. A lone answer, while no other is being computed
+on the site, runs on every core (pipeline.inference.concurrency). Why one per core: a request spends
+~10 ms in Python (decoding, the gate, Django, storage) against ~1 ms of int8 inference, and one
+process runs Python on one core at a time (the GIL). Measured on 2 cores (docs/benchmarks.md,
+2026-11-25): 2 workers x 4 threads gave 145 req/s at concurrency 8 against 108 for 1 x 8 on the int8
+fast path, and 72 against 57 on the float32 reference.
 """
 import os
+
+import pipeline.inference.concurrency  # noqa: F401 - made here, in the master: the workers share its count
 
 _cores = os.cpu_count() or 1
 

@@ -22,7 +22,7 @@ from django.dispatch import Signal
 from PIL import Image
 
 from pipeline.data import preprocess
-from pipeline.inference import gate
+from pipeline.inference import concurrency, gate
 from pipeline.inference.answer import answer
 from pipeline.inference.upload import Limits, png_bytes
 
@@ -120,7 +120,7 @@ def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatm
     own caution (the PACS worker's intended-use check), shown before the gate's."""
     check_size(len(data))
     try:
-        with in_flight:
+        with in_flight, concurrency.answering():
             result = answer(data, champion.predictor, limits=limits(), heatmap=heatmap, keep=True,
                             network=champion.runner)
     except gate.NotAChestXray as exc:

@@ -8,12 +8,14 @@ decided by pipeline.evaluation.fastpath; the float32 PyTorch network stays the r
 """
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.data import preprocess
+from pipeline.inference import concurrency
 
 
 def cpu_has_bf16() -> bool:
@@ -25,7 +27,10 @@ def cpu_has_bf16() -> bool:
 class FastEngine:
     """An ONNX file compiled by OpenVINO; `forward` has `Predictor.forward`'s contract.
     precision: "int8" for the int8 copy (its other operators in bf16 where the CPU has it),
-    "bf16" or "f32" for the float32 file; None: bf16 where the CPU has it, else f32."""
+    "bf16" or "f32" for the float32 file; None: bf16 where the CPU has it, else f32.
+    threads: the cores a forward pass runs on (0: OpenVINO's choice, every core); with fewer than
+    the machine has, a lone image while no other answer is being computed runs on all of them
+    (pipeline.inference.concurrency says why), on a second compiled copy made on first use."""
 
     def __init__(self, onnx_path: str | Path, intensity: str, precision: str | None = None, threads: int = 0):
         import openvino as ov
@@ -37,17 +42,31 @@ class FastEngine:
                   "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+        model = core.read_model(str(onnx_path))
+        self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
+        cores = len(os.sched_getaffinity(0))
+        self.spread = 0 < threads < cores   # False: always on `threads` (the shadow's challenger)
+        self._all_cores = lambda: core.compile_model(model, "CPU", {**config, "INFERENCE_NUM_THREADS": cores})
+        self._wide_request = None
         self.intensity = intensity
         # files exported before the class activation map was an output have two outputs
         self.has_cam = any("cam" in out.get_names() for out in self.compiled.outputs)
         self._lock = threading.Lock()  # one infer request: one call at a time
 
+    def stay_on_share(self) -> None:
+        """Never spread over every core (a background model: the shadow's challenger)."""
+        self.spread, self._wide_request = False, None
+
     def _infer(self, arrays: np.ndarray) -> list[np.ndarray]:
         x = preprocess.model_input_arrays(arrays, self.intensity)
         with self._lock:
-            out = self.request.infer({0: x})
+            request = self.request
+            if self.spread and len(x) == 1 and concurrency.alone():
+                if self._wide_request is None:
+                    self._wide_request = self._all_cores().create_infer_request()
+                request = self._wide_request
+            out = request.infer({0: x})
             return [np.array(out[i]) for i in range(len(self.compiled.outputs))]
 
     def forward(self, arrays: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:

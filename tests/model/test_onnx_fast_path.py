@@ -1,7 +1,10 @@
 """The ONNX export (pipeline.inference.onnx_export), its int8 copy and the site's fast path (pipeline.inference.engine)
 on real X-rays: ONNX Runtime matches PyTorch, the fast path agrees with the float32 reference or is
-not used, and an int8 copy that disagrees gives way to the float32 file."""
+not used, an int8 copy that disagrees gives way to the float32 file, and a lone answer runs on
+every core (pipeline.inference.concurrency)."""
 from __future__ import annotations
+
+import multiprocessing
 
 import numpy as np
 import onnx
@@ -9,7 +12,7 @@ import pytest
 import torch
 
 from pipeline.evaluation import fastpath
-from pipeline.inference import engine, onnx_export
+from pipeline.inference import concurrency, engine, onnx_export
 from pipeline.data import preprocess
 from pipeline.inference.predict import Predictor
 from pipeline.model import artifacts
@@ -127,3 +130,63 @@ def test_fast_path_check_tries_int8_first_and_falls_back_when_it_disagrees(predi
     assert list(result["tried"]) == ["int8", result["precision"]] and result["precision"] in ("bf16", "f32")
     assert not result["tried"]["int8"]["ok"] and result["reason"].startswith("int8: ")
     assert result["ok"] == result["tried"][result["precision"]]["ok"]
+
+
+class CountingRequest:
+    """An infer request that counts its calls (which compiled copy ran)."""
+
+    def __init__(self, request):
+        self.request, self.calls = request, 0
+
+    def infer(self, inputs):
+        self.calls += 1
+        return self.request.infer(inputs)
+
+
+def test_a_lone_answer_runs_on_every_core_and_answers_the_same(predictor, xrays, onnx_file, monkeypatch):
+    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: {0, 1})  # two cores, whatever this machine has
+    fast = engine.FastEngine(onnx_file, predictor.intensity, precision="f32", threads=1)
+    share = fast.request = CountingRequest(fast.request)
+    one = xrays[0][:1]
+    with concurrency.answering(), concurrency.answering():  # another answer is being computed: the share
+        busy = fast.forward(one)
+    assert share.calls == 1 and fast._wide_request is None
+    with concurrency.answering():  # alone: every core, on a second compiled copy
+        lone = fast.forward(one)
+    assert share.calls == 1 and fast._wide_request is not None
+    assert lone[0] == pytest.approx(busy[0], abs=1e-5) and np.abs(lone[1] - busy[1]).max() < 1e-4
+    fast.forward(xrays[0][:2])  # a batch is several answers: the share
+    assert share.calls == 2
+    fast.stay_on_share()  # the shadow's challenger never takes the cores
+    with concurrency.answering():
+        fast.forward(one)
+    assert share.calls == 3 and fast._wide_request is None
+
+
+def test_an_engine_given_every_core_has_nothing_to_spread(predictor, onnx_file, monkeypatch):
+    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert not engine.FastEngine(onnx_file, predictor.intensity, precision="f32", threads=2).spread
+    assert not engine.FastEngine(onnx_file, predictor.intensity, precision="f32").spread  # OpenVINO's own choice
+
+
+def test_the_count_is_shared_by_processes_forked_after_it():
+    """gunicorn.conf.py imports the module in the master: every worker forked from it counts in one place."""
+    ctx = multiprocessing.get_context("fork")
+    entered, release = ctx.Event(), ctx.Event()
+
+    def worker():
+        with concurrency.answering():
+            entered.set()
+            release.wait(30)
+
+    child = ctx.Process(target=worker)
+    child.start()
+    try:
+        assert entered.wait(30)
+        assert concurrency.in_progress() == 1 and concurrency.alone()
+        with concurrency.answering():
+            assert concurrency.in_progress() == 2 and not concurrency.alone()
+    finally:
+        release.set()
+        child.join(30)
+    assert child.exitcode == 0 and concurrency.in_progress() == 0

@@ -75,6 +75,9 @@ class PendingRegistry(MlflowRegistry):
         lower_priority(self.nice)  # the holder's own loading thread: the engines' threads start here
         challenger = super().load()
         challenger.runner.nice = self.nice  # its inference thread starts on first use
+        engine = getattr(challenger.predictor, "engine", None)
+        if engine is not None:
+            engine.stay_on_share()  # the doctors' answers may take every core, never the challenger's
         return challenger
 
 
