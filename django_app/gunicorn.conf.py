@@ -5,10 +5,11 @@ threads each. Each worker has one inference thread that batches the requests its
 (diagnosis.batching), running the model on cores/workers threads, so concurrent requests share
 forward passes instead of fighting over the cores. A lone answer, while no other is being computed
 on the site, runs on every core (pipeline.inference.concurrency). Why one per core: a request spends
-~10 ms in Python (decoding, the gate, Django, storage) against ~1 ms of int8 inference, and one
-process runs Python on one core at a time (the GIL). Measured on 2 cores (docs/benchmarks.md,
-2026-11-25): 2 workers x 4 threads gave 145 req/s at concurrency 8 against 108 for 1 x 8 on the int8
-fast path, and 72 against 57 on the float32 reference.
+~10 ms in Python (decoding, the gate, Django, storage) against 2-5 ms of int8 inference per film
+(Xeon with AMX / Zen 4, one core), and one process runs Python on one core at a time (the GIL).
+Measured on 2 cores (docs/benchmarks.md, 2026-11-25): 2 workers x 4 threads gave 145 req/s at
+concurrency 8 against 108 for 1 x 8 on the int8 fast path, and 72 against 57 on the float32
+reference.
 """
 import os
 
