@@ -14,6 +14,9 @@ reference.
 import os
 
 import pipeline.inference.concurrency  # noqa: F401 - made here, in the master: the workers share its count
+from xray_site import request_body
+
+request_body.install()  # uploads read in 64 KiB blocks, not gunicorn's 1 KiB (xray_site/request_body.py)
 
 _cores = os.cpu_count() or 1
 

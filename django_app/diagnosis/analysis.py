@@ -10,7 +10,6 @@ import hashlib
 import logging
 import os
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -38,31 +37,6 @@ THUMB_MAX_SIDE = 320
 # Sent once a live request's result is stored, with its bytes (diagnosis.shadow queues them for a
 # pending challenger, never blocking); receivers' errors are logged, never the doctor's problem.
 answered = Signal()
-
-
-class InFlight:
-    """How many doctors' answers this process is computing now: the shadow waits for none."""
-
-    def __init__(self):
-        self.count = 0
-        self.idle = threading.Condition()
-
-    def __enter__(self):
-        with self.idle:
-            self.count += 1
-
-    def __exit__(self, *exc):
-        with self.idle:
-            self.count -= 1
-            if not self.count:
-                self.idle.notify_all()
-
-    def wait_idle(self, timeout: float) -> bool:
-        with self.idle:
-            return self.idle.wait_for(lambda: not self.count, timeout)
-
-
-in_flight = InFlight()
 
 
 class UploadRejected(ValueError):
@@ -120,7 +94,7 @@ def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatm
     own caution (the PACS worker's intended-use check), shown before the gate's."""
     check_size(len(data))
     try:
-        with in_flight, concurrency.answering():
+        with concurrency.answering():
             result = answer(data, champion.predictor, limits=limits(), heatmap=heatmap, keep=True,
                             network=champion.runner)
     except gate.NotAChestXray as exc:
@@ -155,6 +129,8 @@ def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatm
             stored.append(diagnosis.heatmap)
         with transaction.atomic():
             diagnosis.save()
+        # a new result has no confirmation: said here, so that its answer does not ask the database
+        Diagnosis.confirmation.related.set_cached_value(diagnosis, None)
     except Exception:
         for f in stored:
             f.storage.delete(f.name)

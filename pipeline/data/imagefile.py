@@ -127,7 +127,18 @@ def with_significant_bits(png: bytes, bits: int) -> bytes:
 
 def strip(data: bytes, fmt: str, orientation: int = 1) -> bytes:
     """The upload without metadata (see the module docstring); `orientation` (EXIF 1-8) is kept."""
+    return assemble(data, strip_plan(data, fmt, orientation))
+
+
+def strip_plan(data: bytes, fmt: str, orientation: int = 1) -> list[tuple[int, int] | bytes]:
+    """strip() as its pieces in order: (start, end) ranges of `data`, and the few new bytes (markers,
+    an orientation tag). A decoder process answers with this plan instead of the file: a few hundred
+    bytes to send back, where a 400 kB film cost ~0.4 ms."""
     return _strip_jpeg(data, orientation) if fmt == "JPEG" else _strip_png(data, orientation)
+
+
+def assemble(data: bytes, plan: list[tuple[int, int] | bytes]) -> bytes:
+    return b"".join(data[piece[0]:piece[1]] if isinstance(piece, tuple) else piece for piece in plan)
 
 
 def _exif_orientation(orientation: int) -> bytes:
@@ -138,7 +149,7 @@ def _exif_orientation(orientation: int) -> bytes:
     return exif.tobytes()  # b"Exif\0\0" + a TIFF header holding that one tag
 
 
-def _strip_jpeg(data: bytes, orientation: int) -> bytes:
+def _strip_jpeg(data: bytes, orientation: int) -> list[tuple[int, int] | bytes]:
     out = [b"\xff\xd8"]
     if orientation != 1:
         app1 = _exif_orientation(orientation)
@@ -152,23 +163,23 @@ def _strip_jpeg(data: bytes, orientation: int) -> bytes:
             pos += 1
             continue
         if marker in (0x01, *range(0xD0, 0xD8)):
-            out.append(data[pos:pos + 2])
+            out.append((pos, pos + 2))
             pos += 2
             continue
         end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
         if marker in _JPEG_KEEP or marker == 0xDA or (marker == 0xEE and data[pos + 4:pos + 9] == b"Adobe"):
-            out.append(data[pos:end])
+            out.append((pos, end))
         pos = end
         if marker == 0xDA:
             found = _NEXT_MARKER.search(data, pos)
             stop = found.start() if found else len(data)
-            out.append(data[pos:stop])
+            out.append((pos, stop))
             pos = stop
     out.append(b"\xff\xd9")
-    return b"".join(out)
+    return out
 
 
-def _strip_png(data: bytes, orientation: int) -> bytes:
+def _strip_png(data: bytes, orientation: int) -> list[tuple[int, int] | bytes]:
     out = [_PNG_SIGNATURE]
     for kind, _, start, end in png_chunks(data):
         if kind in _PNG_KEEP:
@@ -176,8 +187,8 @@ def _strip_png(data: bytes, orientation: int) -> bytes:
                 exif = _exif_orientation(orientation)[6:]  # eXIf holds the TIFF data without "Exif\0\0"
                 out.append(_png_chunk(b"eXIf", exif))
                 orientation = 1
-            out.append(data[start:end])
-    return b"".join(out)
+            out.append((start, end))
+    return out
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:

@@ -13,7 +13,9 @@ A killed decoder is replaced; the upload is refused with the reason (preprocess.
 Decoders are fresh interpreters (`python -m pipeline.inference.isolation`: without torch or the web
 worker's state, and without re-running the caller's main module as multiprocessing's spawn would;
 ~60 MB each), kept warm, and shared by the threads of a process: at most XRAY_DECODE_PROCESSES
-at once, a thread waits for a free one. One file costs ~1 ms of inter-process traffic.
+at once, a thread waits for a free one. One file costs ~0.5 ms of inter-process traffic: its bytes go
+over; what comes back is small (pipeline.inference.upload: the model input and the plan of the file
+to keep, not the file).
 """
 from __future__ import annotations
 

@@ -42,6 +42,7 @@ class Decoded:
     warnings: list[str] = field(default_factory=list)  # the gate's cautions (a lateral view...)
     stored: bytes = b""             # the file to keep, without metadata ("" unless asked for)
     stored_format: str = ""         # JPEG | PNG
+    stored_plan: list = field(default_factory=list)  # or its pieces, until `kept` puts them together
 
     @property
     def image(self) -> Image.Image:
@@ -51,6 +52,18 @@ class Decoded:
 def decode(data: bytes, size: int, limits: Limits = Limits(), keep: bool = False) -> Decoded:
     """See the module docstring. keep: also return the file to store (`Decoded.stored`).
     Raises preprocess.InvalidImage, or its subclass gate.NotAChestXray."""
+    return kept(data, _decode(data, size, limits, keep))
+
+
+def kept(data: bytes, decoded: Decoded) -> Decoded:
+    """The file to store put together from its plan (imagefile.strip_plan) and the caller's own copy
+    of the upload: a decoder process sends back the plan, not a second copy of the file."""
+    if decoded.stored_plan:
+        decoded.stored, decoded.stored_plan = imagefile.assemble(data, decoded.stored_plan), []
+    return decoded
+
+
+def _decode(data: bytes, size: int, limits: Limits, keep: bool) -> Decoded:
     data = preprocess.read_bytes(data, limits.max_bytes)
     headerless = not dicom.is_dicom(data) and dicom.looks_like_headerless(data) and not _raster(data)
     if dicom.is_dicom(data) or headerless:
@@ -62,10 +75,10 @@ def decode(data: bytes, size: int, limits: Limits = Limits(), keep: bool = False
                                 min_side=limits.min_side, inspect=_inspect, opened=opened)
     orientation = opened.getexif().get(0x0112, 1) if keep else 1   # after decoding: a PNG's eXIf may follow IDAT
     try:
-        stored = imagefile.strip(data, fmt, orientation) if keep else b""
+        plan = imagefile.strip_plan(data, fmt, orientation) if keep else []
     except imagefile.FileStructureError as exc:
         raise preprocess.InvalidImage(str(exc)) from None
-    return Decoded(preprocess.to_array(img, size), fmt, full_size, [], stored, fmt if keep else "")
+    return Decoded(preprocess.to_array(img, size), fmt, full_size, [], b"", fmt if keep else "", plan)
 
 
 def _raster(data: bytes) -> bool:
@@ -97,4 +110,4 @@ def png_bytes(img: Image.Image) -> bytes:
 
 def decode_untrusted(data: bytes, size: int, limits: Limits = Limits(), keep: bool = False) -> Decoded:
     """decode() in a decoder process under CPU, memory and wall-clock limits (pipeline.inference.isolation)."""
-    return isolation.pool(preload=__name__).run(decode, data, size, limits, keep)
+    return kept(data, isolation.pool(preload=__name__).run(_decode, data, size, limits, keep))

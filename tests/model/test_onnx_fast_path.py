@@ -5,6 +5,7 @@ every core (pipeline.inference.concurrency)."""
 from __future__ import annotations
 
 import multiprocessing
+import threading
 
 import numpy as np
 import onnx
@@ -170,7 +171,8 @@ def test_an_engine_given_every_core_has_nothing_to_spread(predictor, onnx_file, 
 
 
 def test_the_count_is_shared_by_processes_forked_after_it():
-    """gunicorn.conf.py imports the module in the master: every worker forked from it counts in one place."""
+    """gunicorn.conf.py imports the module in the master: every worker forked from it counts in one
+    place; what background work waits for is its own process's answers only."""
     ctx = multiprocessing.get_context("fork")
     entered, release = ctx.Event(), ctx.Event()
 
@@ -183,10 +185,35 @@ def test_the_count_is_shared_by_processes_forked_after_it():
     child.start()
     try:
         assert entered.wait(30)
-        assert concurrency.in_progress() == 1 and concurrency.alone()
+        assert concurrency.alone() and concurrency.wait_idle(0)   # the child's answer: not this process's
         with concurrency.answering():
-            assert concurrency.in_progress() == 2 and not concurrency.alone()
+            assert not concurrency.alone()                        # the child's + this one
+            assert not concurrency.wait_idle(0.01)
     finally:
         release.set()
         child.join(30)
-    assert child.exitcode == 0 and concurrency.in_progress() == 0
+    assert child.exitcode == 0
+    with concurrency.answering():
+        assert concurrency.alone()                                # the child's answer was counted out
+
+
+def test_background_work_waits_for_the_answer_in_progress():
+    """The shadow's worker waits (wait_idle) until this process's doctors are answered."""
+    entered, release, waited = threading.Event(), threading.Event(), []
+
+    def doctor():
+        with concurrency.answering():
+            entered.set()
+            release.wait(30)
+
+    t = threading.Thread(target=doctor)
+    t.start()
+    assert entered.wait(30)
+    waiter = threading.Thread(target=lambda: waited.append(concurrency.wait_idle(30)))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive() and not waited      # still waiting while the answer is computed
+    release.set()
+    waiter.join(30)
+    t.join(30)
+    assert waited == [True]

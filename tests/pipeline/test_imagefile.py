@@ -37,3 +37,25 @@ def test_png_text_chunks_are_dropped_the_pixels_kept():
     kept = imagefile.strip(buf.getvalue(), "PNG")
     assert b"DOE^JOHN" in buf.getvalue() and b"DOE^JOHN" not in kept
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(kept))), np.asarray(_film()))
+
+
+def test_the_decoder_sends_back_a_plan_of_the_kept_file_not_the_file():
+    """decode_untrusted keeps the same file as decode, for JPEG (orientation tag added) and PNG
+    (eXIf chunk added), while the decoder process answers with ranges and a few new bytes."""
+    import pickle
+
+    from pipeline.inference import isolation
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    noise = np.random.default_rng(0).integers(0, 256, (600, 480), dtype=np.uint8)   # a file of some size
+    for fmt, extra in (("JPEG", {"exif": exif.tobytes(), "quality": 95}), ("PNG", {"exif": exif})):
+        buf = io.BytesIO()
+        Image.fromarray(noise, mode="L").save(buf, format=fmt, **extra)
+        data = buf.getvalue()
+        here = upload.decode(data, 64, keep=True)
+        there = upload.decode_untrusted(data, 64, keep=True)
+        assert there.stored == here.stored and there.stored_format == fmt and not there.stored_plan
+        assert Image.open(io.BytesIO(there.stored)).getexif().get(0x0112) == 6
+        reply = isolation.pool(preload="pipeline.inference.upload").run(upload._decode, data, 64, upload.Limits(), True)
+        assert len(pickle.dumps(reply)) < len(data) // 4 < len(here.stored)   # the model input and the plan

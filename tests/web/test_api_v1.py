@@ -102,6 +102,24 @@ def test_results_confirmation_and_ownership(client, doctor, other_doctor, champi
     assert malformed.status_code == 400 and malformed.json()["error"] == "invalid_request"
 
 
+def test_a_new_answer_does_not_ask_the_database_for_its_confirmation(client, doctor, champion, xray_jpeg):
+    """A result just made has no confirmation: its answer says so without a query (one less per
+    upload); the result read back later still asks, and shows the confirmation once there is one."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    auth = {"HTTP_AUTHORIZATION": f"Token {_token(doctor)}"}
+    with CaptureQueriesContext(connection) as queries:
+        made = client.post("/api/v1/predict", {"image": _file(xray_jpeg)}, **auth)
+    assert made.status_code == 200 and made.json()["confirmation"] is None
+    asked = [q["sql"] for q in queries.captured_queries if "diagnosis_confirmation" in q["sql"]]
+    assert not asked, asked
+    pk = made.json()["id"]
+    client.post(f"/api/v1/results/{pk}/confirmation", json.dumps({"label": "NORMAL"}),
+                content_type="application/json", **auth)
+    assert client.get(f"/api/v1/results/{pk}", **auth).json()["confirmation"]["label"] == "NORMAL"
+
+
 def test_errors_have_the_documented_shape(client, doctor, champion):
     auth = {"HTTP_AUTHORIZATION": f"Token {_token(doctor)}"}
     text = client.post("/api/v1/predict", {"image": _file(b"hello, not an image")}, **auth)

@@ -5,7 +5,7 @@
   Confirmed-film imports (`site import`) are not live traffic and are not shadowed.
 - One worker thread per process takes the queue. Before each job it waits (up to
   XRAY_SHADOW_MAX_WAIT s) until no doctor's answer is being computed in this process
-  (analysis.in_flight). The challenger's network runs on its own inference thread at a low CPU
+  (pipeline.inference.concurrency.wait_idle). The challenger's network runs on its own inference thread at a low CPU
   priority (XRAY_SHADOW_NICE, inherited by the threads torch starts there; so is the thread that
   loads it, where the engines start theirs), so a doctor's answer comes first. The worker itself
   keeps the normal priority: the decoder processes it may start are shared with doctors' requests
@@ -33,6 +33,7 @@ from django.db import close_old_connections, transaction
 from django.db.models import F
 
 from pipeline.data import preprocess
+from pipeline.inference import concurrency
 from pipeline.inference.answer import answer
 from pipeline.mlops.server import CHALLENGER
 
@@ -133,7 +134,7 @@ class Shadow:
             except queue.Empty:
                 self._guarded(self.flush)
                 continue
-            analysis.in_flight.wait_idle(self.max_wait)  # doctors first
+            concurrency.wait_idle(self.max_wait)  # doctors first
             self._guarded(lambda: self.process(job))
             self._guarded(self.flush)
 
