@@ -129,12 +129,12 @@ def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatm
             stored.append(diagnosis.heatmap)
         with transaction.atomic():
             diagnosis.save()
-        # a new result has no confirmation: said here, so that its answer does not ask the database
-        Diagnosis.confirmation.related.set_cached_value(diagnosis, None)
     except Exception:
         for f in stored:
             f.storage.delete(f.name)
         raise
+    # a new result has no confirmation: said here, so that its answer does not ask the database
+    Diagnosis.confirmation.related.set_cached_value(diagnosis, None)
     # for the Server-Timing header: where a request's time went (ms)
     diagnosis.timings = {"decode": result.decode_ms, "infer": result.infer_ms,
                          "store": (time.perf_counter() - started) * 1000}
