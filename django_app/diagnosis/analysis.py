@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.db import transaction
 from django.dispatch import Signal
 from PIL import Image
 
@@ -127,8 +126,10 @@ def diagnose(owner, name: str, data: bytes, champion, source: str = "web", heatm
         if cam is not None:
             diagnosis.heatmap.save("heatmap.png", ContentFile(heatmap_png(cam)), save=False)
             stored.append(diagnosis.heatmap)
-        with transaction.atomic():
-            diagnosis.save()
+        # one INSERT, in autocommit: SQLite's write lock is held for the statement only (an atomic
+        # block holds it from BEGIN IMMEDIATE while Python builds the query, and a second worker's
+        # write then sleeps in SQLite's busy handler)
+        diagnosis.save()
     except Exception:
         for f in stored:
             f.storage.delete(f.name)

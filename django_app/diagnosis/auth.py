@@ -6,7 +6,7 @@ from django.http import JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
 
-from .models import ApiToken, hash_token
+from .models import ApiToken
 
 
 class ApiError(Exception):
@@ -42,7 +42,7 @@ def authenticate_api(request):
     """The user making this API request; AuthFailed (401/403) otherwise."""
     key = token_from_header(request)
     if key is not None:
-        token = ApiToken.objects.select_related("user").filter(key_hash=hash_token(key)).first()
+        token = ApiToken.by_key(key)
         if token is None or not token.user.is_active:
             raise AuthFailed(401, "invalid_token", "unknown or revoked API token")
         if token.expired:

@@ -255,6 +255,23 @@ class ApiToken(models.Model):
         return self.expires_at <= timezone.now()
 
     @classmethod
+    def by_key(cls, key: str) -> "ApiToken | None":
+        """The token of `key`, its user loaded, or None. Every API request asks this: two raw queries
+        (0.04 ms each in SQLite) instead of the ORM's select_related, whose SQL compilation alone
+        costs ~0.6 ms a request (docs/benchmarks.md); raw() still converts the columns to fields."""
+        token = next(iter(cls.objects.raw(f"SELECT * FROM {cls._meta.db_table} WHERE key_hash = %s",
+                                          [hash_token(key)])), None)
+        if token is None:
+            return None
+        user_model = cls.user.field.related_model
+        user = next(iter(user_model.objects.raw(
+            f"SELECT * FROM {user_model._meta.db_table} WHERE {user_model._meta.pk.column} = %s", [token.user_id])), None)
+        if user is None:
+            return None
+        token.user = user
+        return token
+
+    @classmethod
     def issue(cls, user, name: str = "API") -> tuple["ApiToken", str]:
         key = "xr_" + secrets.token_urlsafe(32)
         token = cls.objects.create(user=user, name=name, prefix=key[:8], key_hash=hash_token(key),

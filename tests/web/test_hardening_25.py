@@ -212,6 +212,31 @@ def test_api_tokens_expire(client, doctor, champion, xray_jpeg, doctor_client):
     assert r.status_code == 401 and "expired" in r.json()["detail"]
 
 
+def test_a_token_is_found_by_its_key_as_the_orm_finds_it(client, doctor, champion, xray_jpeg):
+    """ApiToken.by_key (raw queries, every API request) gives the same token and user, typed, as the
+    ORM's select_related; an unknown key finds nothing; a deactivated user's token is refused."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from diagnosis.models import ApiToken
+
+    token, key = ApiToken.issue(doctor)
+    with CaptureQueriesContext(connection) as queries:
+        found = ApiToken.by_key(key)
+    assert len(queries) == 2
+    reference = ApiToken.objects.select_related("user").get(pk=token.pk)
+    for obj, ref in ((found, reference), (found.user, reference.user)):
+        for field in type(ref)._meta.concrete_fields:
+            assert getattr(obj, field.attname) == getattr(ref, field.attname), field.name
+            assert type(getattr(obj, field.attname)) is type(getattr(ref, field.attname)), field.name
+    assert found.user.is_active is True and found.expires.tzinfo is not None and not found.expired
+    assert ApiToken.by_key(key + "x") is None and ApiToken.by_key("") is None
+    assert _predict(client, key, xray_jpeg).status_code == 200
+    type(doctor).objects.filter(pk=doctor.pk).update(is_active=False)
+    r = _predict(client, key, xray_jpeg)
+    assert r.status_code == 401 and "revoked" in r.json()["detail"]
+
+
 def test_rotating_a_token_replaces_it(client, doctor, champion, xray_jpeg, doctor_client):
     import re
 

@@ -3,10 +3,11 @@ gunicorn's own 1 KiB reads, in far fewer rounds, for every body reader gunicorn 
 from __future__ import annotations
 
 import random
+import socket
 
 import pytest
 from gunicorn.http.body import Body, ChunkedReader, EOFReader, LengthReader
-from gunicorn.http.unreader import IterUnreader
+from gunicorn.http.unreader import IterUnreader, SocketUnreader
 
 from xray_site import request_body
 
@@ -69,5 +70,14 @@ def test_installed_by_the_gunicorn_config(monkeypatch):
     from pathlib import Path
 
     monkeypatch.setattr(Body, "read", ORIGINAL)
+    monkeypatch.setattr(SocketUnreader.__init__, "__defaults__", (8192,))   # gunicorn's own
     runpy.run_path(str(Path(request_body.__file__).parents[1] / "gunicorn.conf.py"))
     assert Body.read is request_body.read
+    left, right = socket.socketpair()
+    with left, right:   # the socket is read in 64 KiB: a whole film in a few receive calls
+        assert SocketUnreader(left).mxchunk == request_body.BLOCK
+        right.sendall(PAYLOAD[:120_000])
+        reader, got = SocketUnreader(left), []
+        while sum(map(len, got)) < 120_000:
+            got.append(reader.read())
+        assert b"".join(got) == PAYLOAD[:120_000] and len(got) <= 4, len(got)
