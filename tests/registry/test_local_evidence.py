@@ -15,17 +15,21 @@ from pipeline.inference.predict import Predictor
 from pipeline.mlops import aliases, audit, candidates, loading, policy, site_version
 
 
-def site_data(base, tmp_path, films, trained_checkpoint, agree: bool, normal_share: float = 0.5):
+def film_logits(trained_checkpoint, films) -> tuple[Predictor, list[float]]:
+    """The trained model and its logit for each of `films`: the ranking the site's labels follow."""
+    predictor = Predictor.from_checkpoint(trained_checkpoint, device="cpu")
+    return predictor, [predictor.logit_features(preprocess.to_array(preprocess.load_image(f), predictor.image_size))[0]
+                       for f in films]
+
+
+def site_data(base, tmp_path, films, logits, agree: bool, normal_share: float = 0.5):
     """base's images (symlinked) plus local/<CLASS>/ of `films`, labelled by the site: in the order of
-    the trained model's own ranking (agree) or against it; `normal_share` of them NORMAL."""
+    the trained model's own ranking (`logits`, agree) or against it; `normal_share` of them NORMAL."""
     root = tmp_path / ("agree" if agree else "against")
     for path in sorted(base.rglob("*.jpeg")):
         link = root / path.relative_to(base)
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(path.resolve())
-    predictor = Predictor.from_checkpoint(trained_checkpoint, device="cpu")
-    logits = [predictor.logit_features(preprocess.to_array(preprocess.load_image(f), predictor.image_size))[0]
-              for f in films]
     order = np.argsort(logits)   # lowest first
     normals = int(round(len(films) * normal_share))
     positive = set(order[normals:] if agree else order[: len(films) - normals])
@@ -44,7 +48,7 @@ def films(shared_datasets):
 
 
 def test_local_set_is_its_own_split(small_dataset, films, trained, tmp_path):
-    root = site_data(small_dataset, tmp_path, films, trained["checkpoint"], agree=True)
+    root = site_data(small_dataset, tmp_path, films, film_logits(trained["checkpoint"], films)[1], agree=True)
     samples = dataset.discover(root)
     local = [s for s in samples if s.split_hint == "local"]
     assert len(local) == 80 and all(s.patient.startswith("SITE-") for s in local)
@@ -55,7 +59,7 @@ def test_challenger_better_in_distribution_but_worse_locally_is_rejected(
     champion = register("constant")            # AUC 0.5 everywhere
     aliases.promote(champion, force=True)
     challenger = register("good")              # better on the held-out patients and under shift
-    against = site_data(small_dataset, tmp_path, films, trained["checkpoint"], agree=False)
+    against = site_data(small_dataset, tmp_path, films, film_logits(trained["checkpoint"], films)[1], agree=False)
     scores = candidates.evaluate_candidates(challenger, loose_params, against)
     ch, cp = scores["challenger"]["metrics"], scores["champion"]["metrics"]
     assert ch["auc"] > cp["auc"] and ch["stress_mean_auc"] > cp["stress_mean_auc"]    # better in distribution
@@ -79,11 +83,10 @@ def test_promoted_challenger_is_served_at_its_own_site_operating_point(
     # the site's labels follow the model's ranking but not its trained threshold (the case a site
     # operating point is for), whatever that threshold makes of these films on this machine's
     # 1-epoch fixture: the site's boundary lies a quarter of the films away from the trained one's
-    predictor = Predictor.from_checkpoint(trained["checkpoint"], device="cpu")
-    trained_normal = np.mean([predictor.decide(predictor.logit_features(
-        preprocess.to_array(preprocess.load_image(f), predictor.image_size))[0]).label == "NORMAL" for f in films])
+    predictor, logits = film_logits(trained["checkpoint"], films)
+    trained_normal = np.mean([predictor.decide(logit).label == "NORMAL" for logit in logits])
     share = float(np.clip(trained_normal + 0.25 if trained_normal <= 0.5 else trained_normal - 0.25, 0.25, 0.75))
-    agree = site_data(small_dataset, tmp_path, films, trained["checkpoint"], agree=True, normal_share=share)
+    agree = site_data(small_dataset, tmp_path, films, logits, agree=True, normal_share=share)
     scores = candidates.evaluate_candidates(challenger, loose_params, agree)
     assert scores["challenger"]["metrics"]["local_auc"] > 0.95 and scores["comparison"]["local"]["low"] > 0
     decision = policy.decide(scores, loose_params)
@@ -98,6 +101,5 @@ def test_promoted_challenger_is_served_at_its_own_site_operating_point(
     assert (last["kind"], last["from_version"], last["to_version"]) == ("site_adaptation", challenger, site["version"])
     assert last["reason"].startswith(f"site operating point for v{challenger}")
     served, _ = loading.load_champion(model_name)
-    trained_threshold = Predictor.from_checkpoint(trained["checkpoint"], device="cpu").threshold
-    assert served.threshold != pytest.approx(trained_threshold)      # its own, not the trained one
+    assert served.threshold != pytest.approx(predictor.threshold)      # its own, not the trained one
     assert served.metadata["site"]["parent_version"] == challenger

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 from PIL import Image
-from test_local_evidence import site_data
+from test_local_evidence import film_logits, site_data
 
 from pipeline.evaluation import site
 from pipeline.mlops import aliases, candidates, model_card
@@ -28,7 +28,7 @@ def test_evidence_is_logged_on_the_challengers_run_and_linked_from_its_card(
     champion = register("constant")            # P = 0.5 for every film: AUC 0.5, everything PNEUMONIA
     aliases.promote(champion, force=True)
     challenger = register("good")
-    root = site_data(small_dataset, tmp_path, films, trained["checkpoint"], agree=True)
+    root = site_data(small_dataset, tmp_path, films, film_logits(trained["checkpoint"], films)[1], agree=True)
     scores = candidates.evaluate_candidates(challenger, loose_params, root)
     summary = scores["evidence"]
     assert "error" not in summary, summary
